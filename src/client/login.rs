@@ -1,0 +1,440 @@
+//! Login: from the first packet to the first ReadyForQuery.
+//!
+//! SSLRequest and GSSENCRequest are answered `N` (TLS comes later); a
+//! CancelRequest is routed and the connection closed; a StartupMessage names
+//! the database and user. The client authenticates against pgring's auth
+//! file (trust, plain, md5 or SCRAM-SHA-256), then is greeted with its
+//! pool's server parameters overlaid with its own, a cancel key that pgring
+//! owns, and ReadyForQuery. The whole phase runs under `client_login_timeout`.
+
+use std::rc::Rc;
+
+use tracing::{info, warn};
+
+use super::ClientInfo;
+use crate::auth::scram::{ScramServer, Verifier, SCRAM_SHA_256};
+use crate::auth::userlist::Secret;
+use crate::auth::{md5, scram};
+use crate::config::{AuthType, Config};
+use crate::error::{sqlstate, Error, PgError, Result};
+use crate::pool::{Pool, PoolKey};
+use crate::protocol::startup::{self, parse_startup, startup_len, StartupPacket};
+use crate::protocol::{build, frontend, tag};
+use crate::runtime::io::{self as rio, timeout};
+use crate::runtime::{Shard, Stream};
+use crate::server::ClientParams;
+use crate::wire::{read_message, small_buf, Message, ReadError};
+
+/// Names under which the admin console is reachable.
+pub const ADMIN_DBS: [&str; 2] = ["pgbouncer", "pgring"];
+
+/// Parameters PostgreSQL reports that pgring keeps in step per client.
+const TRACKED: [&str; 6] = [
+    "client_encoding",
+    "DateStyle",
+    "TimeZone",
+    "standard_conforming_strings",
+    "application_name",
+    "IntervalStyle",
+];
+
+/// Startup keys that are not session parameters.
+const PROTOCOL_KEYS: [&str; 3] = ["user", "database", "options"];
+
+/// A logged-in client.
+pub enum LoggedIn {
+    /// The admin console.
+    Admin {
+        /// admin_users member (else stats_users: SHOW only).
+        is_admin: bool,
+    },
+    /// A normal pool.
+    Pool {
+        /// This shard's slice of the pool.
+        pool: Rc<Pool>,
+        /// What the client's servers must look like.
+        params: ClientParams,
+    },
+}
+
+/// The startup packet, decoded.
+struct Startup {
+    user: String,
+    database: String,
+    params: Vec<(String, String)>,
+}
+
+/// Runs the login phase. `Ok(None)`: nothing more to do (cancel request).
+pub async fn login(
+    shard: &Rc<Shard>,
+    info: &Rc<ClientInfo>,
+    stream: &mut Stream,
+) -> Result<Option<LoggedIn>> {
+    let config = shard.config();
+    let limit = config.general.client_login_timeout.duration();
+    let work = login_inner(shard, info, stream, &config);
+    if limit.is_zero() {
+        return work.await;
+    }
+    match timeout(limit, work).await {
+        Some(r) => r,
+        None => Err(Error::refuse(
+            sqlstate::PROTOCOL_VIOLATION,
+            "client_login_timeout",
+        )),
+    }
+}
+
+async fn login_inner(
+    shard: &Rc<Shard>,
+    info: &Rc<ClientInfo>,
+    stream: &mut Stream,
+    config: &Config,
+) -> Result<Option<LoggedIn>> {
+    let Some(startup) = read_startup(shard, stream).await? else {
+        return Ok(None);
+    };
+    *info.user.borrow_mut() = startup.user.clone();
+    *info.db.borrow_mut() = startup.database.clone();
+    if let Some((_, app)) = startup.params.iter().find(|(k, _)| k == "application_name") {
+        *info.app_name.borrow_mut() = app.clone();
+    }
+    if ADMIN_DBS.contains(&startup.database.as_str()) {
+        return admin_login(shard, info, stream, config, &startup)
+            .await
+            .map(Some);
+    }
+    let Some(db) = config.database(&startup.database) else {
+        return Err(Error::refuse(
+            sqlstate::INVALID_CATALOG_NAME,
+            format!("database \"{}\" does not exist", startup.database),
+        ));
+    };
+    authenticate(shard, stream, config, &startup.user).await?;
+    let server_user = db.user.clone().unwrap_or_else(|| startup.user.clone());
+    let key = PoolKey {
+        db: startup.database.as_str().into(),
+        user: server_user.as_str().into(),
+    };
+    let pool = shard.pool(&key);
+    let params = prepare_params(shard, &pool, config, &startup).await?;
+    greet(stream, info, &pool, &params).await?;
+    info!(db = %startup.database, user = %startup.user, "login attempt: db={} user={}", startup.database, startup.user);
+    Ok(Some(LoggedIn::Pool { pool, params }))
+}
+
+/// Reads packets until a StartupMessage, answering SSL/GSS requests `N`.
+async fn read_startup(shard: &Rc<Shard>, stream: &mut Stream) -> Result<Option<Startup>> {
+    let mut buf = small_buf();
+    loop {
+        let packet = loop {
+            if let Some(n) = startup_len(buf.data()).map_err(Error::ClientProtocol)? {
+                if buf.filled >= n {
+                    let p = buf.bytes[..n].to_vec();
+                    buf.consume(n);
+                    break p;
+                }
+            }
+            if rio::read_into(stream, &mut buf)
+                .await
+                .map_err(Error::ClientIo)?
+                == 0
+            {
+                return Err(Error::ClientClosed);
+            }
+        };
+        match parse_startup(&packet).map_err(Error::ClientProtocol)? {
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
+                rio::write_all(stream, b"N")
+                    .await
+                    .map_err(Error::ClientIo)?;
+            }
+            StartupPacket::Cancel(key) => {
+                super::cancel::route(shard, key);
+                return Ok(None);
+            }
+            StartupPacket::Startup { params, .. } => return decode_startup(params).map(Some),
+        }
+    }
+}
+
+fn decode_startup(params: Vec<(String, String)>) -> Result<Startup> {
+    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let user = get("user").filter(|u| !u.is_empty()).ok_or_else(|| {
+        Error::refuse(
+            sqlstate::INVALID_AUTHORIZATION,
+            "no PostgreSQL user name specified in startup packet",
+        )
+    })?;
+    if get("replication").is_some() {
+        return Err(Error::refuse(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            "replication connections are not supported by pgring",
+        ));
+    }
+    let database = get("database")
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| user.clone());
+    let mut settings: Vec<(String, String)> = params
+        .iter()
+        .filter(|(k, _)| !PROTOCOL_KEYS.contains(&k.as_str()))
+        .cloned()
+        .collect();
+    if let Some(opts) = get("options") {
+        settings.extend(startup::split_options(&opts));
+    }
+    Ok(Startup {
+        user,
+        database,
+        params: settings,
+    })
+}
+
+/// Authenticates the client as `user` according to `auth_type`.
+async fn authenticate(
+    shard: &Rc<Shard>,
+    stream: &mut Stream,
+    config: &Config,
+    user: &str,
+) -> Result<()> {
+    let userlist = shard.userlist();
+    let secret = userlist.get(user);
+    let max = config.general.max_packet_size;
+    let ok = match (config.general.auth_type, secret) {
+        (AuthType::Trust | AuthType::Any, _) => true,
+        (_, None) => {
+            // Unknown user: still ask for a password so that probing cannot
+            // tell a missing user from a wrong password.
+            ask_cleartext(stream, max).await?;
+            false
+        }
+        (AuthType::Plain, Some(s)) => check_plain(s, user, &ask_cleartext(stream, max).await?),
+        (AuthType::Md5, Some(Secret::Scram(v)))
+        | (AuthType::ScramSha256, Some(Secret::Scram(v))) => {
+            scram_exchange(stream, v.clone(), max).await?
+        }
+        (AuthType::Md5, Some(s)) => md5_exchange(stream, s, user, max).await?,
+        (AuthType::ScramSha256, Some(Secret::Plain(p))) => {
+            let salt: [u8; 16] = rand::random();
+            scram_exchange(stream, Verifier::from_password(p, &salt, 4096), max).await?
+        }
+        (AuthType::ScramSha256, Some(Secret::Md5(_))) => false,
+        (other, _) => {
+            return Err(Error::refuse(
+                sqlstate::INVALID_AUTHORIZATION,
+                format!("auth_type {other:?} is not supported by pgring"),
+            ))
+        }
+    };
+    if !ok {
+        warn!(user, "password authentication failed");
+        return Err(Error::refuse(
+            sqlstate::INVALID_PASSWORD,
+            format!("password authentication failed for user \"{user}\""),
+        ));
+    }
+    let mut out = Vec::new();
+    build::auth_ok(&mut out);
+    rio::write_all(stream, &out).await.map_err(Error::ClientIo)
+}
+
+async fn read_password_message(stream: &mut Stream, max: u32) -> Result<Message> {
+    let mut buf = small_buf();
+    let msg = read_message(stream, &mut buf, max)
+        .await
+        .map_err(|e| match e {
+            ReadError::Io(e) => Error::ClientIo(e),
+            ReadError::Eof => Error::ClientClosed,
+            ReadError::Protocol(p) => Error::ClientProtocol(p),
+        })?;
+    if msg.tag != tag::PASSWORD_MESSAGE {
+        return Err(Error::ClientProtocol(
+            crate::protocol::ProtocolError::Unexpected(msg.tag),
+        ));
+    }
+    Ok(msg)
+}
+
+async fn ask_cleartext(stream: &mut Stream, max: u32) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    build::auth_cleartext(&mut out);
+    rio::write_all(stream, &out)
+        .await
+        .map_err(Error::ClientIo)?;
+    let msg = read_password_message(stream, max).await?;
+    Ok(frontend::password(&msg.body)
+        .map_err(Error::ClientProtocol)?
+        .to_vec())
+}
+
+fn check_plain(secret: &Secret, user: &str, given: &[u8]) -> bool {
+    let Ok(given) = std::str::from_utf8(given) else {
+        return false;
+    };
+    match secret {
+        Secret::Plain(p) => p == given,
+        Secret::Md5(h) => &md5::md5_secret(user, given) == h,
+        Secret::Scram(v) => {
+            Verifier::from_password(given, &v.salt, v.iterations).stored_key == v.stored_key
+        }
+    }
+}
+
+async fn md5_exchange(stream: &mut Stream, secret: &Secret, user: &str, max: u32) -> Result<bool> {
+    let salt: [u8; 4] = rand::random();
+    let mut out = Vec::new();
+    build::auth_md5(&mut out, salt);
+    rio::write_all(stream, &out)
+        .await
+        .map_err(Error::ClientIo)?;
+    let msg = read_password_message(stream, max).await?;
+    let response = frontend::password(&msg.body).map_err(Error::ClientProtocol)?;
+    Ok(md5::verify_md5_response(secret, user, salt, response))
+}
+
+async fn scram_exchange(stream: &mut Stream, verifier: Verifier, max: u32) -> Result<bool> {
+    let mut out = Vec::new();
+    build::auth_sasl(&mut out, SCRAM_SHA_256);
+    rio::write_all(stream, &out)
+        .await
+        .map_err(Error::ClientIo)?;
+    let first = read_password_message(stream, max).await?;
+    let initial = frontend::sasl_initial(&first.body).map_err(Error::ClientProtocol)?;
+    if initial.mechanism != SCRAM_SHA_256 {
+        return Err(Error::refuse(
+            sqlstate::PROTOCOL_VIOLATION,
+            "client selected an invalid SASL authentication mechanism",
+        ));
+    }
+    let mut server = ScramServer::new(verifier);
+    let server_first = server
+        .handle_client_first(initial.data)
+        .map_err(sasl_error)?;
+    out.clear();
+    build::auth_sasl_continue(&mut out, &server_first);
+    rio::write_all(stream, &out)
+        .await
+        .map_err(Error::ClientIo)?;
+    let fin = read_password_message(stream, max).await?;
+    match server.handle_client_final(&fin.body) {
+        Ok(server_final) => {
+            out.clear();
+            build::auth_sasl_final(&mut out, &server_final);
+            rio::write_all(stream, &out)
+                .await
+                .map_err(Error::ClientIo)?;
+            Ok(true)
+        }
+        Err(scram::ScramError::BadProof) => Ok(false),
+        Err(e) => Err(sasl_error(e)),
+    }
+}
+
+fn sasl_error(e: scram::ScramError) -> Error {
+    Error::refuse(
+        sqlstate::PROTOCOL_VIOLATION,
+        format!("malformed SCRAM message: {e}"),
+    )
+}
+
+/// Builds the client's wanted parameters and, when they differ from what
+/// this pool's servers were already seen to accept, tries them on a server
+/// so a value PostgreSQL rejects fails the login as it would without us.
+async fn prepare_params(
+    shard: &Rc<Shard>,
+    pool: &Rc<Pool>,
+    config: &Config,
+    startup: &Startup,
+) -> Result<ClientParams> {
+    let ignored = &config.general.ignore_startup_parameters;
+    let requested: Vec<&(String, String)> = startup
+        .params
+        .iter()
+        .filter(|(k, _)| !ignored.iter().any(|i| i.eq_ignore_ascii_case(k)))
+        .collect();
+    let mut tracked: Vec<String> = TRACKED.iter().map(|s| s.to_string()).collect();
+    tracked.extend(config.general.track_extra_parameters.iter().cloned());
+    let fresh = pool.welcome().is_none();
+    let welcome = match pool.welcome() {
+        Some(w) => w,
+        None => {
+            // First client of this pool on this shard: a server tells us
+            // what to greet clients with.
+            let server = pool.acquire(shard).await?;
+            pool.release(shard, server);
+            pool.welcome().unwrap_or_default()
+        }
+    };
+    let mut params = ClientParams::from_welcome(&welcome, &tracked);
+    let mut novel = fresh && !requested.is_empty();
+    for (k, v) in &requested {
+        params.set(k, v);
+        novel |= pool.note_param(k, v);
+    }
+    if novel {
+        let mut server = pool.acquire(shard).await?;
+        let result = server.sync_params(&mut params).await;
+        match &result {
+            Err(Error::Server(_)) | Ok(()) => pool.release(shard, server),
+            Err(_) => pool.close_leased(shard, server, "parameter check failed"),
+        }
+        result.map_err(Error::into_fatal)?;
+    }
+    Ok(params)
+}
+
+/// AuthenticationOk was sent; now ParameterStatus, BackendKeyData, ReadyForQuery.
+async fn greet(
+    stream: &mut Stream,
+    info: &ClientInfo,
+    pool: &Pool,
+    params: &ClientParams,
+) -> Result<()> {
+    let mut out = Vec::with_capacity(512);
+    for (name, value) in pool.welcome().unwrap_or_default().iter() {
+        build::parameter_status(&mut out, name, params.get(name).unwrap_or(value));
+    }
+    build::backend_key_data(&mut out, info.key);
+    build::ready_for_query(&mut out, b'I');
+    rio::write_all(stream, &out).await.map_err(Error::ClientIo)
+}
+
+/// The admin console: same authentication, then admin_users/stats_users.
+async fn admin_login(
+    shard: &Rc<Shard>,
+    info: &Rc<ClientInfo>,
+    stream: &mut Stream,
+    config: &Config,
+    startup: &Startup,
+) -> Result<LoggedIn> {
+    authenticate(shard, stream, config, &startup.user).await?;
+    let user = &startup.user;
+    let is_admin = config.general.admin_users.iter().any(|u| u == user);
+    let is_stats = config.general.stats_users.iter().any(|u| u == user);
+    if !is_admin && !is_stats {
+        return Err(Error::Refused(PgError::fatal(
+            sqlstate::INSUFFICIENT_PRIVILEGE,
+            format!("not allowed: user \"{user}\" is not in admin_users or stats_users"),
+        )));
+    }
+    info.is_admin.set(true);
+    let mut out = Vec::new();
+    for (k, v) in [
+        ("server_version", crate::admin::SERVER_VERSION),
+        ("server_encoding", "UTF8"),
+        ("client_encoding", "UTF8"),
+        ("DateStyle", "ISO, MDY"),
+        ("TimeZone", "UTC"),
+        ("standard_conforming_strings", "on"),
+        ("integer_datetimes", "on"),
+        ("application_name", "pgring"),
+    ] {
+        build::parameter_status(&mut out, k, v);
+    }
+    build::backend_key_data(&mut out, info.key);
+    build::ready_for_query(&mut out, b'I');
+    rio::write_all(stream, &out)
+        .await
+        .map_err(Error::ClientIo)?;
+    Ok(LoggedIn::Admin { is_admin })
+}

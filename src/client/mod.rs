@@ -1,0 +1,374 @@
+//! Client sessions: one task per application connection.
+//!
+//! A session logs in (`login`), then loops: wait for the client's next
+//! bytes holding no buffer, lease a server from its pool, make the server's
+//! parameters match the client's, relay until the transaction ends, give the
+//! server back. The relay itself lives in `relay`; pooling decisions in
+//! `pool`. [`ClientInfo`] is the part of a session that the rest of the shard
+//! may see (console rows, cancel routing, KILL).
+
+pub mod cancel;
+pub mod login;
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::time::{Instant, SystemTime};
+
+use tracing::{debug, info, Instrument};
+
+use crate::config::PoolMode;
+use crate::error::{Error, Result};
+use crate::pool::Pool;
+use crate::protocol::startup::CancelKey;
+use crate::relay::{self, End, Link};
+use crate::runtime::io::{self as rio, Buf};
+use crate::runtime::{Shard, Stream};
+use crate::server::{ClientParams, ServerConn};
+
+/// A client's state, as SHOW CLIENTS names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientState {
+    /// Logging in.
+    Login,
+    /// Logged in, no server (PgBouncer counts these as cl_active).
+    Idle,
+    /// Waiting for a server.
+    Waiting,
+    /// Linked to a server.
+    Active,
+}
+
+/// The server a client is linked to, for cancel routing and the console.
+#[derive(Debug, Clone)]
+pub struct Linked {
+    /// pgring's server id.
+    pub server_id: u64,
+    /// Server address.
+    pub addr: SocketAddr,
+    /// The backend's real cancel key.
+    pub backend_key: CancelKey,
+}
+
+/// What the shard knows about one of its client sessions.
+#[derive(Debug)]
+pub struct ClientInfo {
+    /// Unique id (SHOW CLIENTS `id`, KILL_CLIENT).
+    pub id: u64,
+    /// The cancel key pgring gave this client.
+    pub key: CancelKey,
+    /// Peer address.
+    pub addr: Option<SocketAddr>,
+    /// Our address.
+    pub local_addr: Option<SocketAddr>,
+    /// Wall-clock connect time.
+    pub connect_time: SystemTime,
+    /// Database asked for.
+    pub db: RefCell<String>,
+    /// User logged in as.
+    pub user: RefCell<String>,
+    /// application_name.
+    pub app_name: RefCell<String>,
+    /// Current state.
+    pub state: Cell<ClientState>,
+    /// Start of the current wait or request.
+    pub request_time: Cell<Instant>,
+    /// The linked server, if any.
+    pub linked: RefCell<Option<Linked>>,
+    /// Is this an admin console session.
+    pub is_admin: Cell<bool>,
+    fd: RawFd,
+    kill_reason: RefCell<Option<String>>,
+}
+
+impl ClientInfo {
+    /// Asks the session to end: its socket's read side is shut down so
+    /// whatever it awaits returns end-of-stream; the session then sends the
+    /// reason as a FATAL error and cleans up its server as usual.
+    pub fn kill(&self, reason: &str) {
+        *self.kill_reason.borrow_mut() = Some(reason.to_owned());
+        // SAFETY: shutdown on the session's fd, which is open for as long
+        // as the session (and this info) is registered.
+        unsafe {
+            libc::shutdown(self.fd, libc::SHUT_RD);
+        }
+    }
+
+    /// Why the session was killed, if it was.
+    pub fn kill_reason(&self) -> Option<String> {
+        self.kill_reason.borrow().clone()
+    }
+
+    fn link(&self, server: &ServerConn) {
+        *self.linked.borrow_mut() = Some(Linked {
+            server_id: server.meta.id,
+            addr: server.meta.addr,
+            backend_key: server.meta.backend_key,
+        });
+        self.state.set(ClientState::Active);
+    }
+
+    fn unlink(&self) {
+        self.linked.borrow_mut().take();
+        self.state.set(ClientState::Idle);
+    }
+}
+
+/// Serves one accepted connection to its end. The caller has already
+/// counted it against `max_client_conn`.
+pub async fn serve(shard: Rc<Shard>, stream: Stream) {
+    let id = shard.next_id();
+    let info = Rc::new(ClientInfo {
+        id,
+        key: cancel::new_key(shard.id),
+        addr: rio::peer_addr(&stream),
+        local_addr: rio::local_addr(&stream),
+        connect_time: SystemTime::now(),
+        db: RefCell::default(),
+        user: RefCell::default(),
+        app_name: RefCell::default(),
+        state: Cell::new(ClientState::Login),
+        request_time: Cell::new(Instant::now()),
+        linked: RefCell::new(None),
+        is_admin: Cell::new(false),
+        fd: stream.as_raw_fd(),
+        kill_reason: RefCell::new(None),
+    });
+    shard.clients.borrow_mut().insert(id, info.clone());
+    let span = tracing::info_span!("client", shard = shard.id, client = id);
+    run(&shard, &info, stream).instrument(span).await;
+    shard.clients.borrow_mut().remove(&id);
+    shard.cancel_keys.borrow_mut().remove(&info.key);
+    shard.shared.client_count.fetch_sub(1, Ordering::AcqRel);
+}
+
+async fn run(shard: &Rc<Shard>, info: &Rc<ClientInfo>, mut stream: Stream) {
+    let logged_in = match login::login(shard, info, &mut stream).await {
+        Ok(Some(l)) => l,
+        Ok(None) => return,
+        Err(e) => return goodbye(shard, info, &mut stream, &e).await,
+    };
+    shard
+        .cancel_keys
+        .borrow_mut()
+        .insert(info.key, info.clone());
+    info.state.set(ClientState::Idle);
+    let result = match logged_in {
+        login::LoggedIn::Admin { is_admin } => {
+            crate::admin::console::serve(shard, info, &mut stream, is_admin).await
+        }
+        login::LoggedIn::Pool { pool, params } => {
+            let mut session = Session {
+                shard: shard.clone(),
+                info: info.clone(),
+                pool,
+                params,
+                max_packet: shard.config().general.max_packet_size,
+            };
+            session.run(&mut stream).await
+        }
+    };
+    if let Err(e) = result {
+        goodbye(shard, info, &mut stream, &e).await;
+    } else {
+        debug!("client closed");
+    }
+}
+
+/// Sends the client its final ErrorResponse, if it can still hear one.
+async fn goodbye(shard: &Rc<Shard>, info: &ClientInfo, stream: &mut Stream, e: &Error) {
+    let reason = info.kill_reason();
+    let pg = match (&reason, e) {
+        (Some(r), _) => Some(crate::error::PgError::fatal(
+            crate::error::sqlstate::ADMIN_SHUTDOWN,
+            r.clone(),
+        )),
+        (None, e) => e.to_client(),
+    };
+    info!(error = %e, "closing because: {}", reason.as_deref().unwrap_or(&e.to_string()));
+    if let Some(pg) = pg {
+        let mut out = Vec::new();
+        pg.encode(&mut out);
+        let _ = rio::write_all(stream, &out).await;
+    }
+    let _ = shard;
+}
+
+/// A logged-in client of a normal pool.
+struct Session {
+    shard: Rc<Shard>,
+    info: Rc<ClientInfo>,
+    pool: Rc<Pool>,
+    params: ClientParams,
+    max_packet: u32,
+}
+
+impl Session {
+    async fn run(&mut self, stream: &mut Stream) -> Result<()> {
+        let mut pending: Option<Buf> = None;
+        loop {
+            let cbuf = match pending.take() {
+                Some(b) => b,
+                None => self.next_request(stream).await?,
+            };
+            self.wait_while_paused().await;
+            pending = self.transaction(stream, cbuf).await?;
+        }
+    }
+
+    /// Waits for the client's next bytes, holding no buffer meanwhile.
+    async fn next_request(&self, stream: &mut Stream) -> Result<Buf> {
+        self.info.state.set(ClientState::Idle);
+        let mut buf = self
+            .shard
+            .bufs
+            .read(stream)
+            .await
+            .map_err(Error::ClientIo)?;
+        if buf.filled == 0 {
+            self.shard.bufs.give(buf);
+            return Err(self.closed());
+        }
+        // Lease only once a whole header is here, so a server is never
+        // linked to a client that has not started a message.
+        while buf.filled < crate::protocol::HEADER_LEN {
+            if rio::read_into(stream, &mut buf)
+                .await
+                .map_err(Error::ClientIo)?
+                == 0
+            {
+                self.shard.bufs.give(buf);
+                return Err(self.closed());
+            }
+        }
+        Ok(buf)
+    }
+
+    fn closed(&self) -> Error {
+        match self.info.kill_reason() {
+            Some(r) => Error::refuse(crate::error::sqlstate::ADMIN_SHUTDOWN, r),
+            None => Error::ClientClosed,
+        }
+    }
+
+    async fn wait_while_paused(&self) {
+        while self.shard.paused.get() {
+            self.shard.state_changed.notified().await;
+        }
+    }
+
+    /// One server lease: from the first byte of a request to the release.
+    /// Returns bytes the client already sent for the next one, if any.
+    async fn transaction(&mut self, stream: &mut Stream, cbuf: Buf) -> Result<Option<Buf>> {
+        self.info.state.set(ClientState::Waiting);
+        self.info.request_time.set(Instant::now());
+        let mut server = match self.pool.acquire(&self.shard).await {
+            Ok(s) => s,
+            Err(e) => {
+                self.shard.bufs.give(cbuf);
+                return Err(e);
+            }
+        };
+        self.info.link(&server);
+        if let Err(e) = server.sync_params(&mut self.params).await {
+            self.shard.bufs.give(cbuf);
+            self.info.unlink();
+            match e {
+                // PostgreSQL refused a value but finished with ReadyForQuery.
+                Error::Server(_) => self.pool.release(&self.shard, server),
+                _ => self
+                    .pool
+                    .close_leased(&self.shard, server, "parameter sync failed"),
+            }
+            return Err(e.into_fatal());
+        }
+        let started = Instant::now();
+        let mode = self.pool.mode();
+        let mut link = Link::new(cbuf, self.shard.bufs.take(), mode, self.max_packet);
+        let end = relay::run(
+            &mut link,
+            stream,
+            &mut server,
+            &mut self.params,
+            &self.pool.stats,
+        )
+        .await;
+        self.pool.stats.record_xact(started.elapsed());
+        let (cbuf, sbuf) = link.into_bufs();
+        self.shard.bufs.give(sbuf);
+        match end {
+            Ok(End::Released) => {
+                self.release(server).await;
+                if cbuf.filled > 0 {
+                    return Ok(Some(cbuf));
+                }
+                self.shard.bufs.give(cbuf);
+                Ok(None)
+            }
+            Ok(End::ClientGone(state)) => {
+                self.shard.bufs.give(cbuf);
+                self.finish_server(server, state).await;
+                Err(self.closed())
+            }
+            Err(e) => {
+                self.shard.bufs.give(cbuf);
+                match e.side() {
+                    crate::error::Side::Server => {
+                        self.pool
+                            .close_leased(&self.shard, server, "server conn crashed?")
+                    }
+                    _ => self.finish_server(server, relay::LinkState::busy()).await,
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Normal release at a transaction boundary.
+    async fn release(&self, mut server: ServerConn) {
+        self.info.unlink();
+        let s = self.pool.settings();
+        if s.reset_always && !s.reset_query.is_empty() {
+            if let Err(e) = server.simple_query(&s.reset_query).await {
+                self.pool
+                    .close_leased(&self.shard, server, &format!("reset query failed: {e}"));
+                return;
+            }
+        }
+        self.pool.release(&self.shard, server);
+    }
+
+    /// The client is gone (or failed) while linked: return the server only
+    /// if it is clean, after rolling back an open transaction and running
+    /// the reset query in session mode; otherwise cancel and close it.
+    async fn finish_server(&self, mut server: ServerConn, state: relay::LinkState) {
+        self.info.unlink();
+        let s = self.pool.settings();
+        let clean = match state.boundary() {
+            relay::Boundary::Idle => true,
+            relay::Boundary::InTransaction => server.simple_query("ROLLBACK").await.is_ok(),
+            relay::Boundary::Busy => false,
+        };
+        if !clean {
+            let (addr, key) = (server.meta.addr, server.meta.backend_key);
+            crate::runtime::spawn(async move {
+                let _ =
+                    crate::server::send_cancel(addr, key, std::time::Duration::from_secs(5)).await;
+            });
+            self.pool
+                .close_leased(&self.shard, server, "client disconnected mid-query");
+            return;
+        }
+        let needs_reset = s.mode == PoolMode::Session || s.reset_always;
+        if needs_reset && !s.reset_query.is_empty() {
+            if let Err(e) = server.simple_query(&s.reset_query).await {
+                self.pool
+                    .close_leased(&self.shard, server, &format!("reset query failed: {e}"));
+                return;
+            }
+        }
+        self.pool.release(&self.shard, server);
+    }
+}

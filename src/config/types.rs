@@ -1,0 +1,339 @@
+//! Value types of the configuration: pool modes, auth types, TLS modes, durations in seconds,
+//! file modes, and the two lenient readers PgBouncer users need (comma lists and 0/1 flags).
+//!
+//! Spellings are PgBouncer's (`src/main.c`: `auth_type_map`, `pool_mode_map`, `sslmode_map`,
+//! `load_balance_hosts_map`), so a value copied from a pgbouncer.ini is accepted unchanged.
+//! Nothing here knows about tables or keys; locations are added by `parse`.
+
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
+use std::fmt;
+use std::time::Duration;
+
+/// When a server connection goes back to the pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    /// Released when the client disconnects (after `server_reset_query`).
+    Session,
+    /// Released at each ReadyForQuery with status `I`.
+    Transaction,
+    /// Released after every statement; multi-statement transactions are refused.
+    Statement,
+}
+
+impl PoolMode {
+    /// The spelling SHOW POOLS / SHOW DATABASES print.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoolMode::Session => "session",
+            PoolMode::Transaction => "transaction",
+            PoolMode::Statement => "statement",
+        }
+    }
+}
+
+impl fmt::Display for PoolMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How clients authenticate to pgring (`auth_type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthType {
+    /// No authentication; the user name is taken as given.
+    Trust,
+    /// Like trust, and the user name is ignored too (only useful with forced users).
+    Any,
+    /// MD5 password challenge (also accepts SCRAM verifiers, as PgBouncer does).
+    Md5,
+    /// SCRAM-SHA-256, spelled `scram-sha-256`.
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    /// Cleartext password over the wire.
+    Plain,
+    /// TLS client certificate.
+    Cert,
+    /// Per-connection method from `auth_hba_file`.
+    Hba,
+    /// PAM (accepted for compatibility).
+    Pam,
+    /// LDAP (accepted for compatibility).
+    Ldap,
+}
+
+impl AuthType {
+    /// PgBouncer's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthType::Trust => "trust",
+            AuthType::Any => "any",
+            AuthType::Md5 => "md5",
+            AuthType::ScramSha256 => "scram-sha-256",
+            AuthType::Plain => "plain",
+            AuthType::Cert => "cert",
+            AuthType::Hba => "hba",
+            AuthType::Pam => "pam",
+            AuthType::Ldap => "ldap",
+        }
+    }
+
+    /// Whether clients prove a password, so a secret must come from `auth_file` or `auth_query`.
+    pub fn needs_secret(self) -> bool {
+        matches!(
+            self,
+            AuthType::Md5 | AuthType::ScramSha256 | AuthType::Plain
+        )
+    }
+}
+
+impl fmt::Display for AuthType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// libpq-style TLS mode (`client_tls_sslmode`, `server_tls_sslmode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    /// Never TLS.
+    Disable,
+    /// TLS if the peer insists.
+    Allow,
+    /// TLS if the peer offers it.
+    Prefer,
+    /// TLS always, no certificate check.
+    Require,
+    /// TLS always, certificate chain checked.
+    VerifyCa,
+    /// TLS always, chain and host name checked.
+    VerifyFull,
+}
+
+/// How a database entry with several hosts picks one (`load_balance_hosts`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LoadBalanceHosts {
+    /// Stay on a host until a connection to it fails.
+    Disable,
+    /// Each new server connection takes the next host (PgBouncer's default).
+    #[default]
+    RoundRobin,
+}
+
+/// A duration written as seconds, float allowed (`reserve_pool_timeout = 0.5`).
+/// Zero usually means "disabled", as in PgBouncer. Parsing refuses negative and non-finite values.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Seconds(pub f64);
+
+impl Seconds {
+    /// Zero seconds: "disabled" for most timeouts.
+    pub const ZERO: Seconds = Seconds(0.0);
+
+    /// As a `Duration`; negative or NaN gives zero and overflow saturates (never panics).
+    pub fn duration(self) -> Duration {
+        Duration::try_from_secs_f64(self.0).unwrap_or(if self.0 > 0.0 {
+            Duration::MAX
+        } else {
+            Duration::ZERO
+        })
+    }
+
+    /// Whether this is zero (PgBouncer's "disabled").
+    pub fn is_zero(self) -> bool {
+        self.0 == 0.0
+    }
+
+    /// The timeout to arm, or `None` when zero means disabled.
+    pub fn timeout(self) -> Option<Duration> {
+        (!self.is_zero()).then(|| self.duration())
+    }
+}
+
+impl fmt::Display for Seconds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl Serialize for Seconds {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // Whole seconds print as integers so SHOW CONFIG and reload diffs read "3", not "3.0".
+        if self.0.fract() == 0.0 && self.0.abs() < 9.0e15 {
+            s.serialize_i64(self.0 as i64)
+        } else {
+            s.serialize_f64(self.0)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Seconds {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(SecondsVisitor)
+    }
+}
+
+struct SecondsVisitor;
+
+impl Visitor<'_> for SecondsVisitor {
+    type Value = Seconds;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a non-negative number of seconds (e.g. 5 or 0.5)")
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Seconds, E> {
+        self.visit_f64(v as f64)
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Seconds, E> {
+        self.visit_f64(v as f64)
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Seconds, E> {
+        if v.is_finite() && v >= 0.0 {
+            Ok(Seconds(v))
+        } else {
+            Err(E::invalid_value(de::Unexpected::Float(v), &self))
+        }
+    }
+}
+
+/// Unix permission bits (`unix_socket_mode`). Written as PgBouncer does, a string read like C's
+/// `strtol(.., 0)` (`"0777"` is octal, `"0x1ff"` hex, `"511"` decimal), or a TOML integer taken
+/// literally: write `0o777`, since a bare `777` is decimal 777 = 0o1411.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileMode(pub u32);
+
+impl FileMode {
+    const MAX: u32 = 0o7777;
+
+    fn parse(text: &str) -> Option<u32> {
+        let t = text.trim();
+        let parsed = if let Some(hex) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+            u32::from_str_radix(hex, 16)
+        } else if t.len() > 1 && t.starts_with('0') {
+            u32::from_str_radix(&t[1..], 8)
+        } else {
+            t.parse()
+        };
+        parsed.ok().filter(|m| *m <= Self::MAX)
+    }
+}
+
+impl fmt::Display for FileMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:04o}", self.0)
+    }
+}
+
+impl Serialize for FileMode {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for FileMode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(FileModeVisitor)
+    }
+}
+
+struct FileModeVisitor;
+
+impl Visitor<'_> for FileModeVisitor {
+    type Value = FileMode;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a file mode such as \"0777\" or 0o777")
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<FileMode, E> {
+        u32::try_from(v)
+            .ok()
+            .filter(|m| *m <= FileMode::MAX)
+            .map(FileMode)
+            .ok_or_else(|| E::invalid_value(de::Unexpected::Signed(v), &self))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<FileMode, E> {
+        self.visit_i64(i64::try_from(v).unwrap_or(i64::MAX))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<FileMode, E> {
+        FileMode::parse(v)
+            .map(FileMode)
+            .ok_or_else(|| E::invalid_value(de::Unexpected::Str(v), &self))
+    }
+}
+
+/// Reads a list written as a TOML array (`["a", "b"]`) or, as in pgbouncer.ini, one
+/// comma-separated string (`"a, b"`). Blank items are dropped, names are trimmed.
+pub(crate) fn list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    d.deserialize_any(ListVisitor)
+}
+
+struct ListVisitor;
+
+impl<'de> Visitor<'de> for ListVisitor {
+    type Value = Vec<String>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an array of strings or a comma-separated string")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Vec<String>, E> {
+        Ok(split_list(v))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<String>, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element::<String>()? {
+            items.extend(split_list(&item));
+        }
+        Ok(items)
+    }
+}
+
+/// Splits a PgBouncer comma list, trimming blanks around each name.
+pub fn split_list(text: &str) -> Vec<String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Reads a boolean written as `true`/`false` or as PgBouncer's `0`/`1`.
+pub(crate) fn flag<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    d.deserialize_any(FlagVisitor)
+}
+
+struct FlagVisitor;
+
+impl Visitor<'_> for FlagVisitor {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("true or false (or PgBouncer's 1 or 0)")
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<bool, E> {
+        Ok(v)
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<bool, E> {
+        match v {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(E::invalid_value(de::Unexpected::Signed(v), &self)),
+        }
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<bool, E> {
+        self.visit_i64(i64::try_from(v).unwrap_or(i64::MAX))
+    }
+}

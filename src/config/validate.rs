@@ -1,0 +1,145 @@
+//! Rules that span keys, checked after parsing: every broken rule becomes one problem line,
+//! and all of them are returned together.
+//!
+//! Only what can be judged from the configuration itself is checked here; whether files
+//! exist or hosts resolve is found out by the rooms that open them (auth, server), so that
+//! validating stays pure and a RELOAD can validate on every shard without I/O.
+
+use super::entries::{Database, User};
+use super::general::General;
+use super::parse::entry_label;
+use super::types::{AuthType, SslMode};
+use super::Config;
+use std::net::SocketAddr;
+
+/// Every cross-key problem of `config`, each prefixed with its table and key.
+pub(crate) fn problems(config: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    general(&config.general, &mut out);
+    auth(config, &mut out);
+    tls(&config.general, &mut out);
+    for (name, db) in &config.databases {
+        database(name, db, &config.general, &mut out);
+    }
+    for (name, user) in &config.users {
+        self::user(name, user, &config.general, &mut out);
+    }
+    out
+}
+
+fn general(g: &General, out: &mut Vec<String>) {
+    let mut fail = |key: &str, why: String| out.push(format!("[general] {key}: {why}"));
+    if g.listen_port == 0 {
+        fail("listen_port", "must not be 0".into());
+    }
+    if g.max_client_conn == 0 {
+        fail("max_client_conn", "must be at least 1".into());
+    }
+    if g.min_pool_size > g.default_pool_size {
+        fail(
+            "min_pool_size",
+            too_big(g.min_pool_size, "default_pool_size", g.default_pool_size),
+        );
+    }
+    if g.listen_addr.trim().is_empty() && g.unix_socket_dir.is_empty() {
+        fail(
+            "listen_addr",
+            "empty and unix_socket_dir is empty too: nowhere to listen".into(),
+        );
+    }
+    if g.ring_depth == 0 {
+        fail("ring_depth", "must be at least 1".into());
+    }
+    if g.pkt_buf < 512 {
+        fail(
+            "pkt_buf",
+            format!("{} is below the minimum of 512", g.pkt_buf),
+        );
+    }
+    if let Some(addr) = g
+        .stats_listen
+        .as_deref()
+        .filter(|a| a.parse::<SocketAddr>().is_err())
+    {
+        fail(
+            "stats_listen",
+            format!("{addr:?} is not an address:port such as \"127.0.0.1:9127\""),
+        );
+    }
+}
+
+fn auth(config: &Config, out: &mut Vec<String>) {
+    let g = &config.general;
+    let any_auth_user =
+        g.auth_user.is_some() || config.databases.values().any(|d| d.auth_user.is_some());
+    if g.auth_type.needs_secret() && g.auth_file.is_none() && !any_auth_user {
+        out.push(format!(
+            "[general] auth_type: \"{}\" needs passwords: set auth_file, or auth_user for auth_query",
+            g.auth_type
+        ));
+    }
+    if g.auth_type == AuthType::Hba && g.auth_hba_file.is_none() {
+        out.push("[general] auth_type: \"hba\" needs auth_hba_file".into());
+    }
+}
+
+fn tls(g: &General, out: &mut Vec<String>) {
+    let wants_tls = g.client_tls_sslmode != SslMode::Disable;
+    if wants_tls && (g.client_tls_key_file.is_none() || g.client_tls_cert_file.is_none()) {
+        out.push(format!(
+            "[general] client_tls_sslmode: {:?} needs client_tls_key_file and client_tls_cert_file",
+            g.client_tls_sslmode
+        ));
+    }
+}
+
+fn database(name: &str, db: &Database, g: &General, out: &mut Vec<String>) {
+    let label = entry_label("databases", name);
+    if name == "pgbouncer" {
+        out.push(format!(
+            "{label}: the name `pgbouncer` is reserved for the admin console"
+        ));
+    }
+    let mut fail = |key: &str, why: String| out.push(format!("{label} {key}: {why}"));
+    if db.port == 0 {
+        fail("port", "must not be 0".into());
+    }
+    if db.host.is_some() && db.hosts().iter().any(|h| h.is_empty()) {
+        fail(
+            "host",
+            format!(
+                "{:?} has an empty host in its list",
+                db.host.as_deref().unwrap_or("")
+            ),
+        );
+    }
+    if db.dbname.as_deref() == Some("") {
+        fail(
+            "dbname",
+            "must not be empty (leave it out to use the entry's name)".into(),
+        );
+    }
+    // Only judged when the entry sets one of the two; otherwise [general] already reported it.
+    let pool = db.pool_size.unwrap_or(g.default_pool_size);
+    let min = db.min_pool_size.unwrap_or(g.min_pool_size);
+    let own = db.pool_size.is_some() || db.min_pool_size.is_some();
+    if own && min > pool {
+        fail("min_pool_size", too_big(min, "pool_size", pool));
+    }
+    if db.password.is_some() && db.user.is_none() {
+        fail("password", "is only used together with user".into());
+    }
+}
+
+fn user(name: &str, user: &User, g: &General, out: &mut Vec<String>) {
+    if user.pool_size == Some(0) && user.reserve_pool_size.unwrap_or(g.reserve_pool_size) == 0 {
+        let label = entry_label("users", name);
+        out.push(format!(
+            "{label} pool_size: 0 leaves this user no server connection"
+        ));
+    }
+}
+
+fn too_big(value: u32, other: &str, limit: u32) -> String {
+    format!("{value} is larger than {other} {limit}")
+}

@@ -1,0 +1,25 @@
+//! Per-shard timers: every tick each pool slice expires waiters past
+//! `query_wait_timeout`, opens the reserve pool for clients waiting longer
+//! than `reserve_pool_timeout`, hands free budget to waiters, asks other
+//! shards for idle servers, closes servers past `server_idle_timeout` or
+//! `server_lifetime`, and refills `min_pool_size`. One timer per shard, not
+//! one per connection.
+
+use std::rc::Rc;
+
+use crate::runtime::{self, shard::TICK, Shard};
+
+/// Starts the janitor task of `shard`.
+pub fn start(shard: &Rc<Shard>) {
+    let shard = shard.clone();
+    runtime::spawn(async move {
+        loop {
+            runtime::sleep(TICK).await;
+            let pools: Vec<_> = shard.pools.borrow().values().cloned().collect();
+            for pool in pools {
+                pool.tick(&shard);
+                pool.fill_min(&shard);
+            }
+        }
+    });
+}

@@ -1,0 +1,703 @@
+//! Pools: one per (database, user), sliced across shards, with global limits.
+//!
+//! Each shard holds a [`Pool`] slice with its own idle list and FIFO of
+//! waiting clients; no lock is taken to lease or release a server. What the
+//! shards share is a [`GlobalPool`]: an atomic count of open server
+//! connections (so `pool_size` and `reserve_pool_size` mean what they mean
+//! in PgBouncer, for the whole process, not per shard) and, per shard, a
+//! cache-padded pair of counters (idle servers, waiting clients) that only
+//! that shard writes and others read when they run out.
+//!
+//! Handoff (where a shard runs dry while another has idle servers):
+//! - On release, a server goes to a local waiter first; if there is none but
+//!   another shard has waiters, the idle server moves there (detached from
+//!   this reactor, sent through the mesh, adopted by the other shard).
+//! - A client that must wait with no budget left asks every shard that has
+//!   idle servers for one (`Steal`); such a shard sends an idle server over.
+//! - The janitor repeats the steal request and the budget check every tick,
+//!   so a budget freed on another shard is used within ~100 ms.
+//! When load is balanced every shard has its own waiters and nothing moves.
+//!
+//! A lease is released explicitly, on ReadyForQuery `I` (transaction mode) or
+//! at client exit (session mode, after the reset query). Drop of a
+//! [`ServerConn`] is only a safety net: it closes the socket.
+
+pub mod notify;
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use crossbeam::utils::CachePadded;
+use tracing::{info, warn};
+
+pub use notify::Notify;
+
+use crate::config::{Config, PoolMode};
+use crate::error::{sqlstate, Error, PgError, Result};
+use crate::runtime::mesh::MeshMsg;
+use crate::runtime::{self, Shard};
+use crate::server::{self, ConnectSettings, DetachedServer, ServerConn};
+
+/// A pool's identity: database name (as clients ask for it) and the user
+/// that logs into PostgreSQL.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PoolKey {
+    /// Database entry name.
+    pub db: Arc<str>,
+    /// Server login user.
+    pub user: Arc<str>,
+}
+
+/// Per-shard counters that other shards read.
+#[derive(Debug, Default)]
+pub struct ShardCounts {
+    /// Idle servers on that shard.
+    pub idle: AtomicU32,
+    /// Clients waiting on that shard.
+    pub waiting: AtomicU32,
+}
+
+/// What all shards share about one pool.
+#[derive(Debug)]
+pub struct GlobalPool {
+    open: AtomicU32,
+    shards: Vec<CachePadded<ShardCounts>>,
+}
+
+impl GlobalPool {
+    /// A pool for `workers` shards.
+    pub fn new(workers: usize) -> Self {
+        GlobalPool {
+            open: AtomicU32::new(0),
+            shards: (0..workers)
+                .map(|_| CachePadded::new(ShardCounts::default()))
+                .collect(),
+        }
+    }
+
+    /// Takes one server slot if fewer than `limit` are open.
+    pub fn try_open(&self, limit: u32) -> bool {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Returns a server slot.
+    pub fn closed(&self) {
+        let _ = self
+            .open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                Some(n.saturating_sub(1))
+            });
+    }
+
+    /// Server connections open (or opening) across all shards.
+    pub fn open_count(&self) -> u32 {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// Counters of shard `i`.
+    pub fn shard(&self, i: usize) -> &ShardCounts {
+        &self.shards[i]
+    }
+
+    /// Shards other than `me` with waiters.
+    fn shard_waiting(&self, me: usize) -> Option<usize> {
+        (0..self.shards.len())
+            .find(|&i| i != me && self.shards[i].waiting.load(Ordering::Relaxed) > 0)
+    }
+}
+
+/// Effective settings of a pool, resolved from the configuration.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    /// session / transaction / statement.
+    pub mode: PoolMode,
+    /// pool_size.
+    pub size: u32,
+    /// reserve_pool_size.
+    pub reserve: u32,
+    /// min_pool_size.
+    pub min: u32,
+    /// reserve_pool_timeout.
+    pub reserve_timeout: Duration,
+    /// query_wait_timeout (zero: wait forever).
+    pub query_wait_timeout: Duration,
+    /// server_idle_timeout (zero: never).
+    pub idle_timeout: Duration,
+    /// server_lifetime (zero: forever).
+    pub lifetime: Duration,
+    /// server_login_retry.
+    pub login_retry: Duration,
+    /// server_reset_query.
+    pub reset_query: String,
+    /// server_reset_query_always.
+    pub reset_always: bool,
+    /// How to reach and log into PostgreSQL.
+    pub connect: Rc<ConnectSettings>,
+}
+
+impl PoolSettings {
+    /// Resolves the settings of `key` from `config`.
+    pub fn resolve(config: &Config, key: &PoolKey, password: Option<String>) -> PoolSettings {
+        let g = &config.general;
+        let db = config.database(&key.db);
+        let connect = ConnectSettings::resolve(config, key, password);
+        PoolSettings {
+            mode: config.pool_mode(&key.db, &key.user),
+            size: config.pool_size(&key.db, &key.user),
+            reserve: config.reserve_pool_size(&key.db, &key.user),
+            min: config.min_pool_size(&key.db, &key.user),
+            reserve_timeout: g.reserve_pool_timeout.duration(),
+            query_wait_timeout: g.query_wait_timeout.duration(),
+            idle_timeout: g.server_idle_timeout.duration(),
+            lifetime: db
+                .and_then(|d| d.server_lifetime)
+                .unwrap_or(g.server_lifetime)
+                .duration(),
+            login_retry: g.server_login_retry.duration(),
+            reset_query: g.server_reset_query.clone(),
+            reset_always: g.server_reset_query_always,
+            connect: Rc::new(connect),
+        }
+    }
+}
+
+/// What a waiting client is handed.
+enum Grant {
+    /// A server, already counted as active.
+    Server(ServerConn),
+    /// Permission to open a new server (a slot is already taken).
+    Budget,
+    /// Give up with this error.
+    Fail(PgError),
+}
+
+/// A client in a pool's FIFO.
+struct Waiter {
+    since: Instant,
+    grant: RefCell<Option<Grant>>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Waiter {
+    fn give(&self, grant: Grant) {
+        *self.grant.borrow_mut() = Some(grant);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+}
+
+/// One shard's slice of a pool.
+pub struct Pool {
+    /// (database, user).
+    pub key: PoolKey,
+    /// The cross-shard budget and counters.
+    pub global: Arc<GlobalPool>,
+    settings: RefCell<PoolSettings>,
+    idle: RefCell<Vec<ServerConn>>,
+    waiters: RefCell<VecDeque<Rc<Waiter>>>,
+    active: Cell<u32>,
+    opening: Cell<u32>,
+    welcome: RefCell<Option<Rc<Vec<(String, String)>>>>,
+    last_failure: RefCell<Option<(Instant, PgError)>>,
+    shard_id: usize,
+    validated: RefCell<std::collections::HashSet<(String, String)>>,
+    /// Longest current wait start, for SHOW POOLS maxwait.
+    pub stats: crate::stats::PoolStats,
+}
+
+impl Pool {
+    /// A new slice for `shard`.
+    pub fn new(shard: &Shard, key: PoolKey, global: Arc<GlobalPool>) -> Pool {
+        let config = shard.config();
+        let password = server_password(shard, &config, &key);
+        let settings = PoolSettings::resolve(&config, &key, password);
+        Pool {
+            key,
+            global,
+            settings: RefCell::new(settings),
+            idle: RefCell::new(Vec::new()),
+            waiters: RefCell::new(VecDeque::new()),
+            active: Cell::new(0),
+            opening: Cell::new(0),
+            welcome: RefCell::new(None),
+            last_failure: RefCell::new(None),
+            shard_id: shard.id,
+            validated: RefCell::default(),
+            stats: Default::default(),
+        }
+    }
+
+    /// Re-resolves settings after RELOAD.
+    pub fn reconfigure(&self, shard: &Shard) {
+        let config = shard.config();
+        let password = server_password(shard, &config, &self.key);
+        *self.settings.borrow_mut() = PoolSettings::resolve(&config, &self.key, password);
+    }
+
+    /// A copy of the current settings.
+    pub fn settings(&self) -> PoolSettings {
+        self.settings.borrow().clone()
+    }
+
+    /// The pool mode.
+    pub fn mode(&self) -> PoolMode {
+        self.settings.borrow().mode
+    }
+
+    /// Servers leased to clients on this shard.
+    pub fn active_count(&self) -> u32 {
+        self.active.get()
+    }
+
+    /// Idle servers on this shard.
+    pub fn idle_count(&self) -> usize {
+        self.idle.borrow().len()
+    }
+
+    /// Servers being opened on this shard.
+    pub fn opening_count(&self) -> u32 {
+        self.opening.get()
+    }
+
+    /// Clients waiting on this shard.
+    pub fn waiting_count(&self) -> usize {
+        self.waiters.borrow().len()
+    }
+
+    /// How long the oldest waiter has waited.
+    pub fn max_wait(&self) -> Duration {
+        self.waiters
+            .borrow()
+            .front()
+            .map(|w| w.since.elapsed())
+            .unwrap_or_default()
+    }
+
+    /// Visits idle servers (console).
+    pub fn for_each_idle(&self, mut f: impl FnMut(&ServerConn)) {
+        for s in self.idle.borrow().iter() {
+            f(s);
+        }
+    }
+
+    /// The ParameterStatus set a new client is greeted with, once a server
+    /// of this pool has been seen.
+    pub fn welcome(&self) -> Option<Rc<Vec<(String, String)>>> {
+        self.welcome.borrow().clone()
+    }
+
+    /// Remembers a startup parameter value; true the first time it is
+    /// seen on this shard (it must then be tried on a server at login).
+    pub fn note_param(&self, name: &str, value: &str) -> bool {
+        self.validated
+            .borrow_mut()
+            .insert((name.to_ascii_lowercase(), value.to_owned()))
+    }
+
+    fn set_idle_counter(&self) {
+        let n = self.idle.borrow().len() as u32;
+        self.global
+            .shard(self.shard_id)
+            .idle
+            .store(n, Ordering::Relaxed);
+    }
+
+    fn set_waiting_counter(&self) {
+        let n = self.waiters.borrow().len() as u32;
+        self.global
+            .shard(self.shard_id)
+            .waiting
+            .store(n, Ordering::Relaxed);
+    }
+
+    /// Leases a server: an idle one, else a new one within the global
+    /// budget, else wait (FIFO) for a release, a handoff, the reserve pool
+    /// or `query_wait_timeout`.
+    pub async fn acquire(self: &Rc<Self>, shard: &Rc<Shard>) -> Result<ServerConn> {
+        loop {
+            if let Some(server) = self.pop_idle() {
+                if self.is_expired(&server) {
+                    self.close(shard, server, "server lifetime over");
+                    continue;
+                }
+                self.active.set(self.active.get() + 1);
+                return Ok(server);
+            }
+            self.fail_fast()?;
+            let size = self.settings.borrow().size;
+            if self.global.try_open(size) {
+                return self.open(shard).await;
+            }
+            match self.wait(shard).await {
+                Grant::Server(server) => return Ok(server),
+                Grant::Budget => return self.open(shard).await,
+                Grant::Fail(e) => return Err(Error::Refused(e)),
+            }
+        }
+    }
+
+    fn pop_idle(&self) -> Option<ServerConn> {
+        let s = self.idle.borrow_mut().pop();
+        if s.is_some() {
+            self.set_idle_counter();
+        }
+        s
+    }
+
+    fn is_expired(&self, server: &ServerConn) -> bool {
+        let lifetime = self.settings.borrow().lifetime;
+        !lifetime.is_zero() && server.meta.created.elapsed() > lifetime
+    }
+
+    /// While PostgreSQL is unreachable (a recent connect failed and nothing
+    /// is open), fail at once instead of making clients wait it out.
+    fn fail_fast(&self) -> Result<()> {
+        let retry = self.settings.borrow().login_retry;
+        if let Some((at, err)) = &*self.last_failure.borrow() {
+            if at.elapsed() < retry && self.global.open_count() == 0 {
+                return Err(Error::Refused(err.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens a server with an already-taken budget slot.
+    async fn open(self: &Rc<Self>, shard: &Rc<Shard>) -> Result<ServerConn> {
+        self.opening.set(self.opening.get() + 1);
+        let connect = self.settings.borrow().connect.clone();
+        let result = server::connect(&connect, shard.next_id()).await;
+        self.opening.set(self.opening.get() - 1);
+        match result {
+            Ok(server) => {
+                self.last_failure.borrow_mut().take();
+                if self.welcome.borrow().is_none() {
+                    *self.welcome.borrow_mut() = Some(Rc::new(server.meta.params.reported()));
+                }
+                self.active.set(self.active.get() + 1);
+                Ok(server)
+            }
+            Err(e) => {
+                self.global.closed();
+                let pg = e.to_client().unwrap_or_else(|| {
+                    PgError::fatal(sqlstate::CONNECTION_FAILURE, "server login failed")
+                });
+                warn!(db = %self.key.db, user = %self.key.user, error = %e, "server connect failed");
+                *self.last_failure.borrow_mut() = Some((Instant::now(), pg.clone()));
+                self.fail_waiters(&pg);
+                Err(Error::Refused(pg))
+            }
+        }
+    }
+
+    /// Every local waiter gets `err` (PostgreSQL is unreachable).
+    fn fail_waiters(&self, err: &PgError) {
+        if self.global.open_count() > 0 {
+            return;
+        }
+        let waiters: Vec<_> = self.waiters.borrow_mut().drain(..).collect();
+        self.set_waiting_counter();
+        for w in waiters {
+            w.give(Grant::Fail(err.clone()));
+        }
+    }
+
+    async fn wait(self: &Rc<Self>, shard: &Rc<Shard>) -> Grant {
+        let waiter = Rc::new(Waiter {
+            since: Instant::now(),
+            grant: RefCell::new(None),
+            waker: RefCell::new(None),
+        });
+        self.waiters.borrow_mut().push_back(waiter.clone());
+        self.set_waiting_counter();
+        self.ask_other_shards(shard);
+        let mut guard = WaitGuard {
+            armed: Some((self.clone(), shard.clone(), waiter.clone())),
+        };
+        let grant = std::future::poll_fn(|cx| match waiter.grant.borrow_mut().take() {
+            Some(g) => Poll::Ready(g),
+            None => {
+                *waiter.waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await;
+        guard.armed = None;
+        if let Grant::Server(_) = grant {
+            self.stats.record_wait(waiter.since.elapsed());
+        }
+        grant
+    }
+
+    /// Asks shards that hold idle servers to hand one over.
+    fn ask_other_shards(&self, shard: &Shard) {
+        for i in 0..self.global.shards.len() {
+            if i != shard.id && self.global.shard(i).idle.load(Ordering::Relaxed) > 0 {
+                shard.mesh.send(
+                    i,
+                    MeshMsg::Steal {
+                        pool: self.key.clone(),
+                        from: shard.id,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Returns a clean server (ReadyForQuery `I`) from a client.
+    pub fn release(self: &Rc<Self>, shard: &Rc<Shard>, mut server: ServerConn) {
+        self.active.set(self.active.get().saturating_sub(1));
+        server.meta.last_used = Instant::now();
+        if self.is_expired(&server) {
+            self.close(shard, server, "server lifetime over");
+            return;
+        }
+        self.place(shard, server);
+    }
+
+    /// Gives an unleased server to a local waiter, another shard's waiter,
+    /// or the idle list, in that order.
+    fn place(self: &Rc<Self>, shard: &Rc<Shard>, server: ServerConn) {
+        if let Some(w) = self.pop_waiter() {
+            self.active.set(self.active.get() + 1);
+            w.give(Grant::Server(server));
+            return;
+        }
+        if let Some(to) = self.global.shard_waiting(shard.id) {
+            self.send_to(shard, to, server);
+            return;
+        }
+        self.idle.borrow_mut().push(server);
+        self.set_idle_counter();
+    }
+
+    fn pop_waiter(&self) -> Option<Rc<Waiter>> {
+        let w = self.waiters.borrow_mut().pop_front();
+        if w.is_some() {
+            self.set_waiting_counter();
+        }
+        w
+    }
+
+    fn send_to(&self, shard: &Shard, to: usize, server: ServerConn) {
+        match server.detach() {
+            Ok(detached) => shard.mesh.send(
+                to,
+                MeshMsg::Handoff {
+                    pool: self.key.clone(),
+                    server: detached,
+                },
+            ),
+            Err(e) => {
+                warn!(error = %e, "server handoff failed; closing it");
+                self.global.closed();
+            }
+        }
+    }
+
+    /// A `Steal` request from shard `to`: send an idle server if we have one
+    /// and nobody here is waiting.
+    pub fn give_to_shard(self: &Rc<Self>, shard: &Rc<Shard>, to: usize) {
+        if !self.waiters.borrow().is_empty() {
+            return;
+        }
+        if let Some(server) = self.pop_idle() {
+            self.send_to(shard, to, server);
+        }
+    }
+
+    /// A server handed over by another shard.
+    pub fn adopt(self: &Rc<Self>, shard: &Rc<Shard>, detached: DetachedServer) {
+        match ServerConn::attach(detached) {
+            Ok(server) => self.place(shard, server),
+            Err(e) => {
+                warn!(error = %e, "could not adopt a handed-over server");
+                self.global.closed();
+            }
+        }
+    }
+
+    /// Closes a server for good (dirty, broken, expired) and passes its
+    /// budget slot to the first local waiter.
+    pub fn close(self: &Rc<Self>, _shard: &Rc<Shard>, server: ServerConn, reason: &str) {
+        info!(db = %self.key.db, user = %self.key.user, server = server.meta.id, reason, "closing server connection");
+        drop(server);
+        self.global.closed();
+        self.grant_budget();
+    }
+
+    /// Closes a leased server (it was counted active).
+    pub fn close_leased(self: &Rc<Self>, shard: &Rc<Shard>, server: ServerConn, reason: &str) {
+        self.active.set(self.active.get().saturating_sub(1));
+        self.close(shard, server, reason);
+    }
+
+    /// Gives waiters budget that is free now (janitor, and after a close).
+    fn grant_budget(&self) {
+        let size = self.settings.borrow().size;
+        while !self.waiters.borrow().is_empty() && self.global.try_open(size) {
+            if let Some(w) = self.pop_waiter() {
+                w.give(Grant::Budget);
+            }
+        }
+    }
+
+    /// Closes every idle server (shutdown, RECONNECT).
+    pub fn close_idle(&self) {
+        let idle: Vec<_> = self.idle.borrow_mut().drain(..).collect();
+        self.set_idle_counter();
+        for s in idle {
+            drop(s);
+            self.global.closed();
+        }
+    }
+
+    /// Janitor work, every tick: timeouts, reserve pool, budget, steals,
+    /// idle and lifetime limits.
+    pub fn tick(self: &Rc<Self>, shard: &Rc<Shard>) {
+        self.expire_waiters();
+        self.grant_budget();
+        self.open_reserve();
+        if !self.waiters.borrow().is_empty() {
+            self.ask_other_shards(shard);
+        }
+        self.retire_idle();
+    }
+
+    fn expire_waiters(&self) {
+        let timeout = self.settings.borrow().query_wait_timeout;
+        if timeout.is_zero() {
+            return;
+        }
+        while let Some(w) = self.waiters.borrow().front().cloned() {
+            if w.since.elapsed() < timeout {
+                break;
+            }
+            self.pop_waiter();
+            w.give(Grant::Fail(PgError::fatal(
+                sqlstate::PROTOCOL_VIOLATION,
+                "query_wait_timeout",
+            )));
+        }
+    }
+
+    fn open_reserve(&self) {
+        let s = self.settings.borrow();
+        let (limit, after) = (s.size + s.reserve, s.reserve_timeout);
+        drop(s);
+        while let Some(w) = self.waiters.borrow().front().cloned() {
+            if w.since.elapsed() < after || !self.global.try_open(limit) {
+                break;
+            }
+            info!(db = %self.key.db, user = %self.key.user, "taking connection from reserve_pool");
+            self.pop_waiter();
+            w.give(Grant::Budget);
+        }
+    }
+
+    fn retire_idle(&self) {
+        let s = self.settings.borrow();
+        let (idle_timeout, lifetime, min) = (s.idle_timeout, s.lifetime, s.min);
+        drop(s);
+        let mut idle = self.idle.borrow_mut();
+        let before = idle.len();
+        idle.retain(|srv| {
+            let open = self.global.open_count();
+            let stale = !idle_timeout.is_zero()
+                && srv.meta.last_used.elapsed() > idle_timeout
+                && open > min;
+            let old = !lifetime.is_zero() && srv.meta.created.elapsed() > lifetime;
+            if stale || old {
+                self.global.closed();
+            }
+            !(stale || old)
+        });
+        let closed = before - idle.len();
+        drop(idle);
+        if closed > 0 {
+            self.set_idle_counter();
+        }
+    }
+
+    /// Opens servers up to `min_pool_size` (shard 0 keeps the warm set;
+    /// handoff spreads it).
+    pub fn fill_min(self: &Rc<Self>, shard: &Rc<Shard>) {
+        let min = self.settings.borrow().min;
+        if shard.id != 0 || min == 0 || self.opening.get() > 0 || !self.global.try_open(min) {
+            return;
+        }
+        let pool = self.clone();
+        let shard = shard.clone();
+        runtime::spawn(async move {
+            if let Ok(server) = pool.open(&shard).await {
+                pool.active.set(pool.active.get().saturating_sub(1));
+                pool.place(&shard, server);
+            }
+        });
+    }
+
+    /// Removes a waiter whose client went away, returning what it was given.
+    fn abandon(self: &Rc<Self>, shard: &Rc<Shard>, waiter: &Rc<Waiter>) {
+        self.waiters.borrow_mut().retain(|w| !Rc::ptr_eq(w, waiter));
+        self.set_waiting_counter();
+        match waiter.grant.borrow_mut().take() {
+            Some(Grant::Server(s)) => {
+                self.active.set(self.active.get().saturating_sub(1));
+                self.place(shard, s);
+            }
+            Some(Grant::Budget) => {
+                self.global.closed();
+                self.grant_budget();
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Safety net for a wait abandoned mid-way (client gone): gives back
+/// whatever was granted so no server or budget leaks.
+struct WaitGuard {
+    armed: Option<(Rc<Pool>, Rc<Shard>, Rc<Waiter>)>,
+}
+
+impl Drop for WaitGuard {
+    fn drop(&mut self) {
+        if let Some((pool, shard, waiter)) = self.armed.take() {
+            pool.abandon(&shard, &waiter);
+        }
+    }
+}
+
+/// The password pgring logs into PostgreSQL with for `key`: the database
+/// entry's `password`, else the user's secret from the auth file (plain or
+/// md5; a SCRAM verifier cannot log in by itself).
+fn server_password(shard: &Shard, config: &Config, key: &PoolKey) -> Option<String> {
+    if let Some(p) = config.database(&key.db).and_then(|d| d.password.clone()) {
+        return Some(p);
+    }
+    use crate::auth::userlist::Secret;
+    match shard.userlist().get(&key.user) {
+        Some(Secret::Plain(p)) | Some(Secret::Md5(p)) => Some(p.clone()),
+        _ => None,
+    }
+}
+
+/// The address list of a database entry (`host` may be a comma list).
+pub fn resolve_addrs(host: &str, port: u16) -> Vec<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    host.split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .flat_map(|h| (h, port).to_socket_addrs().into_iter().flatten())
+        .collect()
+}

@@ -1,0 +1,156 @@
+//! The only room that knows glommio.
+//!
+//! It boots `workers` pinned executors (one shard per core by default), wires
+//! the mesh of lock-free channels between them, and hands every other room a
+//! small vocabulary: [`Stream`], [`spawn`], [`sleep`], [`connect`], and the
+//! [`Shard`] context. A runtime swap would touch this folder and nothing else.
+//!
+//! Signals are taken by the main thread with `sigwait` (they are blocked in
+//! every shard thread) and published through [`Shared::control`]; each shard's
+//! janitor tick notices the change. Signals are rare; a 100 ms reaction is fine
+//! and keeps signal handling out of the shards' hot loops.
+
+pub mod io;
+pub mod mesh;
+pub mod shard;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use glommio::{LocalExecutorBuilder, Placement};
+use tracing::{error, info};
+
+pub use io::{connect, sleep, spawn, Stream};
+pub use shard::{Control, Shard, Shared};
+
+use crate::config::Config;
+use crate::listener;
+
+/// Boots the shards and blocks until they all stop.
+pub fn run(config: Config, config_path: std::path::PathBuf) -> Result<(), BootError> {
+    let workers = worker_count(&config);
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let shared = Arc::new(Shared::new(config, config_path, workers)?);
+    let mut meshes = mesh::build(workers);
+    // Listeners are bound up front so a bad address fails the start, not a shard.
+    let listeners = (0..workers)
+        .map(|_| listener::bind(&shared.config()))
+        .collect::<Result<Vec<_>, _>>()?;
+    block_signals();
+    let mut handles = Vec::new();
+    for (id, (listen, ends)) in listeners.into_iter().zip(meshes.drain(..)).enumerate() {
+        let shared = shared.clone();
+        let placement = match cores.get(id % cores.len().max(1)) {
+            Some(core) => Placement::Fixed(core.id),
+            None => Placement::Unbound,
+        };
+        let spin = Duration::from_micros(shared.config().general.spin_before_park_us);
+        let handle = LocalExecutorBuilder::new(placement)
+            .name(&format!("pgring-shard-{id}"))
+            .spin_before_park(spin)
+            .spawn(move || async move { shard::run_shard(id, shared, listen, ends).await })
+            .map_err(|e| BootError::Shard(id, e.to_string()))?;
+        handles.push(handle);
+    }
+    info!(workers, "pgring started");
+    crate::notify_ready();
+    wait_for_signals(&shared);
+    for h in handles {
+        if let Err(e) = h.join() {
+            error!(error = %e, "shard ended with an error");
+        }
+    }
+    Ok(())
+}
+
+/// `workers = 0` means one shard per available core.
+fn worker_count(config: &Config) -> usize {
+    match config.general.workers {
+        0 => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        n => n,
+    }
+}
+
+const HANDLED_SIGNALS: [libc::c_int; 6] = [
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGQUIT,
+    libc::SIGHUP,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+];
+
+fn signal_set() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset only write into the set we own.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in HANDLED_SIGNALS {
+            libc::sigaddset(&mut set, s);
+        }
+        set
+    }
+}
+
+/// Blocks the handled signals in this thread; threads spawned afterwards
+/// inherit the mask, so only `sigwait` in the main thread sees them.
+fn block_signals() {
+    let set = signal_set();
+    // SAFETY: pthread_sigmask with a valid set and a null old-set pointer.
+    unsafe {
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+fn wait_for_signals(shared: &Arc<Shared>) {
+    let set = signal_set();
+    let mut term_seen = false;
+    while !shared.is_stopped() {
+        let timeout = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 200_000_000,
+        };
+        // SAFETY: sigtimedwait on a valid set; a null siginfo pointer is allowed.
+        let sig = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &timeout) };
+        if sig < 0 {
+            continue;
+        }
+        let control = match sig {
+            libc::SIGTERM if term_seen => Control::ShutdownNow,
+            libc::SIGTERM => {
+                term_seen = true;
+                Control::ShutdownWaitClients
+            }
+            libc::SIGINT => Control::ShutdownWaitServers,
+            libc::SIGQUIT => Control::ShutdownNow,
+            libc::SIGHUP => Control::Reload,
+            libc::SIGUSR1 => Control::Pause,
+            libc::SIGUSR2 => Control::Resume,
+            _ => continue,
+        };
+        info!(signal = sig, ?control, "got signal");
+        shared.post_control(control);
+    }
+}
+
+/// Why pgring could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    /// A listener could not be bound.
+    #[error("could not listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The auth file could not be read.
+    #[error("auth_file: {0}")]
+    AuthFile(String),
+    /// An executor could not start.
+    #[error("cannot start shard {0}: {1}")]
+    Shard(usize, String),
+}

@@ -1,0 +1,406 @@
+//! Server connections: connect, log into PostgreSQL, keep the parameter
+//! cache, run the few queries pgring itself sends (parameter sync, reset,
+//! rollback of an abandoned transaction), and move between shards.
+//!
+//! A [`ServerConn`] is a socket plus [`ServerMeta`]; the meta part is plain
+//! data, so a connection can be detached from one shard's reactor (its fd
+//! dup'ed, the glommio stream dropped with no read in flight) and attached on
+//! another ([`DetachedServer`]).
+
+pub mod params;
+
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use tracing::debug;
+
+pub use params::{ClientParams, ServerParams};
+
+use crate::auth::{md5, scram};
+use crate::config::Config;
+use crate::error::{sqlstate, Error, PgError, Result};
+use crate::pool::{resolve_addrs, PoolKey};
+use crate::protocol::backend::{self, AuthRequest, ErrorFields};
+use crate::protocol::startup::CancelKey;
+use crate::protocol::{build, tag};
+use crate::runtime::{self, io as rio, Stream};
+use crate::wire::{read_message, small_buf, Message, ReadError};
+
+/// How to reach and log into PostgreSQL for one pool.
+#[derive(Debug, Clone)]
+pub struct ConnectSettings {
+    /// Candidate addresses (host list × port), tried in order.
+    pub addrs: Vec<SocketAddr>,
+    /// Human-readable host and port (logs, SHOW).
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Database name on the server.
+    pub dbname: String,
+    /// Login user.
+    pub user: String,
+    /// Password (plain or md5 secret), if any.
+    pub password: Option<String>,
+    /// server_connect_timeout.
+    pub connect_timeout: Duration,
+    /// connect_query, run once after login.
+    pub connect_query: Option<String>,
+    /// max_packet_size.
+    pub max_packet: u32,
+}
+
+impl ConnectSettings {
+    /// Resolves from the database entry of `key`.
+    pub fn resolve(config: &Config, key: &PoolKey, password: Option<String>) -> Self {
+        let db = config.database(&key.db);
+        let host = db
+            .and_then(|d| d.host.clone())
+            .unwrap_or_else(|| "127.0.0.1".to_owned());
+        let port = db.map(|d| d.port).unwrap_or(5432);
+        ConnectSettings {
+            addrs: resolve_addrs(&host, port),
+            host,
+            port,
+            dbname: db
+                .and_then(|d| d.dbname.clone())
+                .unwrap_or_else(|| key.db.to_string()),
+            user: key.user.to_string(),
+            password,
+            connect_timeout: config.general.server_connect_timeout.duration(),
+            connect_query: db.and_then(|d| d.connect_query.clone()),
+            max_packet: config.general.max_packet_size,
+        }
+    }
+}
+
+/// Everything about a server connection except its socket.
+#[derive(Debug)]
+pub struct ServerMeta {
+    /// pgring's id for it (SHOW SERVERS `id`).
+    pub id: u64,
+    /// The backend's own cancel key (its pid is PostgreSQL's backend pid).
+    pub backend_key: CancelKey,
+    /// Where it is connected.
+    pub addr: SocketAddr,
+    /// Our end.
+    pub local_addr: Option<SocketAddr>,
+    /// Parameter state.
+    pub params: ServerParams,
+    /// When it was opened.
+    pub created: Instant,
+    /// When it was last released.
+    pub last_used: Instant,
+    /// Wall-clock open time (SHOW SERVERS connect_time).
+    pub connect_time: std::time::SystemTime,
+}
+
+/// A live, logged-in server connection.
+#[derive(Debug)]
+pub struct ServerConn {
+    /// The socket.
+    pub stream: Stream,
+    /// The rest.
+    pub meta: ServerMeta,
+}
+
+/// A server connection in transit between shards.
+#[derive(Debug)]
+pub struct DetachedServer {
+    fd: OwnedFd,
+    meta: ServerMeta,
+}
+
+impl ServerConn {
+    /// Detaches from this shard's reactor. Must not be called with a read
+    /// pending (servers are only moved while idle in a pool).
+    pub fn detach(self) -> std::io::Result<DetachedServer> {
+        // SAFETY: dup of a valid open fd we own; the result is a new fd.
+        let fd = unsafe { libc::dup(self.stream.as_raw_fd()) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh descriptor owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        drop(self.stream);
+        Ok(DetachedServer {
+            fd,
+            meta: self.meta,
+        })
+    }
+
+    /// Attaches a detached connection to the current shard's reactor.
+    pub fn attach(d: DetachedServer) -> std::io::Result<ServerConn> {
+        // SAFETY: the fd is an open, connected TCP socket that we own.
+        let stream = unsafe { Stream::from_raw_fd(d.fd.into_raw_fd()) };
+        Ok(ServerConn {
+            stream,
+            meta: d.meta,
+        })
+    }
+
+    /// Backend pid (SHOW SERVERS remote_pid).
+    pub fn pid(&self) -> u32 {
+        self.meta.backend_key.pid
+    }
+
+    /// Makes the server's parameters match the client's; reports
+    /// ParameterStatus changes back into `wants` (normalised values).
+    pub async fn sync_params(&mut self, wants: &mut ClientParams) -> Result<()> {
+        let Some(sql) = self.meta.params.sync_query(wants) else {
+            return Ok(());
+        };
+        debug!(server = self.meta.id, %sql, "parameter sync");
+        let changes = self.simple_query(&sql).await?;
+        for (k, v) in &changes {
+            wants.on_status(k, v);
+        }
+        self.meta.params.synced(wants);
+        Ok(())
+    }
+
+    /// Runs a query pgring sends on its own behalf and drains its reply up
+    /// to ReadyForQuery. ParameterStatus changes are applied and returned; an
+    /// ErrorResponse becomes `Error::Server` (the server itself stays clean
+    /// if it ended with ReadyForQuery `I`).
+    pub async fn simple_query(&mut self, sql: &str) -> Result<Vec<(String, String)>> {
+        let mut out = Vec::with_capacity(sql.len() + 6);
+        build::query(&mut out, sql);
+        rio::write_all(&mut self.stream, &out)
+            .await
+            .map_err(Error::ServerIo)?;
+        let mut buf = small_buf();
+        let mut changes = Vec::new();
+        let mut failure = None;
+        loop {
+            let msg = self.read(&mut buf).await?;
+            match msg.tag {
+                tag::PARAMETER_STATUS => {
+                    let (k, v) =
+                        backend::parameter_status(&msg.body).map_err(Error::ServerProtocol)?;
+                    self.meta.params.on_status(k, v);
+                    changes.push((k.to_owned(), v.to_owned()));
+                }
+                tag::ERROR_RESPONSE => {
+                    failure = Some(ErrorFields::parse(&msg.body).map_err(Error::ServerProtocol)?);
+                }
+                tag::READY_FOR_QUERY => {
+                    let status = backend::ready_status(&msg.body).map_err(Error::ServerProtocol)?;
+                    return match (failure, status) {
+                        (Some(e), _) => Err(Error::Server(PgError::from(e))),
+                        (None, b'I') => Ok(changes),
+                        (None, _) => Err(Error::Server(PgError::error(
+                            sqlstate::PROTOCOL_VIOLATION,
+                            "server left in a transaction by pgring's own query",
+                        ))),
+                    };
+                }
+                _ => {}
+            }
+        }
+    }
+
+    async fn read(&mut self, buf: &mut rio::Buf) -> Result<Message> {
+        read_message(&mut self.stream, buf, u32::MAX >> 1)
+            .await
+            .map_err(|e| match e {
+                ReadError::Io(e) => Error::ServerIo(e),
+                ReadError::Eof => Error::ServerIo(std::io::ErrorKind::UnexpectedEof.into()),
+                ReadError::Protocol(p) => Error::ServerProtocol(p),
+            })
+    }
+}
+
+/// Opens and logs into a server connection.
+pub async fn connect(cs: &ConnectSettings, id: u64) -> Result<ServerConn> {
+    let (stream, addr) = open_socket(cs).await?;
+    let now = Instant::now();
+    let mut conn = ServerConn {
+        meta: ServerMeta {
+            id,
+            backend_key: CancelKey { pid: 0, secret: 0 },
+            addr,
+            local_addr: rio::local_addr(&stream),
+            params: ServerParams::default(),
+            created: now,
+            last_used: now,
+            connect_time: std::time::SystemTime::now(),
+        },
+        stream,
+    };
+    match runtime::io::timeout(cs.connect_timeout, login(&mut conn, cs)).await {
+        Some(r) => r?,
+        None => {
+            return Err(Error::refuse(
+                sqlstate::CONNECTION_FAILURE,
+                format!("server login to {}:{} timed out", cs.host, cs.port),
+            ))
+        }
+    }
+    if let Some(q) = cs.connect_query.as_deref() {
+        conn.simple_query(q).await?;
+    }
+    debug!(server = id, pid = conn.pid(), %addr, "server connection ready");
+    Ok(conn)
+}
+
+async fn open_socket(cs: &ConnectSettings) -> Result<(Stream, SocketAddr)> {
+    let mut last = None;
+    for &addr in &cs.addrs {
+        match runtime::connect(addr, cs.connect_timeout).await {
+            Ok(s) => return Ok((s, addr)),
+            Err(e) => last = Some(e),
+        }
+    }
+    let reason = last.map_or_else(|| "no address for host".to_owned(), |e| e.to_string());
+    Err(Error::refuse(
+        sqlstate::CANNOT_CONNECT,
+        format!(
+            "pgring cannot connect to server {}:{}: {reason}",
+            cs.host, cs.port
+        ),
+    ))
+}
+
+async fn login(conn: &mut ServerConn, cs: &ConnectSettings) -> Result<()> {
+    let mut out = Vec::new();
+    build::startup(&mut out, &[("user", &cs.user), ("database", &cs.dbname)]);
+    rio::write_all(&mut conn.stream, &out)
+        .await
+        .map_err(Error::ServerIo)?;
+    let mut buf = small_buf();
+    let mut auth = ClientAuth::default();
+    loop {
+        let msg = conn.read(&mut buf).await?;
+        match msg.tag {
+            tag::AUTHENTICATION => auth.step(conn, cs, &msg.body).await?,
+            tag::PARAMETER_STATUS => {
+                let (k, v) = backend::parameter_status(&msg.body).map_err(Error::ServerProtocol)?;
+                conn.meta.params.on_status(k, v);
+            }
+            tag::BACKEND_KEY_DATA => {
+                conn.meta.backend_key =
+                    backend::backend_key_data(&msg.body).map_err(Error::ServerProtocol)?;
+            }
+            tag::READY_FOR_QUERY => return Ok(()),
+            tag::ERROR_RESPONSE => {
+                let e = ErrorFields::parse(&msg.body).map_err(Error::ServerProtocol)?;
+                return Err(Error::Server(PgError::from(e).into_fatal()));
+            }
+            tag::NOTICE_RESPONSE => {}
+            other => {
+                return Err(Error::ServerProtocol(
+                    crate::protocol::ProtocolError::Unexpected(other),
+                ))
+            }
+        }
+    }
+}
+
+/// pgring as a client of PostgreSQL's authentication.
+#[derive(Default)]
+struct ClientAuth {
+    scram: Option<scram::ScramClient>,
+}
+
+impl ClientAuth {
+    async fn step(
+        &mut self,
+        conn: &mut ServerConn,
+        cs: &ConnectSettings,
+        body: &[u8],
+    ) -> Result<()> {
+        let req = AuthRequest::parse(body).map_err(Error::ServerProtocol)?;
+        let mut out = Vec::new();
+        match req {
+            AuthRequest::Ok => return Ok(()),
+            AuthRequest::Cleartext => build::password_message(&mut out, self.password(cs)?),
+            AuthRequest::Md5(salt) => {
+                let resp = md5::md5_response(&cs.user, self.password(cs)?, salt);
+                build::password_message(&mut out, &resp);
+            }
+            AuthRequest::Sasl(mechs) => {
+                if !AuthRequest::offers(mechs, scram::SCRAM_SHA_256) {
+                    return Err(unsupported_auth("SASL without SCRAM-SHA-256"));
+                }
+                let mut client = scram::ScramClient::new(self.password(cs)?);
+                build::sasl_initial_response(
+                    &mut out,
+                    scram::SCRAM_SHA_256,
+                    &client.client_first(),
+                );
+                self.scram = Some(client);
+            }
+            AuthRequest::SaslContinue(data) => {
+                let client = self
+                    .scram
+                    .as_mut()
+                    .ok_or_else(|| unsupported_auth("SASL out of order"))?;
+                let reply = client.handle_server_first(data).map_err(scram_failed)?;
+                build::sasl_response(&mut out, &reply);
+            }
+            AuthRequest::SaslFinal(data) => {
+                let client = self
+                    .scram
+                    .as_ref()
+                    .ok_or_else(|| unsupported_auth("SASL out of order"))?;
+                client.verify_server_final(data).map_err(scram_failed)?;
+                return Ok(());
+            }
+            AuthRequest::Unsupported(code) => {
+                return Err(unsupported_auth(&format!("method {code}")))
+            }
+        }
+        rio::write_all(&mut conn.stream, &out)
+            .await
+            .map_err(Error::ServerIo)
+    }
+
+    fn password<'a>(&self, cs: &'a ConnectSettings) -> Result<&'a str> {
+        cs.password.as_deref().ok_or_else(|| {
+            Error::Server(PgError::fatal(
+                sqlstate::INVALID_PASSWORD,
+                format!(
+                    "no password known to pgring for server login as \"{}\"",
+                    cs.user
+                ),
+            ))
+        })
+    }
+}
+
+fn unsupported_auth(what: &str) -> Error {
+    Error::Server(PgError::fatal(
+        sqlstate::INVALID_AUTHORIZATION,
+        format!("server requested an authentication pgring does not support: {what}"),
+    ))
+}
+
+fn scram_failed(e: scram::ScramError) -> Error {
+    Error::Server(PgError::fatal(
+        sqlstate::INVALID_PASSWORD,
+        format!("SCRAM authentication with the server failed: {e}"),
+    ))
+}
+
+/// Sends a CancelRequest for `key` to the backend at `addr` on a new
+/// connection (how PostgreSQL cancels: out of band).
+pub async fn send_cancel(
+    addr: SocketAddr,
+    key: CancelKey,
+    deadline: Duration,
+) -> std::io::Result<()> {
+    let mut stream = runtime::connect(addr, deadline).await?;
+    let mut out = Vec::with_capacity(16);
+    build::cancel_request(&mut out, key);
+    rio::write_all(&mut stream, &out).await?;
+    // PostgreSQL closes the connection when done; wait briefly for that so
+    // the cancel is processed before we report anything.
+    let mut b = [0u8; 1];
+    let _ = runtime::io::timeout(
+        deadline,
+        futures_lite::AsyncReadExt::read(&mut stream, &mut b),
+    )
+    .await;
+    Ok(())
+}

@@ -1,0 +1,220 @@
+//! Session parameters: what each server has, what each client wants, and
+//! the one query that makes a server match a client before its first byte.
+//!
+//! Parameters PostgreSQL reports (GUC_REPORT: client_encoding, DateStyle,
+//! TimeZone, standard_conforming_strings, application_name, IntervalStyle
+//! ...) are known from the server's ParameterStatus messages. Other startup
+//! parameters (extra_float_digits, search_path, statement_timeout...) are not
+//! reported, so pgring remembers which ones it set on each server and
+//! RESETs them for a client that did not ask for them. PgBouncer refuses
+//! such parameters unless told to ignore them; pgring carries them.
+//!
+//! Values go through `set_config()`, which parses them exactly as a startup
+//! parameter would be parsed (lists such as `search_path=a,b` included).
+
+use std::collections::{HashMap, HashSet};
+
+/// Lower-cased parameter name.
+fn norm(name: &str) -> String {
+    name.to_ascii_lowercase()
+}
+
+/// A server connection's parameter state.
+#[derive(Debug, Clone, Default)]
+pub struct ServerParams {
+    /// Canonical name → value, as reported at login or later.
+    reported: Vec<(String, String)>,
+    /// lower name → value of everything known (reported and set by us).
+    values: HashMap<String, String>,
+    /// Unreported parameters pgring set on this server.
+    extras: HashSet<String>,
+}
+
+impl ServerParams {
+    /// Records a ParameterStatus from the server.
+    pub fn on_status(&mut self, name: &str, value: &str) {
+        let key = norm(name);
+        match self.reported.iter_mut().find(|(n, _)| norm(n) == key) {
+            Some(entry) => entry.1 = value.to_owned(),
+            None => self.reported.push((name.to_owned(), value.to_owned())),
+        }
+        self.extras.remove(&key);
+        self.values.insert(key, value.to_owned());
+    }
+
+    /// Everything the server reported, canonical names (a client's welcome).
+    pub fn reported(&self) -> Vec<(String, String)> {
+        self.reported.clone()
+    }
+
+    /// Is `name` a reported parameter on this server?
+    pub fn is_reported(&self, name: &str) -> bool {
+        let key = norm(name);
+        self.reported.iter().any(|(n, _)| norm(n) == key)
+    }
+
+    /// Builds the query that makes this server match `wants`, or `None`
+    /// when it already does.
+    pub fn sync_query(&self, wants: &ClientParams) -> Option<String> {
+        let mut resets = String::new();
+        for extra in &self.extras {
+            if !wants.values.contains_key(extra) {
+                resets.push_str(&format!("RESET {};", quote_ident(extra)));
+            }
+        }
+        let mut sets = Vec::new();
+        for (k, v) in &wants.values {
+            if self.values.get(k) != Some(v) {
+                sets.push(format!(
+                    "pg_catalog.set_config({}, {}, false)",
+                    quote_lit(k),
+                    quote_lit(v)
+                ));
+            }
+        }
+        if resets.is_empty() && sets.is_empty() {
+            return None;
+        }
+        if !sets.is_empty() {
+            resets.push_str("SELECT ");
+            resets.push_str(&sets.join(", "));
+        }
+        Some(resets)
+    }
+
+    /// After a successful sync: unreported values are now what the client
+    /// wanted, and extras it did not want were reset.
+    pub fn synced(&mut self, wants: &ClientParams) {
+        let stale: Vec<String> = self
+            .extras
+            .iter()
+            .filter(|e| !wants.values.contains_key(*e))
+            .cloned()
+            .collect();
+        for e in stale {
+            self.extras.remove(&e);
+            self.values.remove(&e);
+        }
+        for (k, v) in &wants.values {
+            if !self.is_reported(k) {
+                self.extras.insert(k.clone());
+                self.values.insert(k.clone(), v.clone());
+            }
+        }
+    }
+
+    /// Number of parameters pgring set beyond the reported ones.
+    pub fn extra_count(&self) -> usize {
+        self.extras.len()
+    }
+}
+
+/// What a client wants its server to look like: every reported parameter
+/// (from its welcome, overridden by its startup packet and its own SETs)
+/// plus the unreported ones it asked for at startup.
+#[derive(Debug, Clone, Default)]
+pub struct ClientParams {
+    values: HashMap<String, String>,
+}
+
+impl ClientParams {
+    /// Starts from a pool's welcome set.
+    pub fn from_welcome(welcome: &[(String, String)], tracked: &[String]) -> Self {
+        let tracked: HashSet<String> = tracked.iter().map(|t| norm(t)).collect();
+        let values = welcome
+            .iter()
+            .filter(|(n, _)| tracked.contains(&norm(n)))
+            .map(|(n, v)| (norm(n), v.clone()))
+            .collect();
+        ClientParams { values }
+    }
+
+    /// Sets a wanted value (startup parameter, or the server reported the
+    /// client's own SET).
+    pub fn set(&mut self, name: &str, value: &str) {
+        self.values.insert(norm(name), value.to_owned());
+    }
+
+    /// Updates a value only if the client tracks it (ParameterStatus seen
+    /// while linked).
+    pub fn on_status(&mut self, name: &str, value: &str) {
+        if let Some(v) = self.values.get_mut(&norm(name)) {
+            if v != value {
+                *v = value.to_owned();
+            }
+        }
+    }
+
+    /// The wanted value of `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.values.get(&norm(name)).map(String::as_str)
+    }
+}
+
+/// Quotes a string literal (E'' form, valid whatever
+/// standard_conforming_strings says).
+pub fn quote_lit(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 4);
+    out.push_str("E'");
+    for c in s.chars() {
+        match c {
+            '\'' => out.push_str("''"),
+            '\\' => out.push_str("\\\\"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// Quotes an identifier.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server() -> ServerParams {
+        let mut s = ServerParams::default();
+        s.on_status("TimeZone", "UTC");
+        s.on_status("client_encoding", "UTF8");
+        s
+    }
+
+    #[test]
+    fn matching_server_needs_no_query() {
+        let s = server();
+        let c = ClientParams::from_welcome(
+            &s.reported(),
+            &["TimeZone".into(), "client_encoding".into()],
+        );
+        assert_eq!(s.sync_query(&c), None);
+    }
+
+    #[test]
+    fn differing_and_extra_values_are_set_then_reset() {
+        let mut s = server();
+        let mut c = ClientParams::from_welcome(&s.reported(), &["TimeZone".into()]);
+        c.set("timezone", "Europe/Paris");
+        c.set("search_path", "a,b");
+        let q = s.sync_query(&c).unwrap();
+        assert!(q.starts_with("SELECT "));
+        assert!(q.contains("set_config(E'timezone', E'Europe/Paris', false)"));
+        assert!(q.contains("set_config(E'search_path', E'a,b', false)"));
+        s.on_status("TimeZone", "Europe/Paris");
+        s.synced(&c);
+        assert_eq!(s.sync_query(&c), None);
+        let plain = ClientParams::from_welcome(
+            &[("TimeZone".into(), "Europe/Paris".into())],
+            &["TimeZone".into()],
+        );
+        assert_eq!(s.sync_query(&plain).unwrap(), "RESET \"search_path\";");
+    }
+
+    #[test]
+    fn literals_are_escaped() {
+        assert_eq!(quote_lit(r"it's \ ok"), r"E'it''s \\ ok'");
+    }
+}

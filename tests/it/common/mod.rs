@@ -1,0 +1,147 @@
+//! The test fixture: one throwaway PostgreSQL per run, a pgring process per test, drivers.
+//!
+//! - [`pg`]: the shared PostgreSQL 15 cluster (see `cluster`).
+//! - [`Pgring`]: a real pgring binary with a config of the test's own (see `pgring`).
+//! - [`connect`] and friends: tokio-postgres clients, their connection task already spawned.
+//! - [`wire`]: raw protocol bytes.
+#![allow(dead_code)] // each test file uses its own part of the fixture
+
+pub mod cluster;
+pub mod pgring;
+pub mod wire;
+
+use std::collections::HashSet;
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+pub use cluster::pg;
+pub use pgring::{config_for, database_section, database_section_on, default_userlist, Pgring};
+
+/// How long a driver may take to connect before the test fails as a hang.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A TCP port on 127.0.0.1 that nothing listens on now and that no other test of this run was
+/// given. Ports come from below Linux's ephemeral range (32768+), so the many outgoing
+/// connections of the load tests cannot take them between this call and the bind.
+pub fn free_port() -> u16 {
+    static GIVEN: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
+    let mut given = GIVEN
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let start = 20_000 + (std::process::id() % 1000) as u16 * 12;
+    let port = (0..12_000)
+        .map(|i| 20_000 + (start - 20_000 + i) % 12_000)
+        .find(|port| !given.contains(port) && TcpListener::bind(("127.0.0.1", *port)).is_ok())
+        .expect("no free TCP port in 20000..32000");
+    given.insert(port);
+    port
+}
+
+/// Serialises the tests that load both cores (or measure latency), so that one does not starve
+/// the other's timing on this two-core machine. Each test has its own runtime; tokio's Mutex
+/// needs none, so one static serves them all.
+pub async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
+    static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    HEAVY.lock().await
+}
+
+/// A tokio-postgres config for 127.0.0.1:port; an empty password means none.
+pub fn client_config(port: u16, db: &str, user: &str, password: &str) -> tokio_postgres::Config {
+    let mut config = tokio_postgres::Config::new();
+    config.host("127.0.0.1").port(port).dbname(db).user(user);
+    config.connect_timeout(CONNECT_TIMEOUT);
+    if !password.is_empty() {
+        config.password(password);
+    }
+    config
+}
+
+/// Connects with this config and spawns the connection task.
+pub async fn try_connect_with(
+    config: &tokio_postgres::Config,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let connecting = config.connect(tokio_postgres::NoTls);
+    let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+        .await
+        .unwrap_or_else(|_| panic!("connect hung for {CONNECT_TIMEOUT:?}: {config:?}"))?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+/// Connects to 127.0.0.1:port (pgring or PostgreSQL); the error if refused.
+pub async fn try_connect(
+    port: u16,
+    db: &str,
+    user: &str,
+    password: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    try_connect_with(&client_config(port, db, user, password)).await
+}
+
+/// Connects to 127.0.0.1:port (pgring or PostgreSQL); panics if refused.
+pub async fn connect(port: u16, db: &str, user: &str, password: &str) -> tokio_postgres::Client {
+    try_connect(port, db, user, password)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to port {port} as {user}@{db}: {}", describe(&e)))
+}
+
+/// The SQLSTATE of a driver error, or "" when it carries none (I/O, closed...).
+pub fn sqlstate(e: &tokio_postgres::Error) -> String {
+    e.code().map(|c| c.code().to_string()).unwrap_or_default()
+}
+
+/// An error with its SQLSTATE and severity, for assertion messages.
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} {}: {}", db.severity(), db.code().code(), db.message()),
+        None => format!("{e:?}"),
+    }
+}
+
+/// Runs a one-value simple query through a driver and returns the value as text.
+pub async fn value(client: &tokio_postgres::Client, sql: &str) -> Option<String> {
+    let messages = client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {}", describe(&e)));
+    let row = messages.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(row) => Some(row),
+        _ => None,
+    });
+    row.unwrap_or_else(|| panic!("{sql}: no row"))
+        .get(0)
+        .map(str::to_owned)
+}
+
+/// Watches pg_stat_activity for `user`'s backends every few milliseconds until stopped; the most
+/// seen at once (pgring must never hold more than its pool size).
+pub struct BackendWatch {
+    max: Arc<AtomicI64>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl BackendWatch {
+    pub async fn start(user: &str) -> BackendWatch {
+        let admin = pg().admin("postgres").await;
+        let max = Arc::new(AtomicI64::new(0));
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let (user, seen) = (user.to_owned(), max.clone());
+        let task = tokio::spawn(async move {
+            while stopped.try_recv().is_err() {
+                seen.fetch_max(pg().backends_of(&admin, &user).await, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        BackendWatch { max, stop, task }
+    }
+
+    pub async fn finish(self) -> i64 {
+        let _ = self.stop.send(());
+        self.task.await.expect("backend watch task");
+        self.max.load(Ordering::Relaxed)
+    }
+}

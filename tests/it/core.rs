@@ -1,0 +1,546 @@
+//! The pooling core (issue 2): many clients over few servers, pool modes, what must never leak
+//! from one client to the next, parameters, cancel, a server that is down.
+
+use std::time::{Duration, Instant};
+
+use tokio_postgres::SimpleQueryMessage;
+
+use crate::common::wire::Wire;
+use crate::common::{
+    self, config_for, database_section_on, describe, pg, sqlstate, value, BackendWatch, Pgring,
+};
+
+/// One client's share of the 200-client run: every answer is checked, and a transaction must
+/// stay on one server from BEGIN to COMMIT.
+async fn busy_client(port: u16, user: String, id: i64) -> Result<(), String> {
+    let client = common::try_connect(port, "app", &user, "")
+        .await
+        .map_err(|e| format!("client {id} connect: {}", describe(&e)))?;
+    for i in 0..30_i64 {
+        let want = id * 1000 + i;
+        let row = plus_one(&client, want)
+            .await
+            .map_err(|e| format!("client {id} query {i}: {}", describe(&e)))?;
+        if row != want + 1 {
+            return Err(format!(
+                "client {id} query {i}: got {row}, want {}",
+                want + 1
+            ));
+        }
+        let got = simple_values(&client, &format!("SELECT {want}, 'c{id}'")).await?;
+        if got != [want.to_string(), format!("c{id}")] {
+            return Err(format!("client {id} simple query {i}: got {got:?}"));
+        }
+        if i % 10 == 0 {
+            transaction_stays_on_one_server(&client, id).await?;
+        }
+    }
+    Ok(())
+}
+
+/// BEGIN ... COMMIT as separate round trips (ReadyForQuery 'T' between them): one server throughout.
+async fn transaction_stays_on_one_server(
+    client: &tokio_postgres::Client,
+    id: i64,
+) -> Result<(), String> {
+    simple_values(client, "BEGIN").await?;
+    let first = simple_values(client, "SELECT pg_backend_pid()").await?;
+    simple_values(client, "SELECT pg_sleep(0.002)").await?;
+    let second = simple_values(client, "SELECT pg_backend_pid()").await?;
+    simple_values(client, "COMMIT").await?;
+    if first != second {
+        return Err(format!(
+            "client {id}: a transaction moved from server {first:?} to {second:?}"
+        ));
+    }
+    Ok(())
+}
+
+/// Every value of every row of a simple query, in order.
+async fn simple_values(client: &tokio_postgres::Client, sql: &str) -> Result<Vec<String>, String> {
+    let messages = client
+        .simple_query(sql)
+        .await
+        .map_err(|e| format!("{sql}: {}", describe(&e)))?;
+    let mut values = Vec::new();
+    for message in messages {
+        if let SimpleQueryMessage::Row(row) = message {
+            values.extend((0..row.len()).map(|i| row.get(i).unwrap_or("").to_owned()));
+        }
+    }
+    Ok(values)
+}
+
+/// `SELECT $1::int8 + 1` through the extended protocol with an unnamed statement (one round
+/// trip, no named prepared statement that could be missing on the next server).
+async fn plus_one(client: &tokio_postgres::Client, n: i64) -> Result<i64, tokio_postgres::Error> {
+    let rows = client
+        .query_typed(
+            "SELECT $1::int8 + 1",
+            &[(&n, tokio_postgres::types::Type::INT8)],
+        )
+        .await?;
+    Ok(rows[0].get(0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_mode_200_clients_share_5_servers() {
+    let _heavy = common::heavy().await;
+    let user = pg().fresh_user("load200");
+    let pgring = Pgring::start(&config_for("transaction", 5, 2, ""));
+    let watch = BackendWatch::start(&user).await;
+    let clients: Vec<_> = (0..200)
+        .map(|id| tokio::spawn(busy_client(pgring.port, user.clone(), id)))
+        .collect();
+    let mut errors = Vec::new();
+    for client in clients {
+        if let Err(e) = client.await.expect("client task") {
+            errors.push(e);
+        }
+    }
+    let max_servers = watch.finish().await;
+    assert!(
+        errors.is_empty(),
+        "{} of 200 clients failed, e.g.:\n{}",
+        errors.len(),
+        errors[..errors.len().min(10)].join("\n")
+    );
+    assert!(
+        max_servers >= 1,
+        "the watch never saw a server connection of {user}"
+    );
+    assert!(
+        max_servers <= 5,
+        "pool_size 5, but PostgreSQL had {max_servers} connections of {user}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_mode_clients_do_not_see_each_others_session_state() {
+    let pgring = Pgring::start(&config_for("session", 2, 2, ""));
+    let a = common::connect(pgring.port, "app", "trust_user", "").await;
+    let b = common::connect(pgring.port, "app", "trust_user", "").await;
+    a.batch_execute(
+        "SET work_mem = '7MB'; CREATE TEMP TABLE only_a (x int); INSERT INTO only_a VALUES (1)",
+    )
+    .await
+    .expect("client a sets up its session");
+    assert_ne!(
+        value(&a, "SELECT pg_backend_pid()").await,
+        value(&b, "SELECT pg_backend_pid()").await
+    );
+    assert_eq!(value(&b, "SHOW work_mem").await.as_deref(), Some("4MB"));
+    let err = b
+        .simple_query("SELECT * FROM only_a")
+        .await
+        .expect_err("b must not see a's temp table");
+    assert_eq!(sqlstate(&err), "42P01", "{}", describe(&err));
+    assert_eq!(
+        value(&a, "SHOW work_mem").await.as_deref(),
+        Some("7MB"),
+        "a keeps its session"
+    );
+    assert_eq!(
+        value(&a, "SELECT count(*) FROM only_a").await.as_deref(),
+        Some("1")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_mode_resets_a_server_before_the_next_client() {
+    let pgring = Pgring::start(&config_for("session", 1, 2, ""));
+    let a = common::connect(pgring.port, "app", "trust_user", "").await;
+    a.batch_execute("SET work_mem = '7MB'; CREATE TEMP TABLE left_behind (x int); PREPARE left_stmt AS SELECT 1")
+        .await
+        .expect("client a sets up its session");
+    let a_pid = value(&a, "SELECT pg_backend_pid()").await;
+    drop(a);
+    let b = common::connect(pgring.port, "app", "trust_user", "").await;
+    assert_eq!(
+        value(&b, "SELECT pg_backend_pid()").await,
+        a_pid,
+        "pool_size 1: b reuses a's server"
+    );
+    assert_eq!(
+        value(&b, "SHOW work_mem").await.as_deref(),
+        Some("4MB"),
+        "SET survived the reset"
+    );
+    assert_eq!(
+        value(&b, "SELECT count(*) FROM pg_prepared_statements")
+            .await
+            .as_deref(),
+        Some("0")
+    );
+    let err = b
+        .simple_query("SELECT * FROM left_behind")
+        .await
+        .expect_err("temp table survived the reset");
+    assert_eq!(sqlstate(&err), "42P01", "{}", describe(&err));
+}
+
+/// A client that vanishes after BEGIN + INSERT must not hand its open transaction to the next
+/// client of the only server; checked for a reset socket and for a polite Terminate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_mode_client_killed_mid_transaction_leaks_nothing() {
+    let user = pg().fresh_user("killed");
+    let table = "killed_mid_tx";
+    pg().psql(
+        "app",
+        &format!("CREATE TABLE {table} (x int); GRANT ALL ON {table} TO PUBLIC"),
+    )
+    .expect("create table");
+    let pgring = Pgring::start(&config_for("transaction", 1, 2, ""));
+    for (round, polite) in [(1, false), (2, true)] {
+        let (mut dying, _) =
+            Wire::login(pgring.port, &[("user", &user), ("database", "app")]).await;
+        dying.simple_query("BEGIN").await.expect("BEGIN");
+        dying
+            .simple_query(&format!("INSERT INTO {table} VALUES ({round})"))
+            .await
+            .expect("INSERT");
+        if polite {
+            dying.send(&common::wire::terminate()).await;
+            drop(dying);
+        } else {
+            dying.abort();
+        }
+        let next = common::connect(pgring.port, "app", &user, "").await;
+        let fresh = value(
+            &next,
+            "SELECT txid_current_if_assigned() IS NULL AND now() = statement_timestamp()",
+        )
+        .await;
+        assert_eq!(
+            fresh.as_deref(),
+            Some("t"),
+            "round {round}: the next client runs inside the dead client's transaction"
+        );
+        let rows = value(&next, &format!("SELECT count(*) FROM {table}")).await;
+        assert_eq!(
+            rows.as_deref(),
+            Some("0"),
+            "round {round}: the uncommitted insert became visible"
+        );
+    }
+    let admin = pg().admin("app").await;
+    assert_eq!(
+        value(&admin, &format!("SELECT count(*) FROM {table}"))
+            .await
+            .as_deref(),
+        Some("0")
+    );
+}
+
+/// Two clients with different TimeZone share the one server; each must see its own, on every
+/// query, with the queries interleaved. One asks with `options=-c TimeZone=...` (through the
+/// driver), the other with the TimeZone startup parameter itself (raw startup packet).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_mode_clients_see_their_own_timezone_on_a_shared_server() {
+    let pgring = Pgring::start(&config_for("transaction", 1, 2, ""));
+    let mut config = common::client_config(pgring.port, "app", "trust_user", "");
+    config.options("-c TimeZone=America/New_York");
+    let ny = common::try_connect_with(&config)
+        .await
+        .unwrap_or_else(|e| panic!("options=-c TimeZone: {}", describe(&e)));
+    let params = [
+        ("user", "trust_user"),
+        ("database", "app"),
+        ("TimeZone", "Asia/Tokyo"),
+    ];
+    let (mut tokyo, login) = Wire::login(pgring.port, &params).await;
+    assert_eq!(
+        login.params.get("TimeZone").map(String::as_str),
+        Some("Asia/Tokyo"),
+        "ParameterStatus at login"
+    );
+    let plain = common::connect(pgring.port, "app", "trust_user", "").await;
+    let server_default = common::value(&pg().admin("app").await, "SHOW TimeZone").await;
+    let mut pids = Vec::new();
+    for round in 0..10 {
+        assert_eq!(
+            value(&ny, "SHOW TimeZone").await.as_deref(),
+            Some("America/New_York"),
+            "round {round}"
+        );
+        assert_eq!(
+            tokyo.query_value("SHOW TimeZone").await.as_deref(),
+            Some("Asia/Tokyo"),
+            "round {round}"
+        );
+        assert_eq!(
+            value(&plain, "SHOW TimeZone").await,
+            server_default,
+            "round {round}: a client that asked for nothing"
+        );
+        pids.push(value(&ny, "SELECT pg_backend_pid()").await);
+        pids.push(tokyo.query_value("SELECT pg_backend_pid()").await);
+    }
+    pids.dedup();
+    assert_eq!(
+        pids.len(),
+        1,
+        "pool_size 1: all clients share one server, saw {pids:?}"
+    );
+}
+
+/// JDBC sends extra_float_digits=3; others send search_path, statement_timeout... pgring accepts
+/// them (unlike PgBouncer) and applies them to whichever server the client gets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_mode_applies_extra_startup_parameters() {
+    let pgring = Pgring::start(&config_for("transaction", 1, 2, ""));
+    let params = [
+        ("user", "trust_user"),
+        ("database", "app"),
+        ("extra_float_digits", "3"),
+        ("search_path", "pg_catalog, public"),
+        ("statement_timeout", "1234"),
+        ("application_name", "it-extra-params"),
+    ];
+    let (mut jdbc, login) = Wire::login(pgring.port, &params).await;
+    assert_eq!(
+        login.params.get("application_name").map(String::as_str),
+        Some("it-extra-params")
+    );
+    let other = common::connect(pgring.port, "app", "trust_user", "").await;
+    for round in 0..3 {
+        assert_eq!(
+            jdbc.query_value("SHOW extra_float_digits").await.as_deref(),
+            Some("3"),
+            "round {round}"
+        );
+        assert_eq!(
+            jdbc.query_value("SHOW search_path").await.as_deref(),
+            Some("pg_catalog, public")
+        );
+        assert_eq!(
+            jdbc.query_value("SHOW statement_timeout").await.as_deref(),
+            Some("1234ms")
+        );
+        assert_eq!(
+            jdbc.query_value("SELECT current_setting('application_name')")
+                .await
+                .as_deref(),
+            Some("it-extra-params")
+        );
+        // The same server, between two of jdbc's queries, must not carry jdbc's settings.
+        assert_eq!(
+            value(&other, "SHOW statement_timeout").await.as_deref(),
+            Some("0"),
+            "round {round}: leaked"
+        );
+        assert_eq!(
+            value(&other, "SHOW extra_float_digits").await.as_deref(),
+            Some("1"),
+            "round {round}: leaked"
+        );
+    }
+}
+
+/// A startup parameter PostgreSQL rejects is reported to that client as PostgreSQL reports it
+/// (22023), at login or at its first query, and the pool keeps serving everyone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_mode_reports_a_bad_startup_parameter_like_postgres() {
+    let pgring = Pgring::start(&config_for("transaction", 1, 2, ""));
+    let params = [
+        ("user", "trust_user"),
+        ("database", "app"),
+        ("statement_timeout", "banana"),
+    ];
+    let error = match Wire::try_login(pgring.port, &params).await {
+        Err(error) => error,
+        Ok((mut wire, _)) => wire
+            .simple_query("SELECT 1")
+            .await
+            .expect_err("statement_timeout=banana was accepted"),
+    };
+    assert_eq!(error.code(), "22023", "{error}");
+    assert!(error.message().contains("statement_timeout"), "{error}");
+    let good = common::connect(pgring.port, "app", "trust_user", "").await;
+    assert_eq!(value(&good, "SELECT 1").await.as_deref(), Some("1"));
+    assert_eq!(
+        value(&good, "SHOW statement_timeout").await.as_deref(),
+        Some("0")
+    );
+}
+
+/// CancelRequest through pgring stops `pg_sleep(30)` within a second. Eight cancels on fresh
+/// connections, so that both shards own some clients and receive some cancels; half sent the way
+/// tokio-postgres sends them (write, then close at once), half the way libpq does (write, then
+/// wait for the server to close).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_request_stops_a_query_within_a_second_on_every_shard() {
+    let _heavy = common::heavy().await;
+    let pgring = Pgring::start(&config_for("transaction", 4, 2, ""));
+    for round in 0..8 {
+        let took = if round % 2 == 0 {
+            cancel_like_tokio_postgres(pgring.port, round).await
+        } else {
+            cancel_like_libpq(pgring.port, round).await
+        };
+        assert!(
+            took < Duration::from_secs(1),
+            "round {round}: cancel took {took:?}"
+        );
+    }
+}
+
+/// Cancels through the driver's CancelToken; how long the cancel took to end the query.
+async fn cancel_like_tokio_postgres(port: u16, round: u32) -> Duration {
+    let client = common::connect(port, "app", "trust_user", "").await;
+    let token = client.cancel_token();
+    let sleeper = tokio::spawn(async move {
+        let result = client.simple_query("SELECT pg_sleep(30)").await.map(drop);
+        (result, client)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let asked = Instant::now();
+    token
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("round {round}: sending cancel: {e}"));
+    let (result, client) = tokio::time::timeout(Duration::from_secs(5), sleeper)
+        .await
+        .unwrap_or_else(|_| {
+            panic!("round {round}: pg_sleep(30) still running 5 s after the cancel")
+        })
+        .expect("sleeper task");
+    let took = asked.elapsed();
+    let err = result.expect_err("pg_sleep(30) finished without being cancelled");
+    assert_eq!(sqlstate(&err), "57014", "round {round}: {}", describe(&err));
+    assert_eq!(
+        value(&client, "SELECT 1").await.as_deref(),
+        Some("1"),
+        "round {round}: usable after cancel"
+    );
+    took
+}
+
+/// Cancels with a raw CancelRequest carrying the BackendKeyData pgring gave at login, then waits
+/// for pgring to close that connection, as libpq's PQcancel does.
+async fn cancel_like_libpq(port: u16, round: u32) -> Duration {
+    let (mut client, login) =
+        Wire::login(port, &[("user", "trust_user"), ("database", "app")]).await;
+    let (pid, secret) = login.key.expect("BackendKeyData at login");
+    client
+        .send(&common::wire::query("SELECT pg_sleep(30)"))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let asked = Instant::now();
+    let mut canceller = Wire::connect(port).await;
+    canceller
+        .send(&common::wire::cancel_request(pid, secret))
+        .await;
+    assert!(
+        canceller.recv().await.is_none(),
+        "round {round}: pgring answered a CancelRequest"
+    );
+    let err = client
+        .read_result()
+        .await
+        .expect_err("pg_sleep(30) finished without being cancelled");
+    let took = asked.elapsed();
+    assert_eq!(err.code(), "57014", "round {round}: {err}");
+    assert_eq!(
+        client.query_value("SELECT 1").await.as_deref(),
+        Some("1"),
+        "round {round}: usable after cancel"
+    );
+    took
+}
+
+/// A database whose server refuses connections: the client gets an 08 error quickly, not a hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_refusing_connections_gives_an_08_error_within_the_connect_timeout() {
+    let closed_port = common::free_port();
+    let mut toml = config_for("transaction", 2, 2, "server_connect_timeout = 3");
+    toml.push_str(&database_section_on("down", closed_port, "app", ""));
+    let pgring = Pgring::start(&toml);
+    assert_server_down_error(pgring.port, Duration::from_secs(3)).await;
+}
+
+/// A server that accepts TCP but never answers the login: server_connect_timeout must still end
+/// the wait with an 08 error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_never_answering_gives_an_08_error_within_the_connect_timeout() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind silent server");
+    let silent_port = silent.local_addr().expect("addr").port();
+    let mut toml = config_for("transaction", 2, 2, "server_connect_timeout = 2");
+    toml.push_str(&database_section_on("down", silent_port, "app", ""));
+    let pgring = Pgring::start(&toml);
+    assert_server_down_error(pgring.port, Duration::from_secs(2)).await;
+    drop(silent);
+}
+
+/// Connects to database `down` and runs a query; whichever fails must fail with an 08xxx
+/// ErrorResponse within `timeout` plus some slack.
+async fn assert_server_down_error(port: u16, timeout: Duration) {
+    let started = Instant::now();
+    let error = match common::try_connect(port, "down", "trust_user", "").await {
+        Err(e) => e,
+        Ok(client) => client
+            .simple_query("SELECT 1")
+            .await
+            .expect_err("a query on a dead server succeeded"),
+    };
+    let took = started.elapsed();
+    assert!(
+        sqlstate(&error).starts_with("08"),
+        "want an 08xxx ErrorResponse, got {}",
+        describe(&error)
+    );
+    assert!(
+        took < timeout + Duration::from_secs(3),
+        "the error took {took:?} (server_connect_timeout {timeout:?})"
+    );
+}
+
+/// Extended protocol up to a Flush is not a transaction boundary: with one server, a second
+/// client must wait for the first one's Sync, and both get their own answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_mode_flush_does_not_release_the_server() {
+    let pgring = Pgring::start(&config_for("transaction", 1, 2, ""));
+    let (mut first, _) =
+        Wire::login(pgring.port, &[("user", "trust_user"), ("database", "app")]).await;
+    // Logged in before the first client takes the server, in case login itself needs one.
+    let second = common::connect(pgring.port, "app", "trust_user", "").await;
+    let mut batch = common::wire::message(b'P', b"\0SELECT pg_backend_pid()\0\0\0");
+    batch.extend(common::wire::message(b'B', b"\0\0\0\0\0\0\0\0"));
+    batch.extend(common::wire::message(b'E', b"\0\0\0\0\0"));
+    batch.extend(common::wire::message(b'H', b""));
+    first.send(&batch).await;
+    let mut tags = Vec::new();
+    while tags.last() != Some(&b'C') {
+        let msg = first
+            .recv()
+            .await
+            .expect("reply to Parse/Bind/Execute/Flush");
+        assert_ne!(
+            msg.tag,
+            b'E',
+            "error: {}",
+            common::wire::ErrorFields::parse(&msg.body)
+        );
+        tags.push(msg.tag);
+    }
+    assert_eq!(
+        tags, b"12DC",
+        "ParseComplete, BindComplete, DataRow, CommandComplete"
+    );
+    let waiting = tokio::spawn(async move { value(&second, "SELECT 'second'").await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the second client got the server while the first was between Flush and Sync"
+    );
+    first.send(&common::wire::message(b'S', b"")).await;
+    let rfq = first.recv().await.expect("ReadyForQuery after Sync");
+    assert_eq!((rfq.tag, rfq.body.as_slice()), (b'Z', &b"I"[..]));
+    let second = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("second client still waiting");
+    assert_eq!(
+        second.expect("second client task").as_deref(),
+        Some("second")
+    );
+}
