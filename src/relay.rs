@@ -14,10 +14,10 @@
 //! status was `I`, both directions sit at a message boundary and nothing is
 //! buffered: the transaction is over and the connection is clean.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::config::PoolMode;
-use crate::error::{Error, Result};
+use crate::error::{sqlstate, Error, PgError, Result};
 use crate::protocol::{backend, frame_len, tag, ProtocolError, HEADER_LEN};
 use crate::runtime::io::{self as rio, read_either, Buf, Either};
 use crate::runtime::Stream;
@@ -100,6 +100,22 @@ pub enum End {
     Released,
     /// The client closed (or sent Terminate); the server is in this state.
     ClientGone(LinkState),
+    /// pgring ends the client (a timeout, or statement mode refusing a
+    /// transaction block): tell it this, then treat the server by its state.
+    Abort(PgError, LinkState),
+}
+
+/// Per-client time limits enforced while linked (zero = off), PgBouncer's
+/// `query_timeout`, `idle_transaction_timeout` and `transaction_timeout`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Limits {
+    /// A query running longer is cancelled and the client closed.
+    pub query: Duration,
+    /// A client idle inside a transaction longer is closed (the server is
+    /// rolled back and kept).
+    pub idle_in_transaction: Duration,
+    /// A lease (transaction) longer is ended.
+    pub transaction: Duration,
 }
 
 /// A client/server pair for the length of one lease.
@@ -110,11 +126,15 @@ pub struct Link {
     mode: PoolMode,
     max_packet: u32,
     query_start: Option<Instant>,
+    limits: Limits,
+    started: Instant,
+    last_ready: Instant,
 }
 
 impl Link {
     /// Starts a link with the client's first bytes in `cbuf`.
-    pub fn new(cbuf: Buf, sbuf: Buf, mode: PoolMode, max_packet: u32) -> Self {
+    pub fn new(cbuf: Buf, sbuf: Buf, mode: PoolMode, max_packet: u32, limits: Limits) -> Self {
+        let now = Instant::now();
         Link {
             cbuf,
             sbuf,
@@ -122,7 +142,31 @@ impl Link {
             mode,
             max_packet,
             query_start: None,
+            limits,
+            started: now,
+            last_ready: now,
         }
+    }
+
+    /// The earliest limit that applies now, with the error it raises.
+    fn deadline(&self) -> Option<(Instant, &'static str)> {
+        let mut best: Option<(Instant, &'static str)> = None;
+        let mut consider = |limit: Duration, from: Instant, what: &'static str| {
+            if !limit.is_zero() && best.is_none_or(|(at, _)| from + limit < at) {
+                best = Some((from + limit, what));
+            }
+        };
+        consider(self.limits.transaction, self.started, "transaction timeout");
+        match (self.state.pending, self.query_start) {
+            (0, _) if self.state.status != b'I' => consider(
+                self.limits.idle_in_transaction,
+                self.last_ready,
+                "idle transaction timeout",
+            ),
+            (_, Some(q)) => consider(self.limits.query, q, "query timeout"),
+            _ => {}
+        }
+        best
     }
 
     /// Gives the buffers back (client bytes may remain for the next lease).
@@ -196,6 +240,7 @@ impl Link {
             if t == tag::READY_FOR_QUERY {
                 self.state.status = backend::ready_status(body).map_err(Error::ServerProtocol)?;
                 self.state.pending = self.state.pending.saturating_sub(1);
+                self.last_ready = Instant::now();
                 if self.state.pending == 0 {
                     if let Some(start) = self.query_start.take() {
                         stats.record_query(start.elapsed());
@@ -214,6 +259,17 @@ impl Link {
 
     fn may_release(&self) -> bool {
         self.mode != PoolMode::Session && self.state.is_clean()
+    }
+
+    /// Statement pooling refuses transaction blocks (PgBouncer's wording).
+    fn statement_mode_violation(&self) -> Option<PgError> {
+        (self.mode == PoolMode::Statement && self.state.pending == 0 && self.state.status != b'I')
+            .then(|| {
+                PgError::fatal(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    "transaction blocks not allowed in statement pooling mode",
+                )
+            })
     }
 }
 
@@ -241,7 +297,23 @@ pub async fn run(
                 return Ok(End::ClientGone(link.state));
             }
         }
-        match read_either(client, &mut link.cbuf, &mut server.stream, &mut link.sbuf).await {
+        let deadline = link.deadline();
+        let read = read_either(client, &mut link.cbuf, &mut server.stream, &mut link.sbuf);
+        let ready = match deadline {
+            None => read.await,
+            Some((at, what)) => {
+                match rio::timeout(at.saturating_duration_since(Instant::now()), read).await {
+                    Some(r) => r,
+                    None => {
+                        return Ok(End::Abort(
+                            PgError::fatal(sqlstate::PROTOCOL_VIOLATION, what),
+                            link.state,
+                        ))
+                    }
+                }
+            }
+        };
+        match ready {
             Either::First(Ok(0)) | Either::First(Err(_)) => return Ok(End::ClientGone(link.state)),
             Either::First(Ok(_)) => {}
             Either::Second(Ok(0)) => {
@@ -260,6 +332,9 @@ pub async fn run(
                 }
                 if link.may_release() {
                     return Ok(End::Released);
+                }
+                if let Some(e) = link.statement_mode_violation() {
+                    return Ok(End::Abort(e, link.state));
                 }
             }
         }

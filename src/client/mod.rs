@@ -160,12 +160,20 @@ async fn run(shard: &Rc<Shard>, info: &Rc<ClientInfo>, mut stream: Stream) {
             crate::admin::console::serve(shard, info, &mut stream, is_admin).await
         }
         login::LoggedIn::Pool { pool, params } => {
+            let config = shard.config();
+            let user = info.user.borrow().clone();
             let mut session = Session {
                 shard: shard.clone(),
                 info: info.clone(),
                 pool,
                 params,
-                max_packet: shard.config().general.max_packet_size,
+                max_packet: config.general.max_packet_size,
+                limits: relay::Limits {
+                    query: config.query_timeout(&user).duration(),
+                    idle_in_transaction: config.idle_transaction_timeout(&user).duration(),
+                    transaction: config.transaction_timeout(&user).duration(),
+                },
+                client_idle_timeout: config.client_idle_timeout(&user).duration(),
             };
             session.run(&mut stream).await
         }
@@ -203,6 +211,8 @@ struct Session {
     pool: Rc<Pool>,
     params: ClientParams,
     max_packet: u32,
+    limits: relay::Limits,
+    client_idle_timeout: std::time::Duration,
 }
 
 impl Session {
@@ -221,12 +231,20 @@ impl Session {
     /// Waits for the client's next bytes, holding no buffer meanwhile.
     async fn next_request(&self, stream: &mut Stream) -> Result<Buf> {
         self.info.state.set(ClientState::Idle);
-        let mut buf = self
-            .shard
-            .bufs
-            .read(stream)
-            .await
-            .map_err(Error::ClientIo)?;
+        let read = self.shard.bufs.read(stream);
+        let read = if self.client_idle_timeout.is_zero() {
+            read.await
+        } else {
+            rio::timeout(self.client_idle_timeout, read)
+                .await
+                .ok_or_else(|| {
+                    Error::refuse(
+                        crate::error::sqlstate::PROTOCOL_VIOLATION,
+                        "client_idle_timeout",
+                    )
+                })?
+        };
+        let mut buf = read.map_err(Error::ClientIo)?;
         if buf.filled == 0 {
             self.shard.bufs.give(buf);
             return Err(self.closed());
@@ -286,7 +304,13 @@ impl Session {
         }
         let started = Instant::now();
         let mode = self.pool.mode();
-        let mut link = Link::new(cbuf, self.shard.bufs.take(), mode, self.max_packet);
+        let mut link = Link::new(
+            cbuf,
+            self.shard.bufs.take(),
+            mode,
+            self.max_packet,
+            self.limits,
+        );
         let end = relay::run(
             &mut link,
             stream,
@@ -311,6 +335,11 @@ impl Session {
                 self.shard.bufs.give(cbuf);
                 self.finish_server(server, state).await;
                 Err(self.closed())
+            }
+            Ok(End::Abort(e, state)) => {
+                self.shard.bufs.give(cbuf);
+                self.finish_server(server, state).await;
+                Err(Error::Refused(e))
             }
             Err(e) => {
                 self.shard.bufs.give(cbuf);
