@@ -174,10 +174,12 @@ def targets_table(result):
         added_a = None if a is None or d is None else a - d
         added_b = None if b is None or d is None else b - d
         q = ratio(added_a, added_b) if added_b and added_b > 0 else None
+        noise = (" — PgBouncer added nothing measurable in this run (noise): rerun"
+                 if added_b is not None and added_b <= 0 else "")
         add(f"p50 latency added over direct, 1 client, -M {mode}", fmt_ratio(q),
             "≤ 0.50× PgBouncer's", None if q is None else q <= 0.5,
             f"pgring {fmt_signed(added_a)} µs, PgBouncer {fmt_signed(added_b)} µs "
-            f"(direct p50 {fmt_num(d)} µs)")
+            f"(direct p50 {fmt_num(d)} µs){noise}")
     r = find(result, "idle-10000")
     a, b = get(r.get("pgring"), "idle_bytes_per_client"), get(r.get("pgbouncer"), "idle_bytes_per_client")
     q = ratio(a, b)

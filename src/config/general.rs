@@ -209,8 +209,11 @@ pub struct General {
     pub dns_zone_check_period: Seconds,
 
     // ---- process and logging ---------------------------------------------------------------
-    /// Write the process id here.
+    /// Write the process id here at start (after the listeners are bound); removed at exit.
     pub pidfile: Option<PathBuf>,
+    /// Unix user to switch to once the listeners are bound (PgBouncer's `user`, like `-u`).
+    /// Only meaningful when started as root. Needs a restart.
+    pub user: Option<String>,
     /// Also log to this file (reopened on SIGHUP).
     pub logfile: Option<PathBuf>,
     /// Log each client login.
@@ -311,6 +314,7 @@ impl Default for General {
             dns_nxdomain_ttl: Seconds(15.0),
             dns_zone_check_period: Seconds::ZERO,
             pidfile: None,
+            user: None,
             logfile: None,
             log_connections: true,
             log_disconnections: true,

@@ -9,10 +9,11 @@
 //!
 //! This room does not read the auth file, resolve hosts or apply a reload; it describes.
 //! Files: `general` and `entries` (the tables), `types` (value types), `parse`, `validate`,
-//! `reload` (diff for RELOAD).
+//! `reload` (diff for RELOAD), `ini` (pgbouncer.ini import onto the same model).
 
 mod entries;
 mod general;
+mod ini;
 mod parse;
 mod reload;
 mod types;
@@ -40,6 +41,11 @@ pub struct Config {
     pub databases: BTreeMap<String, Database>,
     /// `[users.NAME]`: per-user overrides.
     pub users: BTreeMap<String, User>,
+    /// What the file asks for that pgring ignores without changing what clients or servers
+    /// see (`syslog`, DNS tuning...), one line each with its location, for `main` to log at
+    /// start. Not a setting: never read from or written to TOML.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
 
 /// Every problem found in a configuration, one per line, each with its location
@@ -74,26 +80,35 @@ impl ConfigError {
 }
 
 impl Config {
-    /// Reads, parses and validates a config file. Relative file paths inside it (`auth_file`,
-    /// `pidfile`, TLS files...) are resolved against the file's directory, unlike PgBouncer
-    /// (working directory), so the same file works wherever pgring is started from.
+    /// Reads, parses and validates a config file: pgbouncer.ini (by its `.ini` extension) or
+    /// TOML. Relative file paths inside it (`auth_file`, `pidfile`, TLS files...) are resolved
+    /// against the file's directory, unlike PgBouncer (working directory), so the same file
+    /// works wherever pgring is started from. Settings pgring does not implement are errors
+    /// when ignoring them would change behaviour, else lines in [`Config::warnings`].
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let origin = path.display().to_string();
-        if path
+        let is_ini = path
             .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("ini"))
-        {
-            return Err(ConfigError::one(format!(
-                "{origin}: pgbouncer.ini import is not supported yet"
-            )));
-        }
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::one(format!("{origin}: cannot read: {e}")))?;
-        let mut config = parse::parse(&text, &origin)?;
+            .is_some_and(|e| e.eq_ignore_ascii_case("ini"));
+        let mut config = if is_ini {
+            ini::parse(path)?
+        } else {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ConfigError::one(format!("{origin}: cannot read: {e}")))?;
+            parse::parse(&text, &origin)?
+        };
         config
             .general
             .resolve_paths(path.parent().unwrap_or(Path::new("")));
-        config.validate().map_err(|e| e.located(&origin))?;
+        let mut problems = validate::problems(&config);
+        let (unsupported, warnings) = validate::unsupported(&config);
+        problems.extend(unsupported);
+        if !problems.is_empty() {
+            return Err(ConfigError::new(problems).located(&origin));
+        }
+        config
+            .warnings
+            .extend(warnings.into_iter().map(|w| format!("{origin}: {w}")));
         Ok(config)
     }
 

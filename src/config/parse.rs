@@ -128,7 +128,7 @@ fn check_fields<T: DeserializeOwned>(label: &str, table: &Table, out: &mut Vec<S
 }
 
 /// Deserializes `T` from a table holding only `key`, so the error (if any) is about that key.
-fn check_one<T: DeserializeOwned>(key: &str, value: &Value) -> Result<(), String> {
+pub(crate) fn check_one<T: DeserializeOwned>(key: &str, value: &Value) -> Result<(), String> {
     let mut alone = Table::new();
     alone.insert(key.to_owned(), value.clone());
     Value::Table(alone)
@@ -181,7 +181,7 @@ impl<'de> Deserializer<'de> for FieldProbe<'_> {
 }
 
 /// ` (did you mean `listen_port`?)` when a known name is within a typo's reach.
-fn suggest(key: &str, known: &[&str]) -> Option<String> {
+pub(crate) fn suggest(key: &str, known: &[&str]) -> Option<String> {
     let limit = (key.len() / 4).clamp(1, 3);
     known
         .iter()

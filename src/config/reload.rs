@@ -23,6 +23,7 @@ pub const RESTART_KEYS: &[&str] = &[
     "so_reuseport",
     "pkt_buf",
     "pidfile",
+    "user",
     "track_extra_parameters",
     "workers",
     "ring_depth",

@@ -140,6 +140,66 @@ fn user(name: &str, user: &User, g: &General, out: &mut Vec<String>) {
     }
 }
 
+/// What the configuration asks for that pgring does not do, for both file formats:
+/// `(errors, warnings)`. An error when ignoring the setting would change what clients or
+/// servers see (plaintext where TLS was required, logins refused); a warning otherwise.
+/// Kept apart from [`problems`] so that parsing tests can still read every spelling.
+pub(crate) fn unsupported(config: &Config) -> (Vec<String>, Vec<String>) {
+    let g = &config.general;
+    let (mut errors, mut warnings) = (Vec::new(), Vec::new());
+    let not_implemented = |key: &str, value: &str, why: &str| {
+        format!("[general] {key}: \"{value}\" is not implemented by pgring: {why}")
+    };
+    if g.client_tls_sslmode != SslMode::Disable {
+        let mode = g.client_tls_sslmode.as_str();
+        errors.push(not_implemented(
+            "client_tls_sslmode",
+            mode,
+            "clients would be served without TLS; set \"disable\"",
+        ));
+    }
+    if matches!(
+        g.server_tls_sslmode,
+        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
+    ) {
+        let mode = g.server_tls_sslmode.as_str();
+        errors.push(not_implemented(
+            "server_tls_sslmode",
+            mode,
+            "server connections would be unencrypted; set \"prefer\" or \"disable\"",
+        ));
+    }
+    if matches!(
+        g.auth_type,
+        AuthType::Hba | AuthType::Pam | AuthType::Ldap | AuthType::Cert
+    ) {
+        let why = "every login would be refused";
+        errors.push(not_implemented("auth_type", g.auth_type.as_str(), why));
+    }
+    if !g.dns_zone_check_period.is_zero() {
+        warnings.push("[general] dns_zone_check_period: ignored by pgring (no DNS zone checks)".into());
+    }
+    for (name, db) in &config.databases {
+        server_host(name, db, &mut errors, &mut warnings);
+    }
+    (errors, warnings)
+}
+
+/// pgring reaches servers over TCP only (see `server::ConnectSettings`).
+fn server_host(name: &str, db: &Database, errors: &mut Vec<String>, warnings: &mut Vec<String>) {
+    let label = entry_label("databases", name);
+    if db.hosts().iter().any(|h| h.starts_with('/')) {
+        errors.push(format!(
+            "{label} host: unix-socket server connections are not implemented by pgring; use a TCP host such as 127.0.0.1"
+        ));
+    } else if db.host.is_none() {
+        warnings.push(format!(
+            "{label} host: unset: pgring connects to 127.0.0.1:{} over TCP, where PgBouncer would use the unix socket",
+            db.port
+        ));
+    }
+}
+
 fn too_big(value: u32, other: &str, limit: u32) -> String {
     format!("{value} is larger than {other} {limit}")
 }
