@@ -300,9 +300,11 @@ def make_plots(result, outdir):
 
 def write_all(result, outdir):
     outdir.mkdir(parents=True, exist_ok=True)
-    for old in outdir.glob("*.png"):
-        old.unlink()
     plots = make_plots(result, outdir)
+    # Only plots this run could not draw go; the others were overwritten in place.
+    for old in outdir.glob("*.png"):
+        if old not in plots:
+            old.unlink()
     (outdir / "REPORT.md").write_text(render(result, plots) + "\n")
     print(f"bench: wrote {outdir / 'REPORT.md'}" + (f" and {len(plots)} plots" if plots else ""))
 

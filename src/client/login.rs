@@ -8,6 +8,7 @@
 //! owns, and ReadyForQuery. The whole phase runs under `client_login_timeout`.
 
 use std::rc::Rc;
+use std::sync::Arc;
 
 use tracing::{info, warn};
 
@@ -17,7 +18,8 @@ use crate::auth::userlist::Secret;
 use crate::auth::{md5, scram};
 use crate::config::{AuthType, Config};
 use crate::error::{sqlstate, Error, PgError, Result};
-use crate::pool::{Pool, PoolKey};
+use crate::pool::{Counter, Pool, PoolKey};
+use crate::runtime::shard::counter;
 use crate::protocol::startup::{self, parse_startup, startup_len, StartupPacket};
 use crate::protocol::{build, frontend, tag};
 use crate::runtime::io::{self as rio, timeout};
@@ -54,7 +56,41 @@ pub enum LoggedIn {
         pool: Rc<Pool>,
         /// What the client's servers must look like.
         params: ClientParams,
+        /// Its places under max_db/user_client_connections.
+        slots: ClientSlots,
     },
+}
+
+/// A client's places under `max_db_client_connections` and
+/// `max_user_client_connections`, returned when the session ends.
+pub struct ClientSlots(Vec<Arc<Counter>>);
+
+impl Drop for ClientSlots {
+    fn drop(&mut self) {
+        for c in &self.0 {
+            c.give();
+        }
+    }
+}
+
+/// Takes the client's places, or refuses it with PgBouncer's wording.
+fn take_client_slots(shard: &Shard, config: &Config, db: &str, user: &str) -> Result<ClientSlots> {
+    let shared = &shard.shared;
+    let mut slots = ClientSlots(Vec::with_capacity(2));
+    for (map, name, limit, what) in [
+        (&shared.db_clients, db, config.max_db_client_connections(db), "max_db_client_connections"),
+        (&shared.user_clients, user, config.max_user_client_connections(user), "max_user_client_connections"),
+    ] {
+        let c = counter(map, name);
+        if !c.try_take(limit) {
+            return Err(Error::refuse(
+                sqlstate::TOO_MANY_CONNECTIONS,
+                format!("no more connections allowed ({what})"),
+            ));
+        }
+        slots.0.push(c);
+    }
+    Ok(slots)
 }
 
 /// The startup packet, decoded.
@@ -111,6 +147,7 @@ async fn login_inner(
         ));
     };
     authenticate(shard, stream, config, &startup.user).await?;
+    let slots = take_client_slots(shard, config, &startup.database, &startup.user)?;
     let server_user = db.user.clone().unwrap_or_else(|| startup.user.clone());
     let key = PoolKey {
         db: startup.database.as_str().into(),
@@ -120,7 +157,11 @@ async fn login_inner(
     let params = prepare_params(shard, &pool, config, &startup).await?;
     greet(stream, info, &pool, &params).await?;
     info!(db = %startup.database, user = %startup.user, "login attempt: db={} user={}", startup.database, startup.user);
-    Ok(Some(LoggedIn::Pool { pool, params }))
+    Ok(Some(LoggedIn::Pool {
+        pool,
+        params,
+        slots,
+    }))
 }
 
 /// Reads packets until a StartupMessage, answering SSL/GSS requests `N`.

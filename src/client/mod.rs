@@ -159,7 +159,11 @@ async fn run(shard: &Rc<Shard>, info: &Rc<ClientInfo>, mut stream: Stream) {
         login::LoggedIn::Admin { is_admin } => {
             crate::admin::console::serve(shard, info, &mut stream, is_admin).await
         }
-        login::LoggedIn::Pool { pool, params } => {
+        login::LoggedIn::Pool {
+            pool,
+            params,
+            slots,
+        } => {
             let config = shard.config();
             let user = info.user.borrow().clone();
             let mut session = Session {
@@ -174,6 +178,7 @@ async fn run(shard: &Rc<Shard>, info: &Rc<ClientInfo>, mut stream: Stream) {
                     transaction: config.transaction_timeout(&user).duration(),
                 },
                 client_idle_timeout: config.client_idle_timeout(&user).duration(),
+                _slots: slots,
             };
             session.run(&mut stream).await
         }
@@ -213,6 +218,7 @@ struct Session {
     max_packet: u32,
     limits: relay::Limits,
     client_idle_timeout: std::time::Duration,
+    _slots: login::ClientSlots,
 }
 
 impl Session {

@@ -63,45 +63,98 @@ pub struct ShardCounts {
     pub waiting: AtomicU32,
 }
 
+/// A process-wide counter with a cap, taken and returned without locks.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU32);
+
+impl Counter {
+    /// Takes one unit if fewer than `limit` are taken (`limit` 0 = no cap).
+    pub fn try_take(&self, limit: u32) -> bool {
+        self.0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (limit == 0 || n < limit).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Returns one unit.
+    pub fn give(&self) {
+        let _ = self
+            .0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                Some(n.saturating_sub(1))
+            });
+    }
+
+    /// Units taken now.
+    pub fn get(&self) -> u32 {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// The caps a server connection counts against: its pool's size (plus
+/// reserve once that opened), `max_db_connections`, `max_user_connections`.
+#[derive(Debug, Clone, Copy)]
+pub struct Caps {
+    /// Pool size (or pool + reserve).
+    pub pool: u32,
+    /// max_db_connections (0 = none).
+    pub db: u32,
+    /// max_user_connections (0 = none).
+    pub user: u32,
+}
+
 /// What all shards share about one pool.
 #[derive(Debug)]
 pub struct GlobalPool {
-    open: AtomicU32,
+    open: Counter,
+    db: Arc<Counter>,
+    user: Arc<Counter>,
     shards: Vec<CachePadded<ShardCounts>>,
 }
 
 impl GlobalPool {
-    /// A pool for `workers` shards.
-    pub fn new(workers: usize) -> Self {
+    /// A pool for `workers` shards, counting also against its database's
+    /// and user's process-wide server counters.
+    pub fn new(workers: usize, db: Arc<Counter>, user: Arc<Counter>) -> Self {
         GlobalPool {
-            open: AtomicU32::new(0),
+            open: Counter::default(),
+            db,
+            user,
             shards: (0..workers)
                 .map(|_| CachePadded::new(ShardCounts::default()))
                 .collect(),
         }
     }
 
-    /// Takes one server slot if fewer than `limit` are open.
-    pub fn try_open(&self, limit: u32) -> bool {
-        self.open
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < limit).then_some(n + 1)
-            })
-            .is_ok()
+    /// Takes one server slot if every cap allows it (all or nothing). A pool
+    /// cap of 0 means no server may open (PgBouncer's pool_size = 0).
+    pub fn try_open(&self, caps: Caps) -> bool {
+        if caps.pool == 0 || !self.open.try_take(caps.pool) {
+            return false;
+        }
+        if !self.db.try_take(caps.db) {
+            self.open.give();
+            return false;
+        }
+        if !self.user.try_take(caps.user) {
+            self.db.give();
+            self.open.give();
+            return false;
+        }
+        true
     }
 
     /// Returns a server slot.
     pub fn closed(&self) {
-        let _ = self
-            .open
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                Some(n.saturating_sub(1))
-            });
+        self.open.give();
+        self.db.give();
+        self.user.give();
     }
 
     /// Server connections open (or opening) across all shards.
     pub fn open_count(&self) -> u32 {
-        self.open.load(Ordering::Acquire)
+        self.open.get()
     }
 
     /// Counters of shard `i`.
@@ -125,6 +178,14 @@ pub struct PoolSettings {
     pub size: u32,
     /// reserve_pool_size.
     pub reserve: u32,
+    /// max_db_connections (0 = none).
+    pub max_db: u32,
+    /// max_user_connections (0 = none).
+    pub max_user: u32,
+    /// server_check_delay: an idle server older than this is checked.
+    pub check_delay: Duration,
+    /// server_check_query (`None`: no check; `Some("")`: empty query).
+    pub check_query: Option<String>,
     /// min_pool_size.
     pub min: u32,
     /// reserve_pool_timeout.
@@ -146,6 +207,15 @@ pub struct PoolSettings {
 }
 
 impl PoolSettings {
+    /// Caps for a normal open (`reserve`: also the reserve pool).
+    pub fn caps(&self, reserve: bool) -> Caps {
+        Caps {
+            pool: if reserve { self.size + self.reserve } else { self.size },
+            db: self.max_db,
+            user: self.max_user,
+        }
+    }
+
     /// Resolves the settings of `key` from `config`.
     pub fn resolve(config: &Config, key: &PoolKey, password: Option<String>) -> PoolSettings {
         let g = &config.general;
@@ -155,6 +225,10 @@ impl PoolSettings {
             mode: config.pool_mode(&key.db, &key.user),
             size: config.pool_size(&key.db, &key.user),
             reserve: config.reserve_pool_size(&key.db, &key.user),
+            max_db: config.max_db_connections(&key.db),
+            max_user: config.max_user_connections(&key.user),
+            check_delay: g.server_check_delay.duration(),
+            check_query: g.health_check_query().map(str::to_owned),
             min: config.min_pool_size(&key.db, &key.user),
             reserve_timeout: g.reserve_pool_timeout.duration(),
             query_wait_timeout: g.query_wait_timeout.duration(),
@@ -326,17 +400,17 @@ impl Pool {
     /// or `query_wait_timeout`.
     pub async fn acquire(self: &Rc<Self>, shard: &Rc<Shard>) -> Result<ServerConn> {
         loop {
-            if let Some(server) = self.pop_idle() {
-                if self.is_expired(&server) {
-                    self.close(shard, server, "server lifetime over");
+            if let Some(mut server) = self.pop_idle() {
+                if let Some(reason) = self.unusable(&mut server).await {
+                    self.close(shard, server, reason);
                     continue;
                 }
                 self.active.set(self.active.get() + 1);
                 return Ok(server);
             }
             self.fail_fast()?;
-            let size = self.settings.borrow().size;
-            if self.global.try_open(size) {
+            let caps = self.settings.borrow().caps(false);
+            if self.global.try_open(caps) {
                 return self.open(shard).await;
             }
             match self.wait(shard).await {
@@ -353,6 +427,29 @@ impl Pool {
             self.set_idle_counter();
         }
         s
+    }
+
+    /// Why an idle server must not be handed out: past its lifetime, closed
+    /// by PostgreSQL while idle (a restart, pg_terminate_backend: checked
+    /// with a non-blocking peek, one cheap syscall), or failing
+    /// `server_check_query` after `server_check_delay` of idleness.
+    async fn unusable(&self, server: &mut ServerConn) -> Option<&'static str> {
+        if self.is_expired(server) {
+            return Some("server lifetime over");
+        }
+        if !server.is_alive() {
+            return Some("server closed the connection while idle");
+        }
+        let (delay, query) = {
+            let s = self.settings.borrow();
+            (s.check_delay, s.check_query.clone())
+        };
+        if let Some(q) = query {
+            if server.meta.last_used.elapsed() >= delay && server.simple_query(&q).await.is_err() {
+                return Some("server check query failed");
+            }
+        }
+        None
     }
 
     fn is_expired(&self, server: &ServerConn) -> bool {
@@ -544,8 +641,8 @@ impl Pool {
 
     /// Gives waiters budget that is free now (janitor, and after a close).
     fn grant_budget(&self) {
-        let size = self.settings.borrow().size;
-        while !self.waiters.borrow().is_empty() && self.global.try_open(size) {
+        let caps = self.settings.borrow().caps(false);
+        while !self.waiters.borrow().is_empty() && self.global.try_open(caps) {
             if let Some(w) = self.pop_waiter() {
                 w.give(Grant::Budget);
             }
@@ -593,10 +690,10 @@ impl Pool {
 
     fn open_reserve(&self) {
         let s = self.settings.borrow();
-        let (limit, after) = (s.size + s.reserve, s.reserve_timeout);
+        let (caps, after, reserve) = (s.caps(true), s.reserve_timeout, s.reserve);
         drop(s);
         while let Some(w) = self.waiters.borrow().front().cloned() {
-            if w.since.elapsed() < after || !self.global.try_open(limit) {
+            if reserve == 0 || w.since.elapsed() < after || !self.global.try_open(caps) {
                 break;
             }
             info!(db = %self.key.db, user = %self.key.user, "taking connection from reserve_pool");
@@ -632,8 +729,10 @@ impl Pool {
     /// Opens servers up to `min_pool_size` (shard 0 keeps the warm set;
     /// handoff spreads it).
     pub fn fill_min(self: &Rc<Self>, shard: &Rc<Shard>) {
-        let min = self.settings.borrow().min;
-        if shard.id != 0 || min == 0 || self.opening.get() > 0 || !self.global.try_open(min) {
+        let s = self.settings.borrow();
+        let (min, caps) = (s.min, Caps { pool: s.min, ..s.caps(false) });
+        drop(s);
+        if shard.id != 0 || min == 0 || self.opening.get() > 0 || !self.global.try_open(caps) {
             return;
         }
         let pool = self.clone();

@@ -23,7 +23,7 @@ use super::{io::BufPool, BootError};
 use crate::auth::userlist::UserList;
 use crate::client::ClientInfo;
 use crate::config::Config;
-use crate::pool::{GlobalPool, Pool, PoolKey};
+use crate::pool::{Counter, GlobalPool, Pool, PoolKey};
 use crate::protocol::startup::CancelKey;
 use crate::stats::ShardStats;
 
@@ -56,6 +56,14 @@ pub struct Shared {
     /// Logged-in and logging-in clients across all shards (max_client_conn).
     pub client_count: AtomicUsize,
     pools: RwLock<HashMap<PoolKey, Arc<GlobalPool>>>,
+    /// Server connections per database (max_db_connections).
+    db_servers: RwLock<HashMap<Arc<str>, Arc<Counter>>>,
+    /// Server connections per user (max_user_connections).
+    user_servers: RwLock<HashMap<Arc<str>, Arc<Counter>>>,
+    /// Client connections per database (max_db_client_connections).
+    pub db_clients: RwLock<HashMap<Arc<str>, Arc<Counter>>>,
+    /// Client connections per user (max_user_client_connections).
+    pub user_clients: RwLock<HashMap<Arc<str>, Arc<Counter>>>,
     controls: Vec<Sender<Control>>,
     control_rx: Vec<Receiver<Control>>,
     running: AtomicUsize,
@@ -79,6 +87,10 @@ impl Shared {
             userlist: RwLock::new(Arc::new(userlist)),
             client_count: AtomicUsize::new(0),
             pools: RwLock::new(HashMap::new()),
+            db_servers: RwLock::default(),
+            user_servers: RwLock::default(),
+            db_clients: RwLock::default(),
+            user_clients: RwLock::default(),
             controls,
             control_rx,
             running: AtomicUsize::new(workers),
@@ -119,9 +131,11 @@ impl Shared {
         if let Some(p) = self.pools.read().ok().and_then(|m| m.get(key).cloned()) {
             return p;
         }
+        let db = counter(&self.db_servers, &key.db);
+        let user = counter(&self.user_servers, &key.user);
         let mut map = self.pools.write().unwrap_or_else(|e| e.into_inner());
         map.entry(key.clone())
-            .or_insert_with(|| Arc::new(GlobalPool::new(self.workers)))
+            .or_insert_with(|| Arc::new(GlobalPool::new(self.workers, db, user)))
             .clone()
     }
 
@@ -150,6 +164,16 @@ impl Shared {
     pub fn is_stopped(&self) -> bool {
         self.running.load(Ordering::Acquire) == 0
     }
+}
+
+/// The counter for `name` in a map, created on first use (login and
+/// pool creation only: never per transaction).
+pub fn counter(map: &RwLock<HashMap<Arc<str>, Arc<Counter>>>, name: &str) -> Arc<Counter> {
+    if let Some(c) = map.read().ok().and_then(|m| m.get(name).cloned()) {
+        return c;
+    }
+    let mut m = map.write().unwrap_or_else(|e| e.into_inner());
+    m.entry(name.into()).or_default().clone()
 }
 
 /// Loads `auth_file` if configured (an empty list otherwise).

@@ -139,6 +139,23 @@ impl ServerConn {
         })
     }
 
+    /// Is the connection still open with nothing unread? An idle server
+    /// has nothing to say; data (PostgreSQL's FATAL before it closes) or
+    /// end-of-stream means it is gone.
+    pub fn is_alive(&self) -> bool {
+        let mut b = 0u8;
+        // SAFETY: a 1-byte peek into a local on an fd we own; never blocks.
+        let n = unsafe {
+            libc::recv(
+                self.stream.as_raw_fd(),
+                (&mut b as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
+    }
+
     /// Backend pid (SHOW SERVERS remote_pid).
     pub fn pid(&self) -> u32 {
         self.meta.backend_key.pid
