@@ -27,7 +27,9 @@
 //! # Rooms
 //! [`config`] settings, [`protocol`] sans-IO wire codec, [`runtime`] the only
 //! glommio code (shards, mesh, signals), [`listener`], [`client`], [`server`],
-//! [`pool`], [`relay`], [`auth`], [`admin`] console, [`stats`], [`janitor`].
+//! [`pool`], [`relay`], [`auth`], [`admin`] console, [`stats`], [`metrics`]
+//! (Prometheus), [`janitor`], [`process`] (daemon, pidfile, privilege drop,
+//! logfile).
 
 #![warn(missing_docs, rust_2018_idioms)]
 
@@ -38,7 +40,10 @@ pub mod config;
 pub mod error;
 pub mod janitor;
 pub mod listener;
+pub mod metrics;
 pub mod pool;
+pub mod prepared;
+pub mod process;
 pub mod protocol;
 pub mod relay;
 pub mod runtime;

@@ -1,17 +1,34 @@
-//! Listening sockets and the accept loop.
+//! Listening sockets and the accept loops.
 //!
-//! Every shard binds its own socket on the same address with SO_REUSEPORT,
-//! built with socket2 so that `listen_backlog` is honoured and address
-//! errors are ours to report (glommio's own `bind` hard-codes the backlog).
-//! The kernel then spreads new connections across shards with no accept
-//! lock. The same option lets a new pgring start beside an old one.
-//! Admission against `max_client_conn` happens here, before a session task
-//! exists, so a refused client costs one write.
+//! Every shard binds its own TCP socket on each listen address with SO_REUSEPORT, built with
+//! socket2 so that `listen_backlog` is honoured and address errors are ours to report
+//! (glommio's own `bind` hard-codes the backlog). The kernel then spreads new connections
+//! across shards with no accept lock. The same option lets a new pgring start beside an old
+//! one.
+//!
+//! The unix socket (`<unix_socket_dir>/.s.PGSQL.<listen_port>`, PgBouncer's and libpq's name)
+//! is bound once and accepted on shard 0 only: a socket path names exactly one listening
+//! socket, SO_REUSEPORT does not spread AF_UNIX connections, and glommio cannot adopt a
+//! listening unix socket, so shard 0 accepts it through a `glommio::net::TcpListener` built
+//! on the unix fd (accept(2) does not care about the family) and turns each accepted socket
+//! into a [`Stream::Unix`]. Unix clients start on shard 0; the pool's handoff serves them
+//! from any shard's servers. A stale socket file (nobody accepting) is removed at start, a
+//! live one refuses the start, and the file is removed again at exit.
+//!
+//! Admission against `max_client_conn` happens here, before a session task exists, so a
+//! refused client costs one write.
 
+use std::future::Future;
+use std::io;
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::{FromRawFd, IntoRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{info, warn};
@@ -21,51 +38,215 @@ use crate::error::{sqlstate, PgError};
 use crate::runtime::io::write_all;
 use crate::runtime::{BootError, Shard, Stream};
 
-/// Binds one shard's listener.
-pub fn bind(config: &Config) -> Result<TcpListener, BootError> {
+/// Binds one shard's TCP listeners: every address of every `listen_addr` entry (`*` = all
+/// IPv4). None when `listen_addr` is empty (unix socket only, PgBouncer's default).
+pub fn bind(config: &Config) -> Result<Vec<TcpListener>, BootError> {
     let g = &config.general;
-    let text = format!("{}:{}", g.listen_addr, g.listen_port);
-    let err = |source| BootError::Listen {
-        addr: text.clone(),
-        source,
-    };
-    let addr: SocketAddr = match g.listen_addr.as_str() {
-        "*" => SocketAddr::from(([0, 0, 0, 0], g.listen_port)),
-        a => crate::pool::resolve_addrs(a, g.listen_port)
-            .into_iter()
-            .next()
-            .ok_or_else(|| {
-                err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    "cannot resolve listen_addr",
-                ))
-            })?,
-    };
-    let socket =
-        Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
-    socket.set_reuse_address(true).map_err(err)?;
-    socket.set_reuse_port(true).map_err(err)?;
-    socket.set_nodelay(true).map_err(err)?;
-    socket.set_nonblocking(true).map_err(err)?;
-    socket.bind(&addr.into()).map_err(err)?;
-    socket.listen(g.listen_backlog as i32).map_err(err)?;
+    let mut out = Vec::new();
+    for entry in g.listen_addrs() {
+        let text = format!("{entry}:{}", g.listen_port);
+        let err = |source| BootError::Listen {
+            addr: text.clone(),
+            source,
+        };
+        let mut addrs = match entry {
+            "*" => vec![SocketAddr::from(([0, 0, 0, 0], g.listen_port))],
+            a => crate::pool::resolve_addrs(a, g.listen_port),
+        };
+        addrs.dedup();
+        if addrs.is_empty() {
+            let why = io::Error::new(io::ErrorKind::InvalidInput, "cannot resolve listen_addr");
+            return Err(err(why));
+        }
+        let before = out.len();
+        let mut last = None;
+        for addr in addrs {
+            match bind_tcp(addr, g.listen_backlog) {
+                Ok(l) => out.push(l),
+                // `localhost` may name ::1 on a host without IPv6: one usable address is enough.
+                Err(e) if unavailable(&e) => last = Some(e),
+                Err(e) => return Err(err(e)),
+            }
+        }
+        if out.len() == before {
+            return Err(err(
+                last.unwrap_or_else(|| io::ErrorKind::AddrNotAvailable.into())
+            ));
+        }
+    }
+    Ok(out)
+}
+
+fn unavailable(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EADDRNOTAVAIL | libc::EAFNOSUPPORT)
+    )
+}
+
+fn bind_tcp(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        // So that `::` and `0.0.0.0` can both be listed without clashing.
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nodelay(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog.min(i32::MAX as u32) as i32)?;
     Ok(socket.into())
 }
 
-/// Accepts connections until the shard stops.
-pub async fn serve(shard: Rc<Shard>, listener: TcpListener) {
-    // SAFETY: the fd is a bound, listening socket we own; glommio takes it.
-    let listener = unsafe { glommio::net::TcpListener::from_raw_fd(listener.into_raw_fd()) };
-    info!(shard = shard.id, "listening");
-    loop {
-        match listener.accept().await {
-            Ok(stream) => admit(&shard, stream),
-            Err(e) => {
-                warn!(shard = shard.id, error = %e, "accept failed");
-                crate::runtime::sleep(std::time::Duration::from_millis(10)).await;
-            }
+/// The unix socket's path for `config`, or `None` when `unix_socket_dir` is empty.
+pub fn unix_socket_path(config: &Config) -> Option<PathBuf> {
+    let g = &config.general;
+    (!g.unix_socket_dir.is_empty())
+        .then(|| Path::new(&g.unix_socket_dir).join(format!(".s.PGSQL.{}", g.listen_port)))
+}
+
+/// The bound unix socket and its path (removed at exit with [`remove_unix`]).
+#[derive(Debug)]
+pub struct UnixSocket {
+    /// The listening socket (non-blocking), handed to shard 0.
+    pub listener: UnixListener,
+    /// Its file.
+    pub path: PathBuf,
+}
+
+/// Binds the unix socket, if configured, with `unix_socket_mode` and `unix_socket_group`.
+pub fn bind_unix(config: &Config) -> Result<Option<UnixSocket>, BootError> {
+    let Some(path) = unix_socket_path(config) else {
+        return Ok(None);
+    };
+    let g = &config.general;
+    let err = |source| BootError::Listen {
+        addr: path.display().to_string(),
+        source,
+    };
+    remove_stale(&path).map_err(err)?;
+    let socket = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(err)?;
+    socket.set_nonblocking(true).map_err(err)?;
+    socket
+        .bind(&socket2::SockAddr::unix(&path).map_err(err)?)
+        .map_err(err)?;
+    let mode = std::fs::Permissions::from_mode(g.unix_socket_mode.0);
+    std::fs::set_permissions(&path, mode).map_err(err)?;
+    if let Some(group) = g.unix_socket_group.as_deref().filter(|g| !g.is_empty()) {
+        chgrp(&path, group).map_err(err)?;
+    }
+    socket
+        .listen(g.listen_backlog.min(i32::MAX as u32) as i32)
+        .map_err(err)?;
+    let listener = UnixListener::from(std::os::fd::OwnedFd::from(socket));
+    Ok(Some(UnixSocket { listener, path }))
+}
+
+/// Removes a socket file nobody accepts on (left by a crash); refuses a live one, or a path
+/// that is not a socket.
+fn remove_stale(path: &Path) -> io::Result<()> {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    if !meta.file_type().is_socket() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "exists and is not a socket",
+        ));
+    }
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            "another process is accepting on this unix socket",
+        )),
+        Err(_) => {
+            warn!(path = %path.display(), "removing stale unix socket");
+            std::fs::remove_file(path)
         }
     }
+}
+
+fn chgrp(path: &Path, group: &str) -> io::Result<()> {
+    let gid = crate::process::group_id(group)?;
+    std::os::unix::fs::chown(path, None, Some(gid))
+}
+
+/// Removes the unix socket file at exit (best effort: after `-u` it may not be ours to remove).
+pub fn remove_unix(path: &Path) {
+    if let Err(e) = std::fs::remove_file(path) {
+        warn!(path = %path.display(), error = %e, "could not remove the unix socket");
+    }
+}
+
+type AcceptLoop = Pin<Box<dyn Future<Output = ()>>>;
+
+/// Accepts on every listener of this shard until the shard stops (the caller drops this).
+pub async fn serve(shard: Rc<Shard>, tcp: Vec<TcpListener>, unix: Option<UnixListener>) {
+    info!(
+        shard = shard.id,
+        tcp = tcp.len(),
+        unix = unix.is_some(),
+        "listening"
+    );
+    let mut loops: Vec<AcceptLoop> = tcp
+        .into_iter()
+        .map(|l| Box::pin(accept_tcp(shard.clone(), l)) as AcceptLoop)
+        .collect();
+    loops.extend(unix.map(|l| Box::pin(accept_unix(shard.clone(), l)) as AcceptLoop));
+    // The loops never end; a shard with no listener (unix-only config, shards 1..) still
+    // serves handoffs and the mesh, so this waits forever rather than returning.
+    std::future::poll_fn(|cx| {
+        for l in &mut loops {
+            if l.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+async fn accept_tcp(shard: Rc<Shard>, listener: TcpListener) {
+    // SAFETY: the fd is a bound, listening socket we own; glommio takes it.
+    let listener = unsafe { glommio::net::TcpListener::from_raw_fd(listener.into_raw_fd()) };
+    loop {
+        match listener.accept().await {
+            Ok(stream) => admit(&shard, Stream::Tcp(stream)),
+            Err(e) => accept_failed(&shard, &io::Error::from(e)).await,
+        }
+    }
+}
+
+async fn accept_unix(shard: Rc<Shard>, listener: UnixListener) {
+    // SAFETY: a bound, listening unix socket we own; glommio's TcpListener only accept(2)s on
+    // it (see the module note), it never asks for a TCP address.
+    let listener = unsafe { glommio::net::TcpListener::from_raw_fd(listener.into_raw_fd()) };
+    loop {
+        let accepted = listener.accept().await.map_err(io::Error::from);
+        match accepted.and_then(adopt_unix) {
+            Ok(stream) => admit(&shard, stream),
+            Err(e) => accept_failed(&shard, &e).await,
+        }
+    }
+}
+
+/// glommio wrapped the accepted unix socket as a TcpStream: keep a duplicate of its fd as a
+/// [`Stream::Unix`] and let the wrapper close the original (nothing is in flight on it yet).
+fn adopt_unix(accepted: glommio::net::TcpStream) -> io::Result<Stream> {
+    // SAFETY: F_DUPFD_CLOEXEC on an open fd returns a new fd or -1.
+    let fd = unsafe { libc::fcntl(accepted.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    drop(accepted);
+    // SAFETY: fd is a fresh, connected unix socket owned by nobody else.
+    Ok(unsafe { Stream::from_raw_fd(fd) })
+}
+
+async fn accept_failed(shard: &Shard, e: &io::Error) {
+    warn!(shard = shard.id, error = %e, "accept failed");
+    crate::runtime::sleep(std::time::Duration::from_millis(10)).await;
 }
 
 fn admit(shard: &Rc<Shard>, stream: Stream) {

@@ -13,15 +13,23 @@
 //! A server is released only when every request was answered, the last
 //! status was `I`, both directions sit at a message boundary and nothing is
 //! buffered: the transaction is over and the connection is clean.
+//!
+//! With prepared statements on (transaction and statement modes,
+//! `max_prepared_statements` > 0), the relay also hands every message header
+//! to the [`prepared`](crate::prepared) rewriter, which may rename, inject,
+//! swallow or answer messages. A batch it does not touch is still written
+//! straight from the read buffer; one it touches is rebuilt into the linked
+//! server's scratch buffer and still goes out in one write.
 
 use std::time::{Duration, Instant};
 
 use crate::config::PoolMode;
 use crate::error::{sqlstate, Error, PgError, Result};
+use crate::prepared::{self, Action, ClientStatements, Reply, Rewriter, ServerStatements, Splice};
 use crate::protocol::{backend, frame_len, tag, ProtocolError, HEADER_LEN};
 use crate::runtime::io::{self as rio, read_either, Buf, Either};
 use crate::runtime::Stream;
-use crate::server::{ClientParams, ServerConn};
+use crate::server::{ClientParams, ServerConn, ServerParams};
 use crate::stats::PoolStats;
 
 /// Where a linked pair stands in the protocol.
@@ -81,6 +89,23 @@ impl LinkState {
     /// Is the server idle and clean right now?
     pub fn is_clean(&self) -> bool {
         self.at_rest() && self.status == b'I'
+    }
+
+    /// Books a client message sent to the server; true if it asks for a
+    /// ReadyForQuery (a query starts).
+    fn on_request(&mut self, t: u8) -> bool {
+        match t {
+            tag::QUERY | tag::SYNC | tag::FUNCTION_CALL => {
+                self.pending += 1;
+                self.unsynced = false;
+                true
+            }
+            tag::FLUSH | tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL => false,
+            _ => {
+                self.unsynced = true;
+                false
+            }
+        }
     }
 
     /// Classifies the server for a client that went away.
@@ -174,46 +199,79 @@ impl Link {
         (self.cbuf, self.sbuf)
     }
 
-    /// Walks the client's buffered bytes; returns how many can be sent and
-    /// whether a Terminate was seen (it and what follows are not sent).
-    fn scan_client(&mut self) -> Result<(usize, bool), ProtocolError> {
+    /// Walks the client's buffered bytes, asking the rewriter (if any)
+    /// about each message, until a Terminate or bytes it cannot decide on
+    /// yet. Replies the rewriter answers itself land in `to_client`.
+    fn scan_client(
+        &mut self,
+        mut rw: Option<&mut Rewriter<'_>>,
+        to_server: &mut Vec<u8>,
+        to_client: &mut Vec<u8>,
+    ) -> Result<ClientStep, ProtocolError> {
         let data = self.cbuf.data();
+        let mut splice = Splice::new(data, to_server);
         let mut pos = 0;
+        let mut terminate = false;
         loop {
             if self.state.cskip > 0 {
                 let n = self.state.cskip.min(data.len() - pos);
                 pos += n;
                 self.state.cskip -= n;
                 if self.state.cskip > 0 {
-                    return Ok((pos, false));
+                    break;
                 }
             }
             let Some(total) = frame_len(&data[pos..], self.max_packet)? else {
-                return Ok((pos, false));
+                break;
             };
-            match data[pos] {
-                tag::TERMINATE => return Ok((pos, true)),
-                tag::QUERY | tag::SYNC | tag::FUNCTION_CALL => {
-                    self.state.pending += 1;
-                    self.state.unsynced = false;
-                    self.query_start.get_or_insert_with(Instant::now);
-                }
-                tag::FLUSH | tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL => {}
-                _ => self.state.unsynced = true,
+            let t = data[pos];
+            if t == tag::TERMINATE {
+                terminate = true;
+                break;
             }
-            self.state.cskip = total;
+            let action = match rw.as_deref_mut() {
+                Some(rw) => {
+                    rw.client_message(&mut splice, pos, total, self.state.status, to_client)?
+                }
+                None => Action::Pass,
+            };
+            let took = match action {
+                Action::NeedMore => break,
+                Action::Answered => {
+                    pos += total;
+                    continue;
+                }
+                Action::Pass => 0,
+                Action::Took(n) => n,
+            };
+            if self.state.on_request(t) {
+                self.query_start.get_or_insert_with(Instant::now);
+            }
+            pos += took;
+            self.state.cskip = total - took;
         }
+        Ok(ClientStep {
+            consumed: pos,
+            direct: splice.finish(pos),
+            terminate,
+        })
     }
 
-    /// Walks the server's buffered bytes; returns how many can be sent to
-    /// the client. ReadyForQuery and ParameterStatus are decoded whole.
+    /// Walks the server's buffered bytes, asking the rewriter (if any)
+    /// about each message; returns how many bytes were dealt with and
+    /// whether they can be forwarded as they are (`Some(n)`) or were
+    /// rebuilt into `to_client` (`None`). ReadyForQuery and ParameterStatus
+    /// are decoded whole.
     fn scan_server(
         &mut self,
         params: &mut ClientParams,
-        server: &mut ServerConn,
+        server_params: &mut ServerParams,
+        mut rw: Option<&mut Rewriter<'_>>,
+        to_client: &mut Vec<u8>,
         stats: &PoolStats,
-    ) -> Result<usize> {
+    ) -> Result<(usize, Option<usize>)> {
         let data = self.sbuf.data();
+        let mut splice = Splice::new(data, to_client);
         let mut pos = 0;
         loop {
             if self.state.sskip > 0 {
@@ -230,31 +288,64 @@ impl Link {
                 break;
             };
             let t = data[pos];
-            if t != tag::READY_FOR_QUERY && t != tag::PARAMETER_STATUS {
-                self.state.sskip = total;
-                continue;
-            }
-            let Some(body) = data.get(pos + HEADER_LEN..pos + total) else {
-                break; // wait for the whole (small) message
-            };
-            if t == tag::READY_FOR_QUERY {
-                self.state.status = backend::ready_status(body).map_err(Error::ServerProtocol)?;
-                self.state.pending = self.state.pending.saturating_sub(1);
-                self.last_ready = Instant::now();
-                if self.state.pending == 0 {
-                    if let Some(start) = self.query_start.take() {
-                        stats.record_query(start.elapsed());
-                    }
+            let own = t == tag::READY_FOR_QUERY || t == tag::PARAMETER_STATUS;
+            let body = data.get(pos + HEADER_LEN..pos + total);
+            let status = match (t, body) {
+                (_, None) if own => break, // wait for the whole (small) message
+                (tag::READY_FOR_QUERY, Some(b)) => {
+                    backend::ready_status(b).map_err(Error::ServerProtocol)?
                 }
-            } else {
-                let (k, v) = backend::parameter_status(body).map_err(Error::ServerProtocol)?;
-                server.meta.params.on_status(k, v);
-                params.on_status(k, v);
+                _ => self.state.status,
+            };
+            let reply = match rw.as_deref_mut() {
+                Some(rw) => rw
+                    .server_message(&mut splice, pos, total, status)
+                    .map_err(Error::ServerProtocol)?,
+                None => Reply::Stream,
+            };
+            match (reply, body) {
+                (Reply::NeedMore, _) => break,
+                (Reply::Stream, _) if !own => {
+                    self.state.sskip = total;
+                    continue;
+                }
+                (_, Some(body)) if own => {
+                    self.on_own_message(t, body, status, params, server_params, stats)
+                        .map_err(Error::ServerProtocol)?;
+                }
+                _ => {}
             }
             pos += total;
         }
         self.state.sheld = data.len() - pos;
-        Ok(pos)
+        Ok((pos, splice.finish(pos)))
+    }
+
+    /// A whole ReadyForQuery (with its decoded `status`) or ParameterStatus.
+    fn on_own_message(
+        &mut self,
+        t: u8,
+        body: &[u8],
+        status: u8,
+        params: &mut ClientParams,
+        server_params: &mut ServerParams,
+        stats: &PoolStats,
+    ) -> Result<(), ProtocolError> {
+        if t == tag::READY_FOR_QUERY {
+            self.state.status = status;
+            self.state.pending = self.state.pending.saturating_sub(1);
+            self.last_ready = Instant::now();
+            if self.state.pending == 0 {
+                if let Some(start) = self.query_start.take() {
+                    stats.record_query(start.elapsed());
+                }
+            }
+        } else {
+            let (k, v) = backend::parameter_status(body)?;
+            server_params.on_status(k, v);
+            params.on_status(k, v);
+        }
+        Ok(())
     }
 
     fn may_release(&self) -> bool {
@@ -273,28 +364,35 @@ impl Link {
     }
 }
 
+/// What one pass over the client's bytes produced.
+struct ClientStep {
+    /// Bytes of the client buffer dealt with.
+    consumed: usize,
+    /// `Some(n)`: send the first `n` as they are; `None`: the batch was
+    /// rebuilt into the server's `to_server` scratch.
+    direct: Option<usize>,
+    /// A Terminate follows.
+    terminate: bool,
+}
+
 /// Relays until the transaction ends (transaction and statement modes) or
-/// the client leaves.
+/// the client leaves. `prepared` is the client's statement names; they are
+/// rewritten unless the pool is in session mode or the feature is off.
 pub async fn run(
     link: &mut Link,
     client: &mut Stream,
     server: &mut ServerConn,
     params: &mut ClientParams,
+    prepared: &mut ClientStatements,
     stats: &PoolStats,
 ) -> Result<End> {
+    let rewrite = link.mode != PoolMode::Session && prepared.max() > 0;
+    server.meta.prepared.begin_lease();
     loop {
         if link.cbuf.filled > 0 {
-            let (n, terminate) = link.scan_client().map_err(Error::ClientProtocol)?;
-            if n > 0 {
-                stats.add_received(n);
-                rio::write_all(&mut server.stream, &link.cbuf.bytes[..n])
-                    .await
-                    .map_err(Error::ServerIo)?;
-                link.cbuf.consume(n);
-            }
-            if terminate {
-                link.cbuf.filled = 0;
-                return Ok(End::ClientGone(link.state));
+            let step = client_step(link, server, prepared, rewrite, stats)?;
+            if let Some(end) = forward_client(link, client, server, step, stats).await? {
+                return Ok(end);
             }
         }
         let deadline = link.deadline();
@@ -321,14 +419,8 @@ pub async fn run(
             }
             Either::Second(Err(e)) => return Err(Error::ServerIo(e)),
             Either::Second(Ok(_)) => {
-                let n = link.scan_server(params, server, stats)?;
-                if n > 0 {
-                    stats.add_sent(n);
-                    if rio::write_all(client, &link.sbuf.bytes[..n]).await.is_err() {
-                        link.sbuf.consume(n);
-                        return Ok(End::ClientGone(link.state));
-                    }
-                    link.sbuf.consume(n);
+                if !forward_server(link, client, server, params, prepared, rewrite, stats).await? {
+                    return Ok(End::ClientGone(link.state));
                 }
                 if link.may_release() {
                     return Ok(End::Released);
@@ -339,4 +431,110 @@ pub async fn run(
             }
         }
     }
+}
+
+/// Scans the client's bytes (rewriting them if `rewrite`).
+fn client_step(
+    link: &mut Link,
+    server: &mut ServerConn,
+    prepared: &mut ClientStatements,
+    rewrite: bool,
+    stats: &PoolStats,
+) -> Result<ClientStep> {
+    let ServerStatements {
+        lru,
+        queue,
+        to_server,
+        to_client,
+    } = &mut server.meta.prepared;
+    let mut rw = rewrite.then_some(Rewriter {
+        client: prepared,
+        lru,
+        queue,
+        stats,
+    });
+    link.scan_client(rw.as_mut(), to_server, to_client)
+        .map_err(Error::ClientProtocol)
+}
+
+/// Sends what the client step produced: the batch to the server, local
+/// replies to the client. Returns how the relay ends, if it does.
+async fn forward_client(
+    link: &mut Link,
+    client: &mut Stream,
+    server: &mut ServerConn,
+    step: ClientStep,
+    stats: &PoolStats,
+) -> Result<Option<End>> {
+    let scratch = &mut server.meta.prepared;
+    let out = match step.direct {
+        Some(n) => &link.cbuf.bytes[..n],
+        None => &scratch.to_server[..],
+    };
+    if !out.is_empty() {
+        stats.add_received(out.len());
+        rio::write_all(&mut server.stream, out)
+            .await
+            .map_err(Error::ServerIo)?;
+    }
+    scratch.to_server.clear();
+    link.cbuf.consume(step.consumed);
+    if step.terminate {
+        link.cbuf.filled = 0;
+        return Ok(Some(End::ClientGone(link.state)));
+    }
+    if scratch.to_client.is_empty() {
+        return Ok(None);
+    }
+    stats.add_sent(scratch.to_client.len());
+    let written = rio::write_all(client, &scratch.to_client).await;
+    scratch.to_client.clear();
+    if written.is_err() {
+        return Ok(Some(End::ClientGone(link.state)));
+    }
+    // Answered without the server (a local DEALLOCATE): maybe the end.
+    Ok(link.may_release().then_some(End::Released))
+}
+
+/// Scans what the server sent (rewriting replies if `rewrite`) and
+/// forwards it; false if the client is gone.
+async fn forward_server(
+    link: &mut Link,
+    client: &mut Stream,
+    server: &mut ServerConn,
+    params: &mut ClientParams,
+    prepared: &mut ClientStatements,
+    rewrite: bool,
+    stats: &PoolStats,
+) -> Result<bool> {
+    let (consumed, direct) = {
+        let meta = &mut server.meta;
+        let ServerStatements {
+            lru,
+            queue,
+            to_client,
+            ..
+        } = &mut meta.prepared;
+        let mut rw = rewrite.then_some(Rewriter {
+            client: prepared,
+            lru,
+            queue,
+            stats,
+        });
+        link.scan_server(params, &mut meta.params, rw.as_mut(), to_client, stats)?
+    };
+    let scratch = &mut server.meta.prepared.to_client;
+    let out = match direct {
+        Some(n) => &link.sbuf.bytes[..n],
+        None => &scratch[..],
+    };
+    let written = if out.is_empty() {
+        Ok(())
+    } else {
+        stats.add_sent(out.len());
+        rio::write_all(client, out).await
+    };
+    scratch.clear();
+    link.sbuf.consume(consumed);
+    Ok(written.is_ok())
 }

@@ -73,9 +73,9 @@ pub fn handle(shard: &Rc<Shard>, op: Op) -> Answer {
             Answer::Report(Box::new(report::build(shard, false)))
         }
         Op::Control(cmd) => Answer::Done(Ok(control::apply(shard, &cmd))),
-        Op::Validate(config, userlist) => Answer::Done(super::reload::validate_on_shard(
-            shard, config, userlist,
-        )),
+        Op::Validate(config, userlist) => {
+            Answer::Done(super::reload::validate_on_shard(shard, config, userlist))
+        }
         Op::Apply => Answer::Done(super::reload::apply_on_shard(shard)),
         Op::Abort => {
             shard.admin.pending.borrow_mut().take();
@@ -129,7 +129,10 @@ pub async fn gather(shard: &Rc<Shard>, op: Op) -> Result<Vec<Answer>, GatherErro
 /// [`gather`] of `Op::Report`, as reports.
 pub async fn reports(shard: &Rc<Shard>, conns: bool) -> Result<Vec<ShardReport>, GatherError> {
     let answers = gather(shard, Op::Report { conns }).await?;
-    Ok(answers.into_iter().filter_map(Answer::into_report).collect())
+    Ok(answers
+        .into_iter()
+        .filter_map(Answer::into_report)
+        .collect())
 }
 
 /// [`gather`] of a control command: the summed counts, or the first refusal.

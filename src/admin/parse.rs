@@ -172,10 +172,19 @@ mod tests {
                 value: v.into(),
             })
         };
-        assert_eq!(parse("SET default_pool_size = 5"), set("default_pool_size", "5"));
-        assert_eq!(parse("set pool_mode to 'session';"), set("pool_mode", "session"));
+        assert_eq!(
+            parse("SET default_pool_size = 5"),
+            set("default_pool_size", "5")
+        );
+        assert_eq!(
+            parse("set pool_mode to 'session';"),
+            set("pool_mode", "session")
+        );
         assert_eq!(parse("set x='it''s'"), set("x", "it's"));
-        assert_eq!(parse("set reserve_pool_timeout=0.5"), set("reserve_pool_timeout", "0.5"));
+        assert_eq!(
+            parse("set reserve_pool_timeout=0.5"),
+            set("reserve_pool_timeout", "0.5")
+        );
         assert_eq!(parse("set x"), None);
     }
 }

@@ -19,10 +19,10 @@ use crate::auth::{md5, scram};
 use crate::config::{AuthType, Config};
 use crate::error::{sqlstate, Error, PgError, Result};
 use crate::pool::{Counter, Pool, PoolKey};
-use crate::runtime::shard::counter;
 use crate::protocol::startup::{self, parse_startup, startup_len, StartupPacket};
 use crate::protocol::{build, frontend, tag};
 use crate::runtime::io::{self as rio, timeout};
+use crate::runtime::shard::counter;
 use crate::runtime::{Shard, Stream};
 use crate::server::ClientParams;
 use crate::wire::{read_message, small_buf, Message, ReadError};
@@ -78,8 +78,18 @@ fn take_client_slots(shard: &Shard, config: &Config, db: &str, user: &str) -> Re
     let shared = &shard.shared;
     let mut slots = ClientSlots(Vec::with_capacity(2));
     for (map, name, limit, what) in [
-        (&shared.db_clients, db, config.max_db_client_connections(db), "max_db_client_connections"),
-        (&shared.user_clients, user, config.max_user_client_connections(user), "max_user_client_connections"),
+        (
+            &shared.db_clients,
+            db,
+            config.max_db_client_connections(db),
+            "max_db_client_connections",
+        ),
+        (
+            &shared.user_clients,
+            user,
+            config.max_user_client_connections(user),
+            "max_user_client_connections",
+        ),
     ] {
         let c = counter(map, name);
         if !c.try_take(limit) {
@@ -135,6 +145,7 @@ async fn login_inner(
     if let Some((_, app)) = startup.params.iter().find(|(k, _)| k == "application_name") {
         *info.app_name.borrow_mut() = app.clone();
     }
+    crate::admin::check_login_allowed(shard, &startup.database)?;
     if ADMIN_DBS.contains(&startup.database.as_str()) {
         return admin_login(shard, info, stream, config, &startup)
             .await
@@ -156,6 +167,7 @@ async fn login_inner(
     let pool = shard.pool(&key);
     let params = prepare_params(shard, &pool, config, &startup).await?;
     greet(stream, info, &pool, &params).await?;
+    pool.stats.record_login();
     info!(db = %startup.database, user = %startup.user, "login attempt: db={} user={}", startup.database, startup.user);
     Ok(Some(LoggedIn::Pool {
         pool,
@@ -448,9 +460,15 @@ async fn admin_login(
     config: &Config,
     startup: &Startup,
 ) -> Result<LoggedIn> {
-    authenticate(shard, stream, config, &startup.user).await?;
     let user = &startup.user;
-    let is_admin = config.general.admin_users.iter().any(|u| u == user);
+    let own_user = is_own_user(stream, user);
+    let mut out = Vec::new();
+    if own_user {
+        build::auth_ok(&mut out);
+    } else {
+        authenticate(shard, stream, config, user).await?;
+    }
+    let is_admin = own_user || config.general.admin_users.iter().any(|u| u == user);
     let is_stats = config.general.stats_users.iter().any(|u| u == user);
     if !is_admin && !is_stats {
         return Err(Error::Refused(PgError::fatal(
@@ -459,7 +477,6 @@ async fn admin_login(
         )));
     }
     info.is_admin.set(true);
-    let mut out = Vec::new();
     for (k, v) in [
         ("server_version", crate::admin::SERVER_VERSION),
         ("server_encoding", "UTF8"),
@@ -478,4 +495,13 @@ async fn admin_login(
         .await
         .map_err(Error::ClientIo)?;
     Ok(LoggedIn::Admin { is_admin })
+}
+
+/// PgBouncer's `admin_pre_login`: user `pgbouncer` on the unix socket, whose peer (SO_PEERCRED)
+/// runs as pgring's own uid, is the operator (health checks, exporters): a full admin with no
+/// password. Over TCP the peer cannot be known, so it never applies there.
+fn is_own_user(stream: &Stream, user: &str) -> bool {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let own_uid = unsafe { libc::getuid() };
+    user == "pgbouncer" && stream.peer_uid() == Some(own_uid)
 }

@@ -278,7 +278,7 @@ impl Session {
     }
 
     async fn wait_while_paused(&self) {
-        while self.shard.paused.get() {
+        while crate::admin::is_paused(&self.shard, &self.pool) {
             self.shard.state_changed.notified().await;
         }
     }

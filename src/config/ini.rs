@@ -316,9 +316,11 @@ impl Mapper {
         root.insert("general".into(), Value::Table(self.general));
         root.insert("databases".into(), Value::Table(self.databases));
         root.insert("users".into(), Value::Table(self.users));
-        let mut config: Config = Value::Table(root).try_into().map_err(|e: toml::de::Error| {
-            ConfigError::one(format!("{}: {}", path.display(), e.message()))
-        })?;
+        let mut config: Config = Value::Table(root)
+            .try_into()
+            .map_err(|e: toml::de::Error| {
+                ConfigError::one(format!("{}: {}", path.display(), e.message()))
+            })?;
         config.warnings = self.warnings;
         Ok(config)
     }
@@ -336,6 +338,11 @@ fn coerce<T: DeserializeOwned>(key: &str, text: &str) -> Result<Value, String> {
         Ok(()) => return Ok(as_text),
         Err(e) => e,
     };
+    // Only a field that takes no text at all gets another reading: `0999` refused as a file
+    // mode must not come back as the decimal 999.
+    if !text_error.starts_with("invalid type") {
+        return Err(text_error);
+    }
     match typed(text) {
         Some(value) => check_one::<T>(key, &value).map(|()| value),
         None => Err(text_error),

@@ -179,7 +179,10 @@ fn commented_examples_map_onto_the_model() {
     assert_eq!(forced.datestyle.as_deref(), Some("ISO"));
     assert_eq!(forced.connect_query.as_deref(), Some("SELECT 1"));
     let sized = &config.databases["nondefaultdb"];
-    assert_eq!((sized.pool_size, sized.reserve_pool_size), (Some(50), Some(10)));
+    assert_eq!(
+        (sized.pool_size, sized.reserve_pool_size),
+        (Some(50), Some(10))
+    );
     let quoted = &config.databases["quoted"];
     assert_eq!(quoted.connect_query.as_deref(), Some("SELECT 'it''s', 1"));
     assert_eq!(quoted.application_name.as_deref(), Some("my app"));
@@ -237,7 +240,8 @@ fn include_loops_and_missing_files_are_reported_with_their_line() {
     let main = dir.write("missing.ini", "\n%include nothere.ini\n");
     let err = Config::load(&main).expect_err("missing");
     assert!(
-        err.problems[0].contains("missing.ini:2: %include") && err.problems[0].contains("cannot read"),
+        err.problems[0].contains("missing.ini:2: %include")
+            && err.problems[0].contains("cannot read"),
         "{err}"
     );
 }
@@ -256,7 +260,7 @@ bad = host='unterminated
 odd = host
 [users]
 u = pool_size=many
-[bouncer]
+[pgbouncr]
 x = 1
 ";
     let found = problems("many", text);
@@ -269,7 +273,7 @@ x = 1
         ":8: [databases] bad: unterminated quoted value",
         ":9: [databases] odd: syntax error in connection string",
         ":11: [users] u: pool_size: invalid type: string \"many\"",
-        ":13: [bouncer]: unknown section (did you mean `pgbouncer`?)",
+        ":13: [pgbouncr]: unknown section (did you mean `pgbouncer`?)",
     ];
     assert_eq!(found.len(), expect.len(), "{found:#?}");
     for (problem, want) in found.iter().zip(expect) {
@@ -346,13 +350,19 @@ fn toml_configs_get_the_same_unsupported_report() {
         "[general]\nauth_type = \"pam\"\n[databases.app]\nhost = \"127.0.0.1\"\n",
     );
     let err = Config::load(&path).expect_err("pam");
-    assert!(err.problems[0].contains("auth_type: \"pam\" is not implemented"), "{err}");
+    assert!(
+        err.problems[0].contains("auth_type: \"pam\" is not implemented"),
+        "{err}"
+    );
 }
 
 #[test]
 fn connection_strings_split_like_pgbouncers() {
     let pairs = connstr("  host = a   port=5 q='x y' e='it''s'").expect("parses");
-    let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let pairs: Vec<(&str, &str)> = pairs
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     assert_eq!(
         pairs,
         [("host", "a"), ("port", "5"), ("q", "x y"), ("e", "it's")]

@@ -177,7 +177,8 @@ pub(crate) fn unsupported(config: &Config) -> (Vec<String>, Vec<String>) {
         errors.push(not_implemented("auth_type", g.auth_type.as_str(), why));
     }
     if !g.dns_zone_check_period.is_zero() {
-        warnings.push("[general] dns_zone_check_period: ignored by pgring (no DNS zone checks)".into());
+        warnings
+            .push("[general] dns_zone_check_period: ignored by pgring (no DNS zone checks)".into());
     }
     for (name, db) in &config.databases {
         server_host(name, db, &mut errors, &mut warnings);

@@ -61,6 +61,8 @@ pub struct ShardCounts {
     pub idle: AtomicU32,
     /// Clients waiting on that shard.
     pub waiting: AtomicU32,
+    /// Servers that shard holds (leased + idle), for rebalancing.
+    pub owned: AtomicU32,
 }
 
 /// A process-wide counter with a cap, taken and returned without locks.
@@ -210,7 +212,11 @@ impl PoolSettings {
     /// Caps for a normal open (`reserve`: also the reserve pool).
     pub fn caps(&self, reserve: bool) -> Caps {
         Caps {
-            pool: if reserve { self.size + self.reserve } else { self.size },
+            pool: if reserve {
+                self.size + self.reserve
+            } else {
+                self.size
+            },
             db: self.max_db,
             user: self.max_user,
         }
@@ -482,6 +488,7 @@ impl Pool {
                     *self.welcome.borrow_mut() = Some(Rc::new(server.meta.params.reported()));
                 }
                 self.active.set(self.active.get() + 1);
+                self.publish_owned();
                 Ok(server)
             }
             Err(e) => {
@@ -555,16 +562,25 @@ impl Pool {
     pub fn release(self: &Rc<Self>, shard: &Rc<Shard>, mut server: ServerConn) {
         self.active.set(self.active.get().saturating_sub(1));
         server.meta.last_used = Instant::now();
-        if self.is_expired(&server) {
-            self.close(shard, server, "server lifetime over");
+        if shard.admin.take_close_needed(server.meta.id) || self.is_expired(&server) {
+            self.close(shard, server, "server lifetime over or RECONNECT");
             return;
         }
         self.place(shard, server);
     }
 
-    /// Gives an unleased server to a local waiter, another shard's waiter,
-    /// or the idle list, in that order.
+    /// Gives an unleased server to an under-served shard, a local waiter,
+    /// another shard's waiter, or the idle list, in that order.
     fn place(self: &Rc<Self>, shard: &Rc<Shard>, server: ServerConn) {
+        if let Some(to) = self.rebalance_target(shard.id) {
+            self.send_to(shard, to, server);
+            return;
+        }
+        self.place_here(shard, server);
+    }
+
+    /// [`Pool::place`] without rebalancing (a server that just arrived).
+    fn place_here(self: &Rc<Self>, shard: &Rc<Shard>, server: ServerConn) {
         if let Some(w) = self.pop_waiter() {
             self.active.set(self.active.get() + 1);
             w.give(Grant::Server(server));
@@ -586,7 +602,49 @@ impl Pool {
         w
     }
 
+    /// Under load every shard has waiters and none would ever give a server
+    /// away, so the shards that first took the budget would keep it: clients
+    /// on a shard that came late would starve. On release, a server moves to
+    /// another shard when that shard holds clearly fewer servers than its
+    /// share of demand (waiters + servers); the half-server margin keeps it
+    /// from bouncing back. Only other shards' counters are read, and only
+    /// when one of them has waiters.
+    fn rebalance_target(&self, me: usize) -> Option<usize> {
+        let shards = self.global.shards.len();
+        if shards < 2 {
+            return None;
+        }
+        let o_s = (self.active.get() as usize + self.idle.borrow().len() + 1) as f64;
+        let d_s = self.waiters.borrow().len() as f64 + o_s;
+        let mut best: Option<(usize, f64)> = None;
+        for t in (0..shards).filter(|&t| t != me) {
+            let c = self.global.shard(t);
+            let w_t = f64::from(c.waiting.load(Ordering::Relaxed));
+            if w_t == 0.0 {
+                continue;
+            }
+            let o_t = f64::from(c.owned.load(Ordering::Relaxed));
+            let share = (o_s + o_t) * (w_t + o_t) / (d_s + w_t + o_t);
+            let shortfall = share - o_t;
+            if shortfall >= 1.5 && best.is_none_or(|(_, b)| shortfall > b) {
+                best = Some((t, shortfall));
+            }
+        }
+        best.map(|(t, _)| t)
+    }
+
+    /// Publishes how many servers this shard holds (on open, close and
+    /// handoff only: lease and release do not change it).
+    fn publish_owned(&self) {
+        let n = self.active.get() + self.idle.borrow().len() as u32;
+        self.global
+            .shard(self.shard_id)
+            .owned
+            .store(n, Ordering::Relaxed);
+    }
+
     fn send_to(&self, shard: &Shard, to: usize, server: ServerConn) {
+        self.publish_owned();
         match server.detach() {
             Ok(detached) => shard.mesh.send(
                 to,
@@ -616,7 +674,10 @@ impl Pool {
     /// A server handed over by another shard.
     pub fn adopt(self: &Rc<Self>, shard: &Rc<Shard>, detached: DetachedServer) {
         match ServerConn::attach(detached) {
-            Ok(server) => self.place(shard, server),
+            Ok(server) => {
+                self.place_here(shard, server);
+                self.publish_owned();
+            }
             Err(e) => {
                 warn!(error = %e, "could not adopt a handed-over server");
                 self.global.closed();
@@ -630,6 +691,7 @@ impl Pool {
         info!(db = %self.key.db, user = %self.key.user, server = server.meta.id, reason, "closing server connection");
         drop(server);
         self.global.closed();
+        self.publish_owned();
         self.grant_budget();
     }
 
@@ -657,6 +719,7 @@ impl Pool {
             drop(s);
             self.global.closed();
         }
+        self.publish_owned();
     }
 
     /// Janitor work, every tick: timeouts, reserve pool, budget, steals,
@@ -723,6 +786,7 @@ impl Pool {
         drop(idle);
         if closed > 0 {
             self.set_idle_counter();
+            self.publish_owned();
         }
     }
 
@@ -730,7 +794,13 @@ impl Pool {
     /// handoff spreads it).
     pub fn fill_min(self: &Rc<Self>, shard: &Rc<Shard>) {
         let s = self.settings.borrow();
-        let (min, caps) = (s.min, Caps { pool: s.min, ..s.caps(false) });
+        let (min, caps) = (
+            s.min,
+            Caps {
+                pool: s.min,
+                ..s.caps(false)
+            },
+        );
         drop(s);
         if shard.id != 0 || min == 0 || self.opening.get() > 0 || !self.global.try_open(caps) {
             return;

@@ -241,11 +241,46 @@ pub fn empty_message(buf: &mut Vec<u8>, t: u8) {
 }
 
 /// A frontend Close of a named prepared statement ('S') or portal ('P').
-pub fn close(buf: &mut Vec<u8>, kind: u8, name: &str) {
+pub fn close(buf: &mut Vec<u8>, kind: u8, name: &[u8]) {
     let at = begin(buf, tag::CLOSE);
     buf.push(kind);
-    cstr(buf, name);
+    buf.extend_from_slice(name);
+    buf.push(0);
     finish(buf, at);
+}
+
+/// A frontend Describe of a statement ('S') or portal ('P').
+pub fn describe(buf: &mut Vec<u8>, kind: u8, name: &[u8]) {
+    let at = begin(buf, tag::DESCRIBE);
+    buf.push(kind);
+    buf.extend_from_slice(name);
+    buf.push(0);
+    finish(buf, at);
+}
+
+/// A frontend Parse from a name and the rest of a Parse body as a client
+/// sent it (query text, NUL, parameter types): how a statement is
+/// re-prepared under another name without re-encoding it.
+pub fn parse_raw(buf: &mut Vec<u8>, name: &[u8], rest: &[u8]) {
+    let at = begin(buf, tag::PARSE);
+    buf.extend_from_slice(name);
+    buf.push(0);
+    buf.extend_from_slice(rest);
+    finish(buf, at);
+}
+
+/// The head of a Bind whose statement name is replaced: tag, length, portal
+/// and statement names. The caller streams the `tail_len` bytes of the
+/// original body that followed the names (formats and parameter values)
+/// straight after it, so they are never copied into a message of their own.
+pub fn bind_head(buf: &mut Vec<u8>, portal: &[u8], statement: &[u8], tail_len: usize) {
+    let len = 4 + portal.len() + 1 + statement.len() + 1 + tail_len;
+    buf.push(tag::BIND);
+    buf.extend_from_slice(&(len as u32).to_be_bytes());
+    buf.extend_from_slice(portal);
+    buf.push(0);
+    buf.extend_from_slice(statement);
+    buf.push(0);
 }
 
 /// A frontend Sync.

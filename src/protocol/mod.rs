@@ -51,6 +51,8 @@ pub mod tag {
     pub const PARAMETER_DESCRIPTION: u8 = b't';
     /// NoData.
     pub const NO_DATA: u8 = b'n';
+    /// PortalSuspended: an Execute stopped at its row limit.
+    pub const PORTAL_SUSPENDED: u8 = b's';
     /// CopyInResponse.
     pub const COPY_IN_RESPONSE: u8 = b'G';
     /// CopyOutResponse.

@@ -9,19 +9,158 @@
 //! race the client and the server; and the buffer is only needed at the
 //! moment data is there, so an idle client waits with no buffer at all
 //! ([`BufPool::read`]).
+//!
+//! A client may come over TCP or the unix socket, so [`Stream`] is an enum over glommio's two
+//! stream types, delegating the `AsyncRead`/`AsyncWrite` polls; the relay never knows which.
 
 use std::cell::RefCell;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::pin::Pin;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_lite::AsyncRead;
+use futures_lite::{AsyncRead, AsyncWrite};
+use glommio::net::{TcpStream, UnixStream};
 
-/// A TCP connection, client or server side.
-pub type Stream = glommio::net::TcpStream;
+/// A connection, client or server side: TCP, or a client on the unix socket.
+#[derive(Debug)]
+pub enum Stream {
+    /// A TCP connection.
+    Tcp(TcpStream),
+    /// A unix-socket connection. glommio's `UnixStream` does not expose its fd, so the fd is
+    /// kept beside it (valid as long as the stream lives) for `AsRawFd`: kill, SO_PEERCRED.
+    Unix(UnixStream, RawFd),
+}
+
+impl Stream {
+    /// Sets TCP_NODELAY; a no-op on the unix socket, which has no Nagle delay.
+    pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_nodelay(on).map_err(io::Error::from),
+            Stream::Unix(..) => Ok(()),
+        }
+    }
+
+    /// Whether this is a unix-socket connection.
+    pub fn is_unix(&self) -> bool {
+        matches!(self, Stream::Unix(..))
+    }
+
+    /// The peer's uid, from SO_PEERCRED; `None` for TCP (or if the kernel will not say).
+    pub fn peer_uid(&self) -> Option<u32> {
+        let Stream::Unix(_, fd) = self else {
+            return None;
+        };
+        let mut cred = libc::ucred {
+            pid: 0,
+            uid: 0,
+            gid: 0,
+        };
+        let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `cred`, which we own; fd is open.
+        let rc = unsafe {
+            libc::getsockopt(
+                *fd,
+                libc::SOL_SOCKET,
+                libc::SO_PEERCRED,
+                (&mut cred as *mut libc::ucred).cast(),
+                &mut len,
+            )
+        };
+        (rc == 0).then_some(cred.uid)
+    }
+
+    fn pin_tcp_or_unix(self: Pin<&mut Self>) -> Result<Pin<&mut TcpStream>, Pin<&mut UnixStream>> {
+        // Both glommio streams are Unpin, so is Stream.
+        match self.get_mut() {
+            Stream::Tcp(s) => Ok(Pin::new(s)),
+            Stream::Unix(s, _) => Err(Pin::new(s)),
+        }
+    }
+}
+
+impl From<TcpStream> for Stream {
+    fn from(s: TcpStream) -> Self {
+        Stream::Tcp(s)
+    }
+}
+
+impl AsRawFd for Stream {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Unix(_, fd) => *fd,
+        }
+    }
+}
+
+/// Adopts a connected socket of either family (a server moved between shards, a freshly
+/// accepted unix client); the family is asked of the kernel (SO_DOMAIN).
+impl FromRawFd for Stream {
+    unsafe fn from_raw_fd(fd: RawFd) -> Self {
+        let mut domain: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes one c_int into `domain`; the caller vouches for fd.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_DOMAIN,
+                (&mut domain as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        // SAFETY (both arms): the caller hands over ownership of an open, connected socket.
+        if rc == 0 && domain == libc::AF_UNIX {
+            Stream::Unix(unsafe { UnixStream::from_raw_fd(fd) }, fd)
+        } else {
+            Stream::Tcp(unsafe { TcpStream::from_raw_fd(fd) })
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.pin_tcp_or_unix() {
+            Ok(s) => s.poll_read(cx, buf),
+            Err(s) => s.poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.pin_tcp_or_unix() {
+            Ok(s) => s.poll_write(cx, buf),
+            Err(s) => s.poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.pin_tcp_or_unix() {
+            Ok(s) => s.poll_flush(cx),
+            Err(s) => s.poll_flush(cx),
+        }
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.pin_tcp_or_unix() {
+            Ok(s) => s.poll_close(cx),
+            Err(s) => s.poll_close(cx),
+        }
+    }
+}
 
 /// Runs a task on this shard, detached.
 pub fn spawn(fut: impl Future<Output = ()> + 'static) {
@@ -44,11 +183,11 @@ pub async fn timeout<T>(d: Duration, fut: impl Future<Output = T>) -> Option<T> 
 
 /// Opens a TCP connection with a deadline.
 pub async fn connect(addr: SocketAddr, deadline: Duration) -> io::Result<Stream> {
-    let stream = Stream::connect_timeout(addr, deadline)
+    let stream = TcpStream::connect_timeout(addr, deadline)
         .await
         .map_err(io::Error::from)?;
     stream.set_nodelay(true).map_err(io::Error::from)?;
-    Ok(stream)
+    Ok(Stream::Tcp(stream))
 }
 
 /// Relay buffer size: large enough to move a whole pgbench transaction
@@ -192,12 +331,19 @@ pub async fn read_either(a: &mut Stream, abuf: &mut Buf, b: &mut Stream, bbuf: &
     .await
 }
 
-/// The peer address of a stream, if known.
+/// The peer address of a TCP stream; `None` on the unix socket, which SHOW CLIENTS prints as
+/// PgBouncer does: addr `unix`, port = `listen_port` (see [`Stream::is_unix`]).
 pub fn peer_addr(stream: &Stream) -> Option<SocketAddr> {
-    stream.peer_addr().ok()
+    match stream {
+        Stream::Tcp(s) => s.peer_addr().ok(),
+        Stream::Unix(..) => None,
+    }
 }
 
-/// The local address of a stream, if known.
+/// The local address of a TCP stream; `None` on the unix socket.
 pub fn local_addr(stream: &Stream) -> Option<SocketAddr> {
-    stream.local_addr().ok()
+    match stream {
+        Stream::Tcp(s) => s.local_addr().ok(),
+        Stream::Unix(..) => None,
+    }
 }

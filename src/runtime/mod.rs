@@ -13,6 +13,7 @@
 pub mod io;
 pub mod mesh;
 pub mod shard;
+pub mod tcp;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,19 +27,36 @@ pub use shard::{Control, Shard, Shared};
 use crate::config::Config;
 use crate::listener;
 
-/// Boots the shards and blocks until they all stop.
-pub fn run(config: Config, config_path: std::path::PathBuf) -> Result<(), BootError> {
+/// Boots the shards and blocks until they all stop. `after_bind` runs once every listener is
+/// bound and before any shard thread exists: the place to drop root privileges (`-u`) and
+/// write the pidfile, as PgBouncer does after `pooler_setup`. An error from it stops the start.
+pub fn run(
+    config: Config,
+    config_path: std::path::PathBuf,
+    after_bind: impl FnOnce() -> Result<(), BootError>,
+) -> Result<(), BootError> {
     let workers = worker_count(&config);
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let shared = Arc::new(Shared::new(config, config_path, workers)?);
     let mut meshes = mesh::build(workers);
-    // Listeners are bound up front so a bad address fails the start, not a shard.
+    // Listeners are bound up front so a bad address fails the start, not a shard. The unix
+    // socket is one path, so it is bound once and served by shard 0 (see `listener`).
     let listeners = (0..workers)
         .map(|_| listener::bind(&shared.config()))
         .collect::<Result<Vec<_>, _>>()?;
+    let unix = listener::bind_unix(&shared.config())?;
+    let unix_path = unix.as_ref().map(|u| u.path.clone());
+    let mut unix = unix.map(|u| u.listener);
+    if let Err(e) = after_bind() {
+        if let Some(path) = &unix_path {
+            listener::remove_unix(path);
+        }
+        return Err(e);
+    }
     block_signals();
     let mut handles = Vec::new();
     for (id, (listen, ends)) in listeners.into_iter().zip(meshes.drain(..)).enumerate() {
+        let unix = if id == 0 { unix.take() } else { None };
         let shared = shared.clone();
         let placement = match cores.get(id % cores.len().max(1)) {
             Some(core) => Placement::Fixed(core.id),
@@ -48,7 +66,7 @@ pub fn run(config: Config, config_path: std::path::PathBuf) -> Result<(), BootEr
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("pgring-shard-{id}"))
             .spin_before_park(spin)
-            .spawn(move || async move { shard::run_shard(id, shared, listen, ends).await })
+            .spawn(move || async move { shard::run_shard(id, shared, listen, unix, ends).await })
             .map_err(|e| BootError::Shard(id, e.to_string()))?;
         handles.push(handle);
     }
@@ -59,6 +77,9 @@ pub fn run(config: Config, config_path: std::path::PathBuf) -> Result<(), BootEr
         if let Err(e) = h.join() {
             error!(error = %e, "shard ended with an error");
         }
+    }
+    if let Some(path) = unix_path {
+        listener::remove_unix(&path);
     }
     Ok(())
 }
@@ -130,6 +151,10 @@ fn wait_for_signals(shared: &Arc<Shared>) {
             libc::SIGUSR2 => Control::Resume,
             _ => continue,
         };
+        if sig == libc::SIGHUP {
+            // PgBouncer reopens its logfile on SIGHUP (for logrotate) before reloading.
+            crate::process::reopen_logfile();
+        }
         info!(signal = sig, ?control, "got signal");
         shared.post_control(control);
     }
@@ -153,4 +178,7 @@ pub enum BootError {
     /// An executor could not start.
     #[error("cannot start shard {0}: {1}")]
     Shard(usize, String),
+    /// The process could not be set up after binding (privilege drop, pidfile).
+    #[error("{0}")]
+    Process(String),
 }

@@ -204,6 +204,8 @@ pub struct Shard {
     pub bufs: BufPool,
     /// Counters and latency histograms.
     pub stats: ShardStats,
+    /// The console's per-shard state (paused/disabled databases...).
+    pub admin: crate::admin::ShardAdmin,
     next_id: Cell<u64>,
     /// PAUSE in force.
     pub paused: Cell<bool>,
@@ -308,7 +310,8 @@ pub const TICK: Duration = Duration::from_millis(100);
 pub async fn run_shard(
     id: usize,
     shared: Arc<Shared>,
-    listener: std::net::TcpListener,
+    listeners: Vec<std::net::TcpListener>,
+    unix: Option<std::os::unix::net::UnixListener>,
     ends: MeshEnds,
 ) {
     let slot = Rc::new(std::cell::OnceCell::new());
@@ -327,6 +330,7 @@ pub async fn run_shard(
         mesh,
         bufs: BufPool::default(),
         stats: ShardStats::default(),
+        admin: Default::default(),
         next_id: Cell::new(0),
         paused: Cell::new(false),
         stopping: Cell::new(None),
@@ -334,7 +338,8 @@ pub async fn run_shard(
     });
     let _ = slot.set(shard.clone());
     crate::janitor::start(&shard);
-    let accept = crate::listener::serve(shard.clone(), listener);
+    crate::stats::period::start(&shard);
+    let accept = crate::listener::serve(shard.clone(), listeners, unix);
     let tick = async {
         loop {
             super::sleep(TICK).await;

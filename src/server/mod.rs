@@ -93,6 +93,9 @@ pub struct ServerMeta {
     pub last_used: Instant,
     /// Wall-clock open time (SHOW SERVERS connect_time).
     pub connect_time: std::time::SystemTime,
+    /// The prepared statements it has (transaction pooling), and the
+    /// relay's per-link request queue; moves with it between shards.
+    pub prepared: crate::prepared::ServerStatements,
 }
 
 /// A live, logged-in server connection.
@@ -201,6 +204,12 @@ impl ServerConn {
                 tag::ERROR_RESPONSE => {
                     failure = Some(ErrorFields::parse(&msg.body).map_err(Error::ServerProtocol)?);
                 }
+                // The reset query (DISCARD ALL) drops every prepared statement.
+                tag::COMMAND_COMPLETE
+                    if matches!(&msg.body[..], b"DEALLOCATE ALL\0" | b"DISCARD ALL\0") =>
+                {
+                    self.meta.prepared.clear();
+                }
                 tag::READY_FOR_QUERY => {
                     let status = backend::ready_status(&msg.body).map_err(Error::ServerProtocol)?;
                     return match (failure, status) {
@@ -242,6 +251,7 @@ pub async fn connect(cs: &ConnectSettings, id: u64) -> Result<ServerConn> {
             created: now,
             last_used: now,
             connect_time: std::time::SystemTime::now(),
+            prepared: Default::default(),
         },
         stream,
     };

@@ -139,7 +139,11 @@ impl Latency {
 
     /// The three histograms with their names, in console order.
     pub fn named(&self) -> [(&'static str, &Histogram<u64>); 3] {
-        [("xact", &self.xact), ("query", &self.query), ("wait", &self.wait)]
+        [
+            ("xact", &self.xact),
+            ("query", &self.query),
+            ("wait", &self.wait),
+        ]
     }
 }
 

@@ -9,6 +9,8 @@ mod common;
 
 mod auth;
 mod core;
+mod dropin;
 mod fixture;
 mod load;
+mod pool;
 mod protocol;

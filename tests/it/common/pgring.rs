@@ -45,6 +45,31 @@ impl Pgring {
         pgring
     }
 
+    /// Starts pgring on a config file the test wrote itself (e.g. a pgbouncer.ini) in `dir`,
+    /// listening on `port`; the log goes to `dir/pgring.log`. `dir` is removed on drop.
+    pub fn start_file(config: &std::path::Path, dir: PathBuf, port: u16) -> Pgring {
+        let child = spawn(config, &dir.join("pgring.log"));
+        let mut pgring = Pgring { port, dir, child };
+        pgring.wait_until_listening();
+        pgring
+    }
+
+    /// Waits (up to 10 s) for pgring to exit by itself, e.g. after SIGTERM; its exit status.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pgring did not exit; its log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Everything pgring has logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("pgring.log")).unwrap_or_default()
@@ -115,7 +140,8 @@ fn pgring_bin() -> PathBuf {
     )
 }
 
-fn fresh_dir() -> PathBuf {
+/// A fresh, empty temp dir of this run (removed by a later run once this one is over).
+pub fn fresh_dir() -> PathBuf {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     static SWEEP: std::sync::Once = std::sync::Once::new();
     SWEEP.call_once(remove_dirs_of_dead_runs);
@@ -179,6 +205,7 @@ pub fn default_userlist() -> String {
 /// Keys `config_for` writes into `[general]` unless `extra_general` sets them itself.
 const GENERAL_DEFAULTS: &[(&str, &str)] = &[
     ("listen_addr", "\"127.0.0.1\""),
+    ("unix_socket_dir", "\"@DIR@\""),
     ("auth_type", "\"trust\""),
     ("auth_file", "\"@DIR@/users.txt\""),
     ("max_client_conn", "15000"),

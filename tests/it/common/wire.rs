@@ -153,6 +153,12 @@ impl Wire {
         Wire { stream }
     }
 
+    /// Wraps a stream connected some other way (e.g. from a chosen local port).
+    pub fn from_stream(stream: TcpStream) -> Wire {
+        stream.set_nodelay(true).ok();
+        Wire { stream }
+    }
+
     /// Connects and logs in (trust) with these startup parameters; panics on any error.
     pub async fn login(port: u16, params: &[(&str, &str)]) -> (Wire, Login) {
         match Self::try_login(port, params).await {

@@ -1,0 +1,158 @@
+//! Control commands as one shard applies them. The console checks
+//! permissions and arguments and waits where PgBouncer waits (PAUSE,
+//! WAIT_CLOSE); this file only changes this shard's state.
+//!
+//! - PAUSE [db]: new transactions wait (the session checks
+//!   [`super::is_paused`] between transactions); idle servers are closed,
+//!   as PgBouncer disconnects servers under PAUSE.
+//! - KILL [db]: pause the database, end its clients, close its idle servers.
+//! - RECONNECT [db]: close idle servers now; mark leased ones so that their
+//!   release closes them (`close_needed` in SHOW SERVERS).
+//! - DISABLE / ENABLE db: refuse or allow new logins.
+//! - SUSPEND: hold every new transaction until RESUME.
+
+use std::rc::Rc;
+
+use tracing::info;
+
+use super::report::client_pool_key;
+use crate::runtime::Shard;
+
+/// A control command, applied on every shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShardCommand {
+    /// PAUSE, or PAUSE db.
+    Pause(Option<String>),
+    /// RESUME, or RESUME db.
+    Resume(Option<String>),
+    /// SUSPEND.
+    Suspend,
+    /// DISABLE db.
+    Disable(String),
+    /// ENABLE db.
+    Enable(String),
+    /// RECONNECT, or RECONNECT db.
+    Reconnect(Option<String>),
+    /// KILL, or KILL db.
+    Kill(Option<String>),
+    /// KILL_CLIENT id (only the owning shard finds it).
+    KillClient(u64),
+}
+
+fn matches(filter: &Option<String>, db: &str) -> bool {
+    filter.as_deref().is_none_or(|f| f == db)
+}
+
+/// Applies `cmd` on this shard; returns how many clients or servers it
+/// touched (KILL_CLIENT: 1 if the client was here).
+pub fn apply(shard: &Rc<Shard>, cmd: &ShardCommand) -> u32 {
+    let n = match cmd {
+        ShardCommand::Pause(db) => pause(shard, db),
+        ShardCommand::Resume(db) => resume(shard, db),
+        ShardCommand::Suspend => {
+            shard.admin.suspended.set(true);
+            0
+        }
+        ShardCommand::Disable(db) => {
+            shard.admin.disabled_dbs.borrow_mut().insert(db.clone());
+            0
+        }
+        ShardCommand::Enable(db) => {
+            shard.admin.disabled_dbs.borrow_mut().remove(db);
+            0
+        }
+        ShardCommand::Reconnect(db) => reconnect(shard, db),
+        ShardCommand::Kill(db) => kill(shard, db),
+        ShardCommand::KillClient(id) => kill_client(shard, *id),
+    };
+    shard.state_changed.notify_all();
+    n
+}
+
+fn pause(shard: &Rc<Shard>, db: &Option<String>) -> u32 {
+    match db {
+        None => shard.paused.set(true),
+        Some(d) => {
+            shard.admin.paused_dbs.borrow_mut().insert(d.clone());
+        }
+    }
+    close_idle(shard, db)
+}
+
+fn resume(shard: &Rc<Shard>, db: &Option<String>) -> u32 {
+    match db {
+        None => {
+            shard.paused.set(false);
+            shard.admin.suspended.set(false);
+        }
+        Some(d) => {
+            shard.admin.paused_dbs.borrow_mut().remove(d);
+        }
+    }
+    0
+}
+
+/// Closes the idle servers of matching pools; returns how many.
+fn close_idle(shard: &Rc<Shard>, db: &Option<String>) -> u32 {
+    let mut closed = 0;
+    for (key, pool) in shard.pools.borrow().iter() {
+        if matches(db, &key.db) {
+            closed += pool.idle_count() as u32;
+            pool.close_idle();
+        }
+    }
+    closed
+}
+
+fn reconnect(shard: &Rc<Shard>, db: &Option<String>) -> u32 {
+    let closed = close_idle(shard, db);
+    let config = shard.config();
+    let mut marked = 0;
+    for c in shard.clients.borrow().values() {
+        if c.is_admin.get() || !matches(db, &client_pool_key(&config, c).db) {
+            continue;
+        }
+        if let Some(l) = &*c.linked.borrow() {
+            shard.admin.close_needed.borrow_mut().insert(l.server_id);
+            marked += 1;
+        }
+    }
+    info!(shard = shard.id, closed, marked, "RECONNECT");
+    closed + marked
+}
+
+fn kill(shard: &Rc<Shard>, db: &Option<String>) -> u32 {
+    let dbs: Vec<String> = match db {
+        Some(d) => vec![d.clone()],
+        None => shard
+            .pools
+            .borrow()
+            .keys()
+            .map(|k| k.db.to_string())
+            .collect(),
+    };
+    shard.admin.paused_dbs.borrow_mut().extend(dbs);
+    let victims: Vec<_> = shard
+        .clients
+        .borrow()
+        .values()
+        .filter(|c| !c.is_admin.get() && matches(db, &c.db.borrow()))
+        .cloned()
+        .collect();
+    for c in &victims {
+        c.kill("database killed by admin");
+    }
+    close_idle(shard, db);
+    victims.len() as u32
+}
+
+fn kill_client(shard: &Rc<Shard>, id: u64) -> u32 {
+    let client = shard.clients.borrow().get(&id).cloned();
+    match client {
+        Some(c) => {
+            c.kill("admin forced disconnect");
+            1
+        }
+        None => 0,
+    }
+}

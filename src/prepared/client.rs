@@ -1,0 +1,74 @@
+//! One client's statement names. Lives with the client session, across
+//! leases: the only prepared-statement state a client carries between
+//! transactions (a map, no I/O buffer).
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use super::{Statement, StatementId};
+
+/// The client's statement name → statement, and whether the feature is on.
+#[derive(Debug, Default)]
+pub struct ClientStatements {
+    map: HashMap<Box<[u8]>, Rc<Statement>>,
+    max: usize,
+}
+
+impl ClientStatements {
+    /// Support with a per-server cap of `max` statements (0 = off: every
+    /// message passes through untouched).
+    pub fn new(max: usize) -> Self {
+        ClientStatements {
+            map: HashMap::new(),
+            max,
+        }
+    }
+
+    /// The per-server cap (0 = off).
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Statements the client has prepared (SHOW CLIENTS prepared_statements).
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// True when the client has none.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// The statement a client name refers to.
+    pub fn get(&self, name: &[u8]) -> Option<&Rc<Statement>> {
+        self.map.get(name)
+    }
+
+    /// Is the name in use?
+    pub fn contains(&self, name: &[u8]) -> bool {
+        self.map.contains_key(name)
+    }
+
+    /// Maps a new name.
+    pub fn insert(&mut self, name: &[u8], st: Rc<Statement>) {
+        self.map.insert(name.into(), st);
+    }
+
+    /// Forgets a name; true if it was mapped.
+    pub fn remove(&mut self, name: &[u8]) -> bool {
+        self.map.remove(name).is_some()
+    }
+
+    /// Forgets a name only if it still means statement `id` (undoing a
+    /// Parse that the server skipped or refused).
+    pub fn unmap(&mut self, name: &[u8], id: StatementId) {
+        if self.map.get(name).is_some_and(|st| st.id == id) {
+            self.map.remove(name);
+        }
+    }
+
+    /// DEALLOCATE ALL / DISCARD ALL.
+    pub fn clear(&mut self) {
+        self.map.clear();
+    }
+}

@@ -1,0 +1,185 @@
+//! The ordered queue of outstanding requests on one link.
+//!
+//! PostgreSQL answers requests strictly in order, so the reply stream can be
+//! cut into one reply per request: each [`Req`] kind knows which backend
+//! tags end its reply. An [`Entry`] says what pgring does with that reply:
+//! forward it, swallow it (requests pgring injected), replace it, or, for
+//! requests pgring answers itself, emit a synthetic reply as soon as the
+//! entry reaches the front (everything before it has been answered).
+//!
+//! After an ErrorResponse to an extended-protocol request, the server
+//! ignores every message up to the next Sync (PostgreSQL `postgres.c`,
+//! `ignore_till_sync`), simple Queries included; [`Queue::skip_to_sync`]
+//! drops the same entries and hands them back so their effects can be
+//! undone.
+
+use std::collections::VecDeque;
+
+use crate::protocol::tag;
+
+use super::StatementId;
+
+/// The shape of a request's reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Req {
+    /// Parse: ParseComplete.
+    Parse,
+    /// Bind: BindComplete.
+    Bind,
+    /// Describe: [ParameterDescription] RowDescription | NoData.
+    Describe,
+    /// Close: CloseComplete.
+    Close,
+    /// Execute: rows, then CommandComplete | EmptyQueryResponse |
+    /// PortalSuspended (COPY runs inside, ending with CommandComplete).
+    Execute,
+    /// Sync: ReadyForQuery (an error at commit comes before it).
+    Sync,
+    /// Query or FunctionCall: everything up to ReadyForQuery.
+    Query,
+}
+
+impl Req {
+    /// Does a backend message with this tag end the reply?
+    pub fn ends(self, t: u8) -> bool {
+        match self {
+            Req::Parse => t == tag::PARSE_COMPLETE || t == tag::ERROR_RESPONSE,
+            Req::Bind => t == tag::BIND_COMPLETE || t == tag::ERROR_RESPONSE,
+            Req::Describe => matches!(t, tag::ROW_DESCRIPTION | tag::NO_DATA | tag::ERROR_RESPONSE),
+            Req::Close => t == tag::CLOSE_COMPLETE || t == tag::ERROR_RESPONSE,
+            Req::Execute => matches!(
+                t,
+                tag::COMMAND_COMPLETE
+                    | tag::EMPTY_QUERY_RESPONSE
+                    | tag::PORTAL_SUSPENDED
+                    | tag::ERROR_RESPONSE
+            ),
+            Req::Sync | Req::Query => t == tag::READY_FOR_QUERY,
+        }
+    }
+
+    /// Does an error in its reply make the server skip to Sync?
+    pub fn skips_on_error(self) -> bool {
+        !matches!(self, Req::Sync | Req::Query)
+    }
+}
+
+/// What pgring does with one request's reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    /// A client request sent as it was: its reply is forwarded.
+    Forward(Req),
+    /// A client Bind or Describe renamed to statement `id`: forwarded; a
+    /// 26000 reply means the server lost `id` behind pgring's back.
+    Renamed(Req, StatementId),
+    /// A client's named Parse sent under the server name: forwarded; undone
+    /// (server set and client name) if it fails or is skipped.
+    Parse {
+        /// The statement.
+        id: StatementId,
+        /// The client's name for it.
+        name: Box<[u8]>,
+    },
+    /// pgring's Parse of `id` before a Bind/Describe: ParseComplete is
+    /// swallowed, an error is the client's to see.
+    InjectedParse(StatementId),
+    /// pgring's Close of evicted `id`: the reply is swallowed.
+    InjectedClose(StatementId),
+    /// A Describe of a name no server has, sent so the server fails (and
+    /// skips to Sync, aborting the transaction) exactly where PostgreSQL
+    /// would have failed the client's Parse; its error is replaced by
+    /// 42P05 for the client's `name`.
+    Probe {
+        /// The client's name that is already in use.
+        name: Box<[u8]>,
+    },
+    /// Answered locally: ParseComplete (the server already had `id`).
+    ParseComplete {
+        /// The statement.
+        id: StatementId,
+        /// The client's name for it (unmapped if the Parse is skipped).
+        name: Box<[u8]>,
+    },
+    /// Answered locally: CloseComplete.
+    CloseComplete,
+    /// Answered locally: CommandComplete `DEALLOCATE` and ReadyForQuery.
+    Deallocated,
+}
+
+impl Entry {
+    /// The reply shape, for requests that went to the server.
+    pub fn req(&self) -> Option<Req> {
+        match self {
+            Entry::Forward(r) | Entry::Renamed(r, _) => Some(*r),
+            Entry::Parse { .. } | Entry::InjectedParse(_) => Some(Req::Parse),
+            Entry::InjectedClose(_) => Some(Req::Close),
+            Entry::Probe { .. } => Some(Req::Describe),
+            Entry::ParseComplete { .. } | Entry::CloseComplete | Entry::Deallocated => None,
+        }
+    }
+
+    /// Is this answered by pgring rather than the server?
+    pub fn is_local(&self) -> bool {
+        self.req().is_none()
+    }
+}
+
+/// Outstanding requests, oldest first. The ring is reused across leases, so
+/// queueing allocates nothing once warm.
+#[derive(Debug, Default)]
+pub struct Queue {
+    entries: VecDeque<Entry>,
+}
+
+impl Queue {
+    /// Appends a request.
+    pub fn push(&mut self, e: Entry) {
+        self.entries.push_back(e);
+    }
+
+    /// The oldest outstanding request.
+    pub fn front(&self) -> Option<&Entry> {
+        self.entries.front()
+    }
+
+    /// Removes the oldest.
+    pub fn pop(&mut self) -> Option<Entry> {
+        self.entries.pop_front()
+    }
+
+    /// Removes the oldest if pgring answers it.
+    pub fn pop_local(&mut self) -> Option<Entry> {
+        if self.entries.front()?.is_local() {
+            self.entries.pop_front()
+        } else {
+            None
+        }
+    }
+
+    /// Drops every entry before the next Sync, calling `undo` on each.
+    pub fn skip_to_sync(&mut self, mut undo: impl FnMut(Entry)) {
+        while let Some(e) = self.entries.front() {
+            if *e == Entry::Forward(Req::Sync) {
+                return;
+            }
+            if let Some(e) = self.entries.pop_front() {
+                undo(e);
+            }
+        }
+    }
+
+    /// Nothing outstanding.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Number of outstanding requests.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Forgets everything.
+    pub fn clear(&mut self) {
+        self.entries.clear();
+    }
+}

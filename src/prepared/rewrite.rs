@@ -1,0 +1,393 @@
+//! The rewriter: a sans-IO state machine the relay consults once per
+//! message header, in each direction, while prepared statements are on.
+//!
+//! Client → server ([`Rewriter::client_message`]):
+//! - named Parse: a new name is mapped and, if the linked server lacks the
+//!   statement, sent under its server name (else answered locally with
+//!   ParseComplete); a live name is refused with 42P05 at the position
+//!   PostgreSQL would refuse it (see [`Entry::Probe`]);
+//! - Bind / Describe('S') of a mapped name: renamed, with a Parse injected
+//!   first when the server lacks the statement (and Closes of evicted ones);
+//!   a Bind's parameter values are never copied, only its head is rewritten;
+//! - Close('S') of a name: forgotten and answered locally;
+//! - Query `DEALLOCATE name` of a mapped name: answered locally;
+//! - everything else is sent as is and only queued for its reply.
+//!
+//! Server → client ([`Rewriter::server_message`]): each reply is matched to
+//! the oldest outstanding request, forwarded, swallowed or replaced, and
+//! any locally answered requests that reach the front are emitted in
+//! order. CommandComplete `DEALLOCATE ALL` / `DISCARD ALL` clears both the
+//! client's names and the server's set.
+
+use crate::error::{sqlstate, PgError};
+use crate::protocol::backend::ErrorFields;
+use crate::protocol::{build, frontend, tag, ProtocolError, HEADER_LEN};
+use crate::stats::PoolStats;
+
+use super::queue::{Entry, Queue, Req};
+use super::server::Lru;
+use super::sql::{self, Deallocate};
+use super::{intern, server_name, ClientStatements, Splice, Statement};
+
+/// A statement name no server has: the Describe that makes the server fail
+/// where a client's Parse reused a live name.
+pub const PROBE_NAME: &[u8] = b"PGRING_NO_SUCH_STATEMENT";
+
+/// What the relay does with a client message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Send it on as it is (it may stream in pieces).
+    Pass,
+    /// Too little of it is buffered to decide: stop here, read more.
+    NeedMore,
+    /// The first `n` bytes were replaced (or dropped) in the output; the
+    /// rest of the message, if any, is sent on as it is.
+    Took(usize),
+    /// A Query answered by pgring: the server owes no ReadyForQuery for it.
+    Answered,
+}
+
+/// What the relay does with a server message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    /// Forward it as it is (it may stream in pieces).
+    Stream,
+    /// Wait until the whole message is buffered.
+    NeedMore,
+    /// The whole message was dealt with (forwarded, swallowed or replaced,
+    /// and synthetic replies placed after it).
+    Handled,
+}
+
+/// The state one relay step works on.
+pub struct Rewriter<'a> {
+    /// The client's names.
+    pub client: &'a mut ClientStatements,
+    /// The linked server's set.
+    pub lru: &'a mut Lru,
+    /// Outstanding requests.
+    pub queue: &'a mut Queue,
+    /// Counters (SHOW STATS).
+    pub stats: &'a PoolStats,
+}
+
+fn bump(c: &std::cell::Cell<u64>) {
+    c.set(c.get().wrapping_add(1));
+}
+
+impl Rewriter<'_> {
+    /// Handles the client message at `at` (`total` bytes, maybe not all
+    /// buffered yet) in `splice`. Local replies that are due go to
+    /// `to_client`; `status` is the last ReadyForQuery status.
+    pub fn client_message(
+        &mut self,
+        splice: &mut Splice<'_>,
+        at: usize,
+        total: usize,
+        status: u8,
+        to_client: &mut Vec<u8>,
+    ) -> Result<Action, ProtocolError> {
+        let src = splice.src();
+        let msg = &src[at..src.len().min(at + total)];
+        let whole = msg.len() == total;
+        let body = msg.get(HEADER_LEN..).unwrap_or_default();
+        let action = match msg[0] {
+            tag::PARSE => self.parse(splice, at, total, body, whole)?,
+            tag::BIND => self.bind(splice, at, total, body, whole)?,
+            tag::DESCRIBE => self.describe(splice, at, total, body, whole)?,
+            tag::CLOSE => self.close(splice, at, total, body, whole)?,
+            tag::QUERY => self.query(splice, at, total, body, whole, status),
+            tag::EXECUTE => self.forward(Req::Execute),
+            tag::SYNC => self.forward(Req::Sync),
+            tag::FUNCTION_CALL => self.forward(Req::Query),
+            _ => Action::Pass, // Flush, Copy*: no reply of their own
+        };
+        self.drain_locals(to_client, status);
+        Ok(action)
+    }
+
+    fn forward(&mut self, req: Req) -> Action {
+        self.queue.push(Entry::Forward(req));
+        Action::Pass
+    }
+
+    fn parse(
+        &mut self,
+        splice: &mut Splice<'_>,
+        at: usize,
+        total: usize,
+        body: &[u8],
+        whole: bool,
+    ) -> Result<Action, ProtocolError> {
+        match frontend::parse_name(body) {
+            Some([]) => return Ok(self.forward(Req::Parse)),
+            Some(_) if whole => {}
+            None if whole => return Err(ProtocolError::Malformed { what: "Parse" }),
+            _ => return Ok(Action::NeedMore),
+        }
+        let p = frontend::parse(body)?;
+        bump(&self.stats.client_parses);
+        let out = splice.replace(at, at + total);
+        if self.client.contains(p.name) {
+            build::describe(out, b'S', PROBE_NAME);
+            self.queue.push(Entry::Probe {
+                name: p.name.into(),
+            });
+            return Ok(Action::Took(total));
+        }
+        let st = intern(p.rest);
+        self.client.insert(p.name, st.clone());
+        let (id, name) = (st.id, p.name.into());
+        if self.lru.touch(id) {
+            self.queue.push(Entry::ParseComplete { id, name });
+        } else {
+            self.send_parse(out, &st);
+            self.queue.push(Entry::Parse { id, name });
+        }
+        Ok(Action::Took(total))
+    }
+
+    /// Makes room, then prepares `st` on the server.
+    fn send_parse(&mut self, out: &mut Vec<u8>, st: &Statement) {
+        while self.lru.len() >= self.client.max().max(1) {
+            let Some(old) = self.lru.pop_oldest() else {
+                break;
+            };
+            build::close(out, b'S', &server_name(old));
+            self.queue.push(Entry::InjectedClose(old));
+        }
+        build::parse_raw(out, &st.name, &st.rest);
+        self.lru.insert(st.id);
+        bump(&self.stats.server_parses);
+    }
+
+    /// Makes sure the server has `st` before a message that uses it.
+    fn ensure(&mut self, out: &mut Vec<u8>, st: &Statement) {
+        if !self.lru.touch(st.id) {
+            self.send_parse(out, st);
+            self.queue.push(Entry::InjectedParse(st.id));
+        }
+    }
+
+    fn bind(
+        &mut self,
+        splice: &mut Splice<'_>,
+        at: usize,
+        total: usize,
+        body: &[u8],
+        whole: bool,
+    ) -> Result<Action, ProtocolError> {
+        let Some((portal, stmt, names_len)) = frontend::bind_names(body) else {
+            if whole {
+                return Err(ProtocolError::Malformed { what: "Bind" });
+            }
+            return Ok(Action::NeedMore);
+        };
+        if stmt.is_empty() {
+            return Ok(self.forward(Req::Bind));
+        }
+        bump(&self.stats.binds);
+        let Some(st) = self.client.get(stmt).cloned() else {
+            return Ok(self.forward(Req::Bind)); // the server says 26000
+        };
+        let took = HEADER_LEN + names_len;
+        let out = splice.replace(at, at + took);
+        self.ensure(out, &st);
+        build::bind_head(out, portal, &st.name, total - took);
+        self.queue.push(Entry::Renamed(Req::Bind, st.id));
+        Ok(Action::Took(took))
+    }
+
+    fn describe(
+        &mut self,
+        splice: &mut Splice<'_>,
+        at: usize,
+        total: usize,
+        body: &[u8],
+        whole: bool,
+    ) -> Result<Action, ProtocolError> {
+        if !whole {
+            return Ok(Action::NeedMore);
+        }
+        let (kind, name) = frontend::target(body, "Describe")?;
+        let st = match (kind, self.client.get(name)) {
+            (b'S', Some(st)) if !name.is_empty() => st.clone(),
+            _ => return Ok(self.forward(Req::Describe)),
+        };
+        let out = splice.replace(at, at + total);
+        self.ensure(out, &st);
+        build::describe(out, b'S', &st.name);
+        self.queue.push(Entry::Renamed(Req::Describe, st.id));
+        Ok(Action::Took(total))
+    }
+
+    fn close(
+        &mut self,
+        splice: &mut Splice<'_>,
+        at: usize,
+        total: usize,
+        body: &[u8],
+        whole: bool,
+    ) -> Result<Action, ProtocolError> {
+        if !whole {
+            return Ok(Action::NeedMore);
+        }
+        let (kind, name) = frontend::target(body, "Close")?;
+        if kind != b'S' || name.is_empty() {
+            return Ok(self.forward(Req::Close));
+        }
+        // Like PostgreSQL, closing an unknown name is no error.
+        self.client.remove(name);
+        splice.replace(at, at + total);
+        self.queue.push(Entry::CloseComplete);
+        Ok(Action::Took(total))
+    }
+
+    fn query(
+        &mut self,
+        splice: &mut Splice<'_>,
+        at: usize,
+        total: usize,
+        body: &[u8],
+        whole: bool,
+        status: u8,
+    ) -> Action {
+        match sql::maybe_deallocate(body) {
+            Some(false) => return self.forward(Req::Query),
+            None | Some(true) if !whole => return Action::NeedMore,
+            _ => {}
+        }
+        // In a failed transaction PostgreSQL refuses it: let it.
+        let local = match sql::deallocate(body) {
+            Some(Deallocate::Name(n)) => status != b'E' && self.client.remove(&n),
+            _ => false,
+        };
+        if !local {
+            return self.forward(Req::Query);
+        }
+        splice.replace(at, at + total);
+        self.queue.push(Entry::Deallocated);
+        Action::Answered
+    }
+
+    /// Emits the replies pgring owes for locally answered requests at the
+    /// front of the queue.
+    fn drain_locals(&mut self, out: &mut Vec<u8>, status: u8) {
+        while let Some(e) = self.queue.pop_local() {
+            match e {
+                Entry::ParseComplete { .. } => build::empty_message(out, tag::PARSE_COMPLETE),
+                Entry::CloseComplete => build::empty_message(out, tag::CLOSE_COMPLETE),
+                Entry::Deallocated => {
+                    build::command_complete(out, "DEALLOCATE");
+                    build::ready_for_query(out, status);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Handles the server message at `at` (`total` bytes, maybe not all
+    /// buffered yet). `status` is the transaction status after it (the
+    /// message's own if it is a ReadyForQuery).
+    pub fn server_message(
+        &mut self,
+        splice: &mut Splice<'_>,
+        at: usize,
+        total: usize,
+        status: u8,
+    ) -> Result<Reply, ProtocolError> {
+        let src = splice.src();
+        let t = src[at];
+        let end = at + total;
+        let ends = self
+            .queue
+            .front()
+            .and_then(Entry::req)
+            .is_some_and(|r| r.ends(t));
+        if !ends && t != tag::COMMAND_COMPLETE {
+            return Ok(Reply::Stream);
+        }
+        let Some(body) = src.get(at + HEADER_LEN..end) else {
+            return Ok(Reply::NeedMore);
+        };
+        if t == tag::COMMAND_COMPLETE && matches!(body, b"DEALLOCATE ALL\0" | b"DISCARD ALL\0") {
+            self.client.clear();
+            self.lru.clear();
+        }
+        if let Some(e) = ends.then(|| self.queue.pop()).flatten() {
+            self.reply_end(e, t, body, splice, at, end)?;
+        }
+        if self.queue.front().is_some_and(Entry::is_local) {
+            let out = splice.replace(end, end);
+            self.drain_locals(out, status);
+        }
+        Ok(Reply::Handled)
+    }
+
+    /// The reply to `e` ended with message `t`.
+    fn reply_end(
+        &mut self,
+        e: Entry,
+        t: u8,
+        body: &[u8],
+        splice: &mut Splice<'_>,
+        at: usize,
+        end: usize,
+    ) -> Result<(), ProtocolError> {
+        let failed = t == tag::ERROR_RESPONSE;
+        let code = if failed {
+            ErrorFields::parse(body)?.code
+        } else {
+            String::new()
+        };
+        let skips = failed && e.req().is_some_and(Req::skips_on_error);
+        match e {
+            Entry::Renamed(_, id) if code == sqlstate::INVALID_SQL_STATEMENT_NAME => {
+                self.lru.remove(id); // lost behind our back: prepare again next time
+            }
+            Entry::Parse { id, name } if failed => {
+                self.undo(Entry::Parse { id, name }, &code);
+            }
+            Entry::InjectedParse(id) if failed => self.undo(Entry::InjectedParse(id), &code),
+            Entry::InjectedParse(_) | Entry::InjectedClose(_) if !failed => {
+                splice.replace(at, end);
+            }
+            Entry::Probe { name } => {
+                let msg = format!(
+                    "prepared statement \"{}\" already exists",
+                    String::from_utf8_lossy(&name)
+                );
+                PgError::error(sqlstate::DUPLICATE_PREPARED_STATEMENT, msg)
+                    .encode(splice.replace(at, end));
+            }
+            _ => {}
+        }
+        if skips {
+            let mut skipped = Vec::new();
+            self.queue.skip_to_sync(|e| skipped.push(e));
+            for e in skipped {
+                self.undo(e, "");
+            }
+        }
+        Ok(())
+    }
+
+    /// Undoes what a request that failed (with `code`) or was skipped
+    /// would have done.
+    fn undo(&mut self, e: Entry, code: &str) {
+        // A Parse refused as a duplicate means the server has it after all.
+        let has_it = code == sqlstate::DUPLICATE_PREPARED_STATEMENT;
+        match e {
+            Entry::Parse { id, name } => {
+                if !has_it {
+                    self.lru.remove(id);
+                }
+                self.client.unmap(&name, id);
+            }
+            Entry::InjectedParse(id) if !has_it => self.lru.remove(id),
+            Entry::InjectedClose(id) => self.lru.insert_oldest(id),
+            Entry::ParseComplete { id, name } => self.client.unmap(&name, id),
+            _ => {}
+        }
+    }
+}
