@@ -10,6 +10,7 @@
 //! - server `Z` (ReadyForQuery) answers one request and carries the
 //!   transaction status; `S` (ParameterStatus) updates both the server's
 //!   parameter cache and the client's wanted values.
+//!
 //! A server is released only when every request was answered, the last
 //! status was `I`, both directions sit at a message boundary and nothing is
 //! buffered: the transaction is over and the connection is clean.
@@ -25,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::PoolMode;
 use crate::error::{sqlstate, Error, PgError, Result};
-use crate::prepared::{self, Action, ClientStatements, Reply, Rewriter, ServerStatements, Splice};
+use crate::prepared::{Action, ClientStatements, Reply, Rewriter, ServerStatements, Splice};
 use crate::protocol::{backend, frame_len, tag, ProtocolError, HEADER_LEN};
 use crate::runtime::io::{self as rio, read_either, Buf, Either};
 use crate::runtime::Stream;
@@ -309,9 +310,20 @@ impl Link {
                     self.state.sskip = total;
                     continue;
                 }
+                (_, Some(_)) if t == tag::READY_FOR_QUERY => {
+                    self.state.status = status;
+                    self.state.pending = self.state.pending.saturating_sub(1);
+                    self.last_ready = Instant::now();
+                    if self.state.pending == 0 {
+                        if let Some(start) = self.query_start.take() {
+                            stats.record_query(start.elapsed());
+                        }
+                    }
+                }
                 (_, Some(body)) if own => {
-                    self.on_own_message(t, body, status, params, server_params, stats)
-                        .map_err(Error::ServerProtocol)?;
+                    let (k, v) = backend::parameter_status(body).map_err(Error::ServerProtocol)?;
+                    server_params.on_status(k, v);
+                    params.on_status(k, v);
                 }
                 _ => {}
             }
@@ -319,33 +331,6 @@ impl Link {
         }
         self.state.sheld = data.len() - pos;
         Ok((pos, splice.finish(pos)))
-    }
-
-    /// A whole ReadyForQuery (with its decoded `status`) or ParameterStatus.
-    fn on_own_message(
-        &mut self,
-        t: u8,
-        body: &[u8],
-        status: u8,
-        params: &mut ClientParams,
-        server_params: &mut ServerParams,
-        stats: &PoolStats,
-    ) -> Result<(), ProtocolError> {
-        if t == tag::READY_FOR_QUERY {
-            self.state.status = status;
-            self.state.pending = self.state.pending.saturating_sub(1);
-            self.last_ready = Instant::now();
-            if self.state.pending == 0 {
-                if let Some(start) = self.query_start.take() {
-                    stats.record_query(start.elapsed());
-                }
-            }
-        } else {
-            let (k, v) = backend::parameter_status(body)?;
-            server_params.on_status(k, v);
-            params.on_status(k, v);
-        }
-        Ok(())
     }
 
     fn may_release(&self) -> bool {
@@ -390,7 +375,7 @@ pub async fn run(
     server.meta.prepared.begin_lease();
     loop {
         if link.cbuf.filled > 0 {
-            let step = client_step(link, server, prepared, rewrite, stats)?;
+            let step = client_step(link, &mut server.meta.prepared, prepared, rewrite, stats)?;
             if let Some(end) = forward_client(link, client, server, step, stats).await? {
                 return Ok(end);
             }
@@ -433,10 +418,10 @@ pub async fn run(
     }
 }
 
-/// Scans the client's bytes (rewriting them if `rewrite`).
+/// Scans the client's bytes (rewriting them if `rewrite`); sans-IO.
 fn client_step(
     link: &mut Link,
-    server: &mut ServerConn,
+    server: &mut ServerStatements,
     prepared: &mut ClientStatements,
     rewrite: bool,
     stats: &PoolStats,
@@ -446,7 +431,7 @@ fn client_step(
         queue,
         to_server,
         to_client,
-    } = &mut server.meta.prepared;
+    } = server;
     let mut rw = rewrite.then_some(Rewriter {
         client: prepared,
         lru,
@@ -507,22 +492,16 @@ async fn forward_server(
     rewrite: bool,
     stats: &PoolStats,
 ) -> Result<bool> {
-    let (consumed, direct) = {
-        let meta = &mut server.meta;
-        let ServerStatements {
-            lru,
-            queue,
-            to_client,
-            ..
-        } = &mut meta.prepared;
-        let mut rw = rewrite.then_some(Rewriter {
-            client: prepared,
-            lru,
-            queue,
-            stats,
-        });
-        link.scan_server(params, &mut meta.params, rw.as_mut(), to_client, stats)?
-    };
+    let meta = &mut server.meta;
+    let (consumed, direct) = server_step(
+        link,
+        params,
+        &mut meta.params,
+        &mut meta.prepared,
+        prepared,
+        rewrite,
+        stats,
+    )?;
     let scratch = &mut server.meta.prepared.to_client;
     let out = match direct {
         Some(n) => &link.sbuf.bytes[..n],
@@ -537,4 +516,139 @@ async fn forward_server(
     scratch.clear();
     link.sbuf.consume(consumed);
     Ok(written.is_ok())
+}
+
+/// Scans the server's bytes (rewriting replies if `rewrite`); sans-IO.
+fn server_step(
+    link: &mut Link,
+    params: &mut ClientParams,
+    server_params: &mut ServerParams,
+    server: &mut ServerStatements,
+    prepared: &mut ClientStatements,
+    rewrite: bool,
+    stats: &PoolStats,
+) -> Result<(usize, Option<usize>)> {
+    let ServerStatements {
+        lru,
+        queue,
+        to_client,
+        ..
+    } = server;
+    let mut rw = rewrite.then_some(Rewriter {
+        client: prepared,
+        lru,
+        queue,
+        stats,
+    });
+    link.scan_server(params, server_params, rw.as_mut(), to_client, stats)
+}
+
+/// The relay's sans-IO steps with bytes in and bytes out, for unit tests
+/// of the rewriting (golden byte vectors, no sockets).
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// A link in transaction mode with its client and server state.
+    pub struct Pair {
+        pub link: Link,
+        pub client: ClientStatements,
+        pub server: ServerStatements,
+        pub params: ClientParams,
+        pub server_params: ServerParams,
+        pub stats: PoolStats,
+    }
+
+    fn buf() -> Buf {
+        Buf {
+            bytes: vec![0; 64],
+            filled: 0,
+        }
+    }
+
+    fn append(b: &mut Buf, bytes: &[u8]) {
+        b.reserve_total(b.filled + bytes.len());
+        b.bytes[b.filled..b.filled + bytes.len()].copy_from_slice(bytes);
+        b.filled += bytes.len();
+    }
+
+    impl Pair {
+        /// Prepared statements on with a per-server cap of `max`.
+        pub fn new(max: usize) -> Pair {
+            Pair {
+                link: Link::new(
+                    buf(),
+                    buf(),
+                    PoolMode::Transaction,
+                    1 << 20,
+                    Limits::default(),
+                ),
+                client: ClientStatements::new(max),
+                server: ServerStatements::default(),
+                params: ClientParams::default(),
+                server_params: ServerParams::default(),
+                stats: PoolStats::default(),
+            }
+        }
+
+        /// A new lease of (another) server, keeping the client's names.
+        pub fn relink(&mut self, server: ServerStatements) -> ServerStatements {
+            self.link = Link::new(
+                buf(),
+                buf(),
+                PoolMode::Transaction,
+                1 << 20,
+                Limits::default(),
+            );
+            let mut server = std::mem::replace(&mut self.server, server);
+            server.begin_lease();
+            self.server.begin_lease();
+            server
+        }
+
+        /// The client sends `bytes`: (bytes for the server, local replies).
+        pub fn client_sends(&mut self, bytes: &[u8]) -> (Vec<u8>, Vec<u8>) {
+            append(&mut self.link.cbuf, bytes);
+            let step = client_step(
+                &mut self.link,
+                &mut self.server,
+                &mut self.client,
+                true,
+                &self.stats,
+            )
+            .expect("client step");
+            let out = match step.direct {
+                Some(n) => self.link.cbuf.bytes[..n].to_vec(),
+                None => std::mem::take(&mut self.server.to_server),
+            };
+            self.link.cbuf.consume(step.consumed);
+            (out, std::mem::take(&mut self.server.to_client))
+        }
+
+        /// The server sends `bytes`: what the client receives.
+        pub fn server_sends(&mut self, bytes: &[u8]) -> Vec<u8> {
+            append(&mut self.link.sbuf, bytes);
+            let (consumed, direct) = server_step(
+                &mut self.link,
+                &mut self.params,
+                &mut self.server_params,
+                &mut self.server,
+                &mut self.client,
+                true,
+                &self.stats,
+            )
+            .expect("server step");
+            let out = match direct {
+                Some(n) => self.link.sbuf.bytes[..n].to_vec(),
+                None => std::mem::take(&mut self.server.to_client),
+            };
+            self.link.sbuf.consume(consumed);
+            out
+        }
+
+        /// Could the server be released now?
+        pub fn may_release(&self) -> bool {
+            self.link.may_release()
+        }
+    }
 }

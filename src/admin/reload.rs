@@ -287,7 +287,7 @@ mod tests {
 
     #[test]
     fn set_values_take_the_key_type() {
-        let t = toml::Table::try_from(&General::default()).expect("table");
+        let t = toml::Table::try_from(General::default()).expect("table");
         let mut t2 = t.clone();
         for (k, v) in [
             ("default_pool_size", "5"),

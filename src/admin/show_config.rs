@@ -291,10 +291,10 @@ mod tests {
         let rows = config_rows(&General::default());
         let get = |k: &str| rows.iter().find(|r| r.0 == k).cloned().expect(k);
         assert_eq!(get("listen_port").1, "6432");
-        assert_eq!(get("listen_port").3, false);
+        assert!(!get("listen_port").3);
         assert_eq!(get("pool_mode").1, "session");
         assert_eq!(get("server_fast_close").1, "0");
         assert_eq!(get("auth_file").1, "");
-        assert_eq!(get("default_pool_size").3, true);
+        assert!(get("default_pool_size").3);
     }
 }

@@ -79,6 +79,9 @@ pub struct ClientInfo {
     pub linked: RefCell<Option<Linked>>,
     /// Is this an admin console session.
     pub is_admin: Cell<bool>,
+    /// Prepared statements the client has (SHOW CLIENTS
+    /// prepared_statements), updated after each transaction.
+    pub prepared_statements: Cell<usize>,
     fd: RawFd,
     kill_reason: RefCell<Option<String>>,
 }
@@ -133,6 +136,7 @@ pub async fn serve(shard: Rc<Shard>, stream: Stream) {
         request_time: Cell::new(Instant::now()),
         linked: RefCell::new(None),
         is_admin: Cell::new(false),
+        prepared_statements: Cell::new(0),
         fd: stream.as_raw_fd(),
         kill_reason: RefCell::new(None),
     });
@@ -145,7 +149,10 @@ pub async fn serve(shard: Rc<Shard>, stream: Stream) {
 }
 
 async fn run(shard: &Rc<Shard>, info: &Rc<ClientInfo>, mut stream: Stream) {
-    let logged_in = match login::login(shard, info, &mut stream).await {
+    // Login and the console are boxed: an async fn's state is as large as
+    // its largest phase, and every idle client would otherwise carry the
+    // login machinery's footprint for its whole life.
+    let logged_in = match boxed(login::login(shard, info, &mut stream)).await {
         Ok(Some(l)) => l,
         Ok(None) => return,
         Err(e) => return goodbye(shard, info, &mut stream, &e).await,
@@ -157,7 +164,13 @@ async fn run(shard: &Rc<Shard>, info: &Rc<ClientInfo>, mut stream: Stream) {
     info.state.set(ClientState::Idle);
     let result = match logged_in {
         login::LoggedIn::Admin { is_admin } => {
-            crate::admin::console::serve(shard, info, &mut stream, is_admin).await
+            boxed(crate::admin::console::serve(
+                shard,
+                info,
+                &mut stream,
+                is_admin,
+            ))
+            .await
         }
         login::LoggedIn::Pool {
             pool,
@@ -179,6 +192,9 @@ async fn run(shard: &Rc<Shard>, info: &Rc<ClientInfo>, mut stream: Stream) {
                 },
                 client_idle_timeout: config.client_idle_timeout(&user).duration(),
                 _slots: slots,
+                prepared: crate::prepared::ClientStatements::new(
+                    config.general.max_prepared_statements as usize,
+                ),
             };
             session.run(&mut stream).await
         }
@@ -188,6 +204,14 @@ async fn run(shard: &Rc<Shard>, info: &Rc<ClientInfo>, mut stream: Stream) {
     } else {
         debug!("client closed");
     }
+}
+
+/// Moves a future to the heap (see `run`): a plain function, so the caller's
+/// state machine holds only the box, never the future's own storage.
+fn boxed<'a, T>(
+    fut: impl std::future::Future<Output = T> + 'a,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + 'a>> {
+    Box::pin(fut)
 }
 
 /// Sends the client its final ErrorResponse, if it can still hear one.
@@ -219,6 +243,8 @@ struct Session {
     limits: relay::Limits,
     client_idle_timeout: std::time::Duration,
     _slots: login::ClientSlots,
+    /// The client's prepared statement names (transaction pooling).
+    prepared: crate::prepared::ClientStatements,
 }
 
 impl Session {
@@ -230,7 +256,10 @@ impl Session {
                 None => self.next_request(stream).await?,
             };
             self.wait_while_paused().await;
-            pending = self.transaction(stream, cbuf).await?;
+            // Boxed for the same reason as login: the lease machinery (wait,
+            // parameter sync, relay, cleanup) is ~4 KB of future state that an
+            // idle client should not carry; one allocation per transaction.
+            pending = boxed(self.transaction(stream, cbuf)).await?;
         }
     }
 
@@ -322,9 +351,11 @@ impl Session {
             stream,
             &mut server,
             &mut self.params,
+            &mut self.prepared,
             &self.pool.stats,
         )
         .await;
+        self.info.prepared_statements.set(self.prepared.len());
         self.pool.stats.record_xact(started.elapsed());
         let (cbuf, sbuf) = link.into_bufs();
         self.shard.bufs.give(sbuf);

@@ -377,6 +377,14 @@ impl Pool {
         self.welcome.borrow().clone()
     }
 
+    /// The first server this shard sees (opened here or handed over)
+    /// tells what new clients are greeted with.
+    fn learn_welcome(&self, server: &ServerConn) {
+        if self.welcome.borrow().is_none() {
+            *self.welcome.borrow_mut() = Some(Rc::new(server.meta.params.login_defaults()));
+        }
+    }
+
     /// Remembers a startup parameter value; true the first time it is
     /// seen on this shard (it must then be tried on a server at login).
     pub fn note_param(&self, name: &str, value: &str) -> bool {
@@ -484,9 +492,7 @@ impl Pool {
         match result {
             Ok(server) => {
                 self.last_failure.borrow_mut().take();
-                if self.welcome.borrow().is_none() {
-                    *self.welcome.borrow_mut() = Some(Rc::new(server.meta.params.reported()));
-                }
+                self.learn_welcome(&server);
                 self.active.set(self.active.get() + 1);
                 self.publish_owned();
                 Ok(server)
@@ -675,6 +681,7 @@ impl Pool {
     pub fn adopt(self: &Rc<Self>, shard: &Rc<Shard>, detached: DetachedServer) {
         match ServerConn::attach(detached) {
             Ok(server) => {
+                self.learn_welcome(&server);
                 self.place_here(shard, server);
                 self.publish_owned();
             }

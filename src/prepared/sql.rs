@@ -31,18 +31,23 @@ pub fn maybe_deallocate(prefix: &[u8]) -> Option<bool> {
 pub fn deallocate(body: &[u8]) -> Option<Deallocate> {
     let sql = body.strip_suffix(b"\0")?;
     let rest = keyword(sql, b"deallocate")?;
-    let rest = keyword(rest, b"prepare").unwrap_or(rest);
-    let (name, rest) = identifier(trim_start(rest))?;
-    let rest = trim_start(rest);
-    let rest = rest.strip_prefix(b";").unwrap_or(rest);
-    if !trim_start(rest).is_empty() {
-        return None;
-    }
+    // `DEALLOCATE prepare` names a statement called "prepare".
+    let name = keyword(rest, b"prepare")
+        .and_then(target)
+        .or_else(|| target(rest))?;
     match name {
         Ident::Plain(n) if n.eq_ignore_ascii_case(b"all") => Some(Deallocate::All),
         Ident::Plain(n) => Some(Deallocate::Name(n.to_ascii_lowercase())),
         Ident::Quoted(n) => Some(Deallocate::Name(n)),
     }
+}
+
+/// The one identifier that must make up the rest of the statement.
+fn target(s: &[u8]) -> Option<Ident<'_>> {
+    let (name, rest) = identifier(trim_start(s))?;
+    let rest = trim_start(rest);
+    let rest = rest.strip_prefix(b";").unwrap_or(rest);
+    trim_start(rest).is_empty().then_some(name)
 }
 
 enum Ident<'a> {

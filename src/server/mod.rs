@@ -95,7 +95,8 @@ pub struct ServerMeta {
     pub connect_time: std::time::SystemTime,
     /// The prepared statements it has (transaction pooling), and the
     /// relay's per-link request queue; moves with it between shards.
-    pub prepared: crate::prepared::ServerStatements,
+    /// Boxed: one allocation per connection keeps `ServerConn` small to move.
+    pub prepared: Box<crate::prepared::ServerStatements>,
 }
 
 /// A live, logged-in server connection.
@@ -309,7 +310,10 @@ async fn login(conn: &mut ServerConn, cs: &ConnectSettings) -> Result<()> {
                 conn.meta.backend_key =
                     backend::backend_key_data(&msg.body).map_err(Error::ServerProtocol)?;
             }
-            tag::READY_FOR_QUERY => return Ok(()),
+            tag::READY_FOR_QUERY => {
+                conn.meta.params.freeze_login();
+                return Ok(());
+            }
             tag::ERROR_RESPONSE => {
                 let e = ErrorFields::parse(&msg.body).map_err(Error::ServerProtocol)?;
                 return Err(Error::Server(PgError::from(e).into_fatal()));

@@ -28,6 +28,9 @@ pub struct ServerParams {
     values: HashMap<String, String>,
     /// Unreported parameters pgring set on this server.
     extras: HashSet<String>,
+    /// What the server reported at login, before anyone changed anything:
+    /// the defaults a client that asks for nothing must see.
+    login: Vec<(String, String)>,
 }
 
 impl ServerParams {
@@ -42,9 +45,20 @@ impl ServerParams {
         self.values.insert(key, value.to_owned());
     }
 
-    /// Everything the server reported, canonical names (a client's welcome).
+    /// Everything the server reported, canonical names.
     pub fn reported(&self) -> Vec<(String, String)> {
         self.reported.clone()
+    }
+
+    /// Marks the end of login: the values reported so far are the
+    /// server's defaults.
+    pub fn freeze_login(&mut self) {
+        self.login = self.reported.clone();
+    }
+
+    /// The server's defaults, as reported at login (a client's welcome).
+    pub fn login_defaults(&self) -> Vec<(String, String)> {
+        self.login.clone()
     }
 
     /// Is `name` a reported parameter on this server?

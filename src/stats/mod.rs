@@ -94,19 +94,10 @@ struct Window {
 }
 
 /// Counters plus histograms at one moment.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 struct StatsTotals {
     counters: Counters,
     latency: Latency,
-}
-
-impl Default for StatsTotals {
-    fn default() -> Self {
-        StatsTotals {
-            counters: Counters::default(),
-            latency: Latency::new(),
-        }
-    }
 }
 
 impl Default for PoolStats {

@@ -7,10 +7,12 @@
 
 mod common;
 
+mod admin;
 mod auth;
 mod core;
 mod dropin;
 mod fixture;
 mod load;
 mod pool;
+mod prepared;
 mod protocol;

@@ -1,0 +1,208 @@
+//! Server lifecycle: server_idle_timeout, server_lifetime, min_pool_size, server_check_delay with
+//! server_check_query, and servers that died while idle.
+
+use super::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_idle_timeout_closes_idle_servers() {
+    let user = pg().fresh_user("svidle");
+    let extra = "server_idle_timeout = 1\nmin_pool_size = 0";
+    let pgring = Pgring::start(&config_for("transaction", 3, 2, extra));
+    let admin = pg().admin("postgres").await;
+    let errors = run_clients(pgring.port, "app", &user, 3, 1, "SELECT pg_sleep(0.3)").await;
+    assert!(errors.is_empty(), "{errors:?}");
+    let idle_from = Instant::now();
+    assert_eq!(
+        backends(&admin, &user).await,
+        3,
+        "three clients at once: three servers"
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        backends(&admin, &user).await,
+        3,
+        "servers closed before server_idle_timeout"
+    );
+    let (n, _) = wait_backends(&admin, &user, Duration::from_secs(3), |n| n == 0).await;
+    assert_eq!(
+        n,
+        0,
+        "{} after the servers went idle, {n} of them are still open (server_idle_timeout 1 s)",
+        secs(idle_from.elapsed())
+    );
+    let client = common::connect(pgring.port, "app", &user, "").await;
+    assert_eq!(
+        value(&client, "SELECT 'again'").await.as_deref(),
+        Some("again")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_lifetime_retires_a_server_at_release_not_mid_transaction() {
+    let user = pg().fresh_user("lifetime");
+    let pgring = Pgring::start(&config_for("transaction", 1, 2, "server_lifetime = 1"));
+    let admin = pg().admin("postgres").await;
+    let client = common::connect(pgring.port, "app", &user, "").await;
+    let first = pid_of(&client).await;
+    client.simple_query("BEGIN").await.expect("BEGIN");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        pid_of(&client).await,
+        first,
+        "the server was replaced inside a transaction"
+    );
+    client
+        .simple_query("COMMIT")
+        .await
+        .expect("COMMIT past the lifetime");
+    let second = pid_of(&client).await;
+    assert_ne!(
+        second, first,
+        "server_lifetime 1 s, but the same server serves after 1.5 s"
+    );
+    assert!(
+        !backend_exists(&admin, first).await,
+        "the retired server {first} is still connected"
+    );
+    assert_eq!(pid_of(&client).await, second, "a young server is kept");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_pool_size_keeps_servers_open_with_no_clients_whatever_the_shard() {
+    let user = pg().fresh_user("minpool");
+    let extra = "min_pool_size = 3\nserver_idle_timeout = 1";
+    let pgring = Pgring::start(&config_for("transaction", 5, 2, extra));
+    let admin = pg().admin("postgres").await;
+    // The pool's only client ever lands on shard 1, so shard 0 never saw this pool: the warm set
+    // must not depend on which shard clients happen to use.
+    let mut client = wire_on_shard(pgring.port, 1, "app", &user).await;
+    client.query_value("SELECT 1").await;
+    client.send(&wire::terminate()).await;
+    drop(client);
+    let (n, took) = wait_backends(&admin, &user, Duration::from_secs(3), |n| n >= 3).await;
+    assert_eq!(
+        n,
+        3,
+        "min_pool_size 3: {n} servers {} after the only client left",
+        secs(took)
+    );
+    // Past server_idle_timeout: idle, but not below min_pool_size.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert_eq!(
+        backends(&admin, &user).await,
+        3,
+        "server_idle_timeout went below min_pool_size"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Health checks and dead idle servers
+// ---------------------------------------------------------------------------------------------
+
+/// How many times the check query (nextval) has run.
+async fn checks_run(admin: &tokio_postgres::Client) -> i64 {
+    admin
+        .query_one(
+            "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM t_pool_check_seq",
+            &[],
+        )
+        .await
+        .expect("reading the check counter")
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_check_query_runs_only_on_servers_idle_past_server_check_delay() {
+    let user = pg().fresh_user("check");
+    pg().psql(
+        "app",
+        "DROP SEQUENCE IF EXISTS t_pool_check_seq; CREATE SEQUENCE t_pool_check_seq; \
+         GRANT USAGE, SELECT ON SEQUENCE t_pool_check_seq TO PUBLIC",
+    )
+    .expect("creating the check counter");
+    let extra =
+        "server_check_delay = 0.5\nserver_check_query = \"SELECT nextval('t_pool_check_seq')\"";
+    let pgring = Pgring::start(&config_for("transaction", 1, 2, extra));
+    let admin = pg().admin("app").await;
+    let client = common::connect(pgring.port, "app", &user, "").await;
+    let pid = pid_of(&client).await;
+    let before = checks_run(&admin).await;
+    for _ in 0..5 {
+        value(&client, "SELECT 1").await;
+    }
+    assert_eq!(
+        checks_run(&admin).await,
+        before,
+        "checked a server idle for less than server_check_delay"
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        pid_of(&client).await,
+        pid,
+        "the healthy server should be kept"
+    );
+    assert_eq!(
+        checks_run(&admin).await,
+        before + 1,
+        "a server idle 0.8 s (server_check_delay 0.5) was reused without its check query"
+    );
+    value(&client, "SELECT 1").await;
+    assert_eq!(
+        checks_run(&admin).await,
+        before + 1,
+        "checked a server that was just used"
+    );
+}
+
+/// A server killed while idle (here with checks switched off, so nothing but the dead socket
+/// says so) must not be handed to the next client: its query succeeds on a fresh server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_while_idle_is_not_handed_out() {
+    let user = pg().fresh_user("deadidle");
+    let pgring = Pgring::start(&config_for(
+        "transaction",
+        1,
+        2,
+        "server_check_query = \"\"",
+    ));
+    let admin = pg().admin("postgres").await;
+    let client = common::connect(pgring.port, "app", &user, "").await;
+    for round in 0..3 {
+        let pid = pid_of(&client).await;
+        terminate_and_wait(&admin, pid).await;
+        match client.simple_query("SELECT pg_backend_pid()").await {
+            Ok(_) => {}
+            Err(e) => panic!(
+                "round {round}: the next query after its idle server was killed failed: {}",
+                describe(&e)
+            ),
+        }
+        assert_ne!(
+            pid_of(&client).await,
+            pid,
+            "round {round}: still the killed server?"
+        );
+    }
+}
+
+/// The same with the default empty-query check, past server_check_delay: the check (or the dead
+/// socket) finds the server gone and the query runs on a fresh one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_while_idle_past_server_check_delay_is_replaced() {
+    let user = pg().fresh_user("deadcheck");
+    let pgring = Pgring::start(&config_for("transaction", 1, 2, "server_check_delay = 0.5"));
+    let admin = pg().admin("postgres").await;
+    let client = common::connect(pgring.port, "app", &user, "").await;
+    let pid = pid_of(&client).await;
+    terminate_and_wait(&admin, pid).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let next = client
+        .simple_query("SELECT 1")
+        .await
+        .map_err(|e| describe(&e));
+    assert!(
+        next.is_ok(),
+        "the query after the idle server was killed failed: {next:?}"
+    );
+    assert_ne!(pid_of(&client).await, pid);
+}

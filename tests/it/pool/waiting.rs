@@ -1,0 +1,109 @@
+//! Waiting for a server: the reserve pool after reserve_pool_timeout, query_wait_timeout.
+
+use super::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reserve_pool_opens_only_after_reserve_pool_timeout() {
+    let user = pg().fresh_user("reserve");
+    let extra = "reserve_pool_size = 2\nreserve_pool_timeout = 1.0";
+    let pgring = Pgring::start(&config_for("transaction", 2, 2, extra));
+    let admin = pg().admin("postgres").await;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let c = common::connect(pgring.port, "app", &user, "").await;
+        value(&c, "SELECT 1").await;
+        clients.push(Arc::new(c));
+    }
+    let sleepers: Vec<_> = clients[..2]
+        .iter()
+        .map(|c| {
+            let c = c.clone();
+            tokio::spawn(async move { c.simple_query("SELECT pg_sleep(3)").await.map(drop) })
+        })
+        .collect();
+    let (n, _) = wait_backends(&admin, &user, Duration::from_secs(2), |n| n == 2).await;
+    assert_eq!(n, 2, "two sleepers should hold the two pool servers");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let third = clients[2].clone();
+    let asked = Instant::now();
+    let waiting = tokio::spawn(async move {
+        third
+            .simple_query("SELECT pg_backend_pid()")
+            .await
+            .map(drop)
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the third client got a server {} after asking, before reserve_pool_timeout (1 s)",
+        secs(asked.elapsed())
+    );
+    assert_eq!(
+        backends(&admin, &user).await,
+        2,
+        "a server opened before reserve_pool_timeout"
+    );
+    let result = tokio::time::timeout(Duration::from_secs(3), waiting)
+        .await
+        .expect("the third client still waits 3.8 s after asking: the reserve pool never opened")
+        .expect("task");
+    let took = asked.elapsed();
+    if let Err(e) = result {
+        panic!(
+            "the third client failed after {}: {}",
+            secs(took),
+            describe(&e)
+        );
+    }
+    assert!(
+        took < Duration::from_millis(2000),
+        "the reserve pool opened {} after the client started waiting (reserve_pool_timeout 1 s)",
+        secs(took)
+    );
+    assert_eq!(
+        backends(&admin, &user).await,
+        3,
+        "pool 2 + one reserve server"
+    );
+    for s in sleepers {
+        within(Duration::from_secs(5), "a sleeper's pg_sleep(3)", s)
+            .await
+            .expect("sleeper")
+            .expect("pg_sleep(3)");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_wait_timeout_fails_a_waiting_client_with_pgbouncers_error() {
+    let user = pg().fresh_user("qwait");
+    let extra = "reserve_pool_size = 0\nquery_wait_timeout = 1";
+    let pgring = Pgring::start(&config_for("transaction", 1, 2, extra));
+    let holder = common::connect(pgring.port, "app", &user, "").await;
+    let waiter = common::connect(pgring.port, "app", &user, "").await;
+    value(&holder, "SELECT 1").await;
+    value(&waiter, "SELECT 1").await;
+    let holding =
+        tokio::spawn(async move { holder.simple_query("SELECT pg_sleep(3)").await.map(drop) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let asked = Instant::now();
+    let error = within(
+        Duration::from_secs(10),
+        "a client waiting with query_wait_timeout 1",
+        waiter.simple_query("SELECT 1"),
+    )
+    .await
+    .expect_err("a client got the only server while it was busy");
+    let took = asked.elapsed();
+    assert_eq!(sqlstate(&error), "08P01", "{}", describe(&error));
+    let db = error.as_db_error().expect("an ErrorResponse");
+    assert_eq!(db.message(), "query_wait_timeout");
+    assert!(
+        (Duration::from_millis(900)..Duration::from_millis(2500)).contains(&took),
+        "query_wait_timeout 1 s, but the error came after {}",
+        secs(took)
+    );
+    within(Duration::from_secs(5), "the holder's pg_sleep(3)", holding)
+        .await
+        .expect("holder")
+        .expect("the holder's pg_sleep(3)");
+}

@@ -1,0 +1,564 @@
+//! Prepared statements in transaction mode (issue 5): real drivers that prepare named statements
+//! by default, over pools smaller than their client count so servers are shared and switched;
+//! the Prisma `?pgbouncer=true` sequence, SQL DEALLOCATE, a reused name and a Flush mid-exchange
+//! as raw protocol bytes; pgbench -M prepared with 1000 clients.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use crate::common::wire::{self, Msg, Wire};
+use crate::common::{self, config_for, describe, pg, value, BackendWatch, Pgring};
+
+const LOGIN: [(&str, &str); 2] = [("user", "trust_user"), ("database", "app")];
+
+// ---- raw extended-protocol messages -------------------------------------------------------------
+
+fn parse(name: &str, sql: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    for s in [name, sql] {
+        body.extend_from_slice(s.as_bytes());
+        body.push(0);
+    }
+    body.extend_from_slice(&[0, 0]);
+    wire::message(b'P', &body)
+}
+
+/// Bind of `stmt` to the unnamed portal with text parameters.
+fn bind(stmt: &str, params: &[&str]) -> Vec<u8> {
+    let mut body = vec![0];
+    body.extend_from_slice(stmt.as_bytes());
+    body.extend_from_slice(&[0, 0, 0]);
+    body.extend_from_slice(&(params.len() as i16).to_be_bytes());
+    for p in params {
+        body.extend_from_slice(&(p.len() as i32).to_be_bytes());
+        body.extend_from_slice(p.as_bytes());
+    }
+    body.extend_from_slice(&[0, 0]);
+    wire::message(b'B', &body)
+}
+
+fn describe_statement(name: &str) -> Vec<u8> {
+    let mut body = vec![b'S'];
+    body.extend_from_slice(name.as_bytes());
+    body.push(0);
+    wire::message(b'D', &body)
+}
+
+fn execute() -> Vec<u8> {
+    wire::message(b'E', &[0, 0, 0, 0, 0])
+}
+
+fn sync() -> Vec<u8> {
+    wire::message(b'S', &[])
+}
+
+fn flush() -> Vec<u8> {
+    wire::message(b'H', &[])
+}
+
+/// Messages up to and including ReadyForQuery.
+async fn until_ready(w: &mut Wire) -> Vec<Msg> {
+    let mut out = Vec::new();
+    loop {
+        let m = w
+            .recv()
+            .await
+            .expect("connection closed before ReadyForQuery");
+        let done = m.tag == wire::READY_FOR_QUERY;
+        out.push(m);
+        if done {
+            return out;
+        }
+    }
+}
+
+fn tags(msgs: &[Msg]) -> String {
+    msgs.iter().map(|m| m.tag as char).collect()
+}
+
+/// The first value of the first DataRow.
+fn first_value(msgs: &[Msg]) -> Option<String> {
+    let row = msgs.iter().find(|m| m.tag == wire::DATA_ROW)?;
+    let len = i32::from_be_bytes(row.body.get(2..6)?.try_into().ok()?);
+    let v = row.body.get(6..6 + usize::try_from(len).ok()?)?;
+    Some(String::from_utf8_lossy(v).into_owned())
+}
+
+fn error_of(msgs: &[Msg]) -> Option<wire::ErrorFields> {
+    msgs.iter()
+        .find(|m| m.tag == wire::ERROR_RESPONSE)
+        .map(|m| wire::ErrorFields::parse(&m.body))
+}
+
+/// Binds and executes `stmt` with one parameter; the value it returns.
+async fn run_named(w: &mut Wire, stmt: &str, param: &str) -> Result<Option<String>, String> {
+    w.send(&[bind(stmt, &[param]), execute(), sync()].concat())
+        .await;
+    let msgs = until_ready(w).await;
+    match error_of(&msgs) {
+        Some(e) => Err(e.to_string()),
+        None => Ok(first_value(&msgs)),
+    }
+}
+
+// ---- drivers ------------------------------------------------------------------------------------
+
+async fn tokio_postgres_client(port: u16, user: String, id: i64) -> Result<(), String> {
+    let client = common::try_connect(port, "app", &user, "")
+        .await
+        .map_err(|e| format!("client {id} connect: {}", describe(&e)))?;
+    let plus = client
+        .prepare("SELECT $1::int8 + 1")
+        .await
+        .map_err(|e| format!("client {id} prepare: {}", describe(&e)))?;
+    let concat = client
+        .prepare("SELECT $1::text || '-' || $2::int8")
+        .await
+        .map_err(|e| format!("client {id} prepare: {}", describe(&e)))?;
+    for i in 0..40_i64 {
+        let n = id * 1000 + i;
+        let row = client
+            .query_one(&plus, &[&n])
+            .await
+            .map_err(|e| format!("client {id} iteration {i}: {}", describe(&e)))?;
+        if row.get::<_, i64>(0) != n + 1 {
+            return Err(format!("client {id} iteration {i}: wrong sum"));
+        }
+        let label = format!("c{id}");
+        let row = client
+            .query_one(&concat, &[&label, &i])
+            .await
+            .map_err(|e| format!("client {id} iteration {i}: {}", describe(&e)))?;
+        if row.get::<_, String>(0) != format!("c{id}-{i}") {
+            return Err(format!("client {id} iteration {i}: wrong text"));
+        }
+        if i % 10 == 0 {
+            // A statement prepared and dropped (Close) while others stay in use.
+            let once = client
+                .prepare(&format!("SELECT {id} + $1::int8"))
+                .await
+                .map_err(|e| format!("client {id} prepare once: {}", describe(&e)))?;
+            let row = client
+                .query_one(&once, &[&i])
+                .await
+                .map_err(|e| format!("client {id} once: {}", describe(&e)))?;
+            if row.get::<_, i64>(0) != id + i {
+                return Err(format!("client {id} iteration {i}: wrong once"));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokio_postgres_named_statements_50_clients_over_4_servers() {
+    let _heavy = common::heavy().await;
+    let user = pg().fresh_user("prep50");
+    let pgring = Pgring::start(&config_for("transaction", 4, 2, ""));
+    let watch = BackendWatch::start(&user).await;
+    let tasks: Vec<_> = (0..50)
+        .map(|id| tokio::spawn(tokio_postgres_client(pgring.port, user.clone(), id)))
+        .collect();
+    let mut errors = Vec::new();
+    for t in tasks {
+        if let Err(e) = t.await.expect("client task") {
+            errors.push(e);
+        }
+    }
+    let max_servers = watch.finish().await;
+    assert!(
+        errors.is_empty(),
+        "{} of 50 clients failed, e.g.:\n{}",
+        errors.len(),
+        errors[..errors.len().min(10)].join("\n")
+    );
+    assert!((1..=4).contains(&max_servers), "{max_servers} servers");
+}
+
+/// The venv with psycopg 3 and asyncpg, created once per target dir.
+fn python() -> &'static Path {
+    static PY: OnceLock<PathBuf> = OnceLock::new();
+    PY.get_or_init(|| {
+        let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("pyenv");
+        let py = venv.join("bin/python");
+        let ready = |py: &Path| {
+            Command::new(py)
+                .args(["-c", "import psycopg, asyncpg"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        if ready(&py) {
+            return py;
+        }
+        let run = |cmd: &mut Command, what: &str| {
+            let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert!(
+                out.status.success(),
+                "{what} failed (these tests need PyPI access to install psycopg[binary] and asyncpg):\n{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(
+            Command::new("python3").arg("-m").arg("venv").arg(&venv),
+            "python3 -m venv",
+        );
+        run(
+            Command::new(venv.join("bin/pip")).args([
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "psycopg[binary]",
+                "asyncpg",
+            ]),
+            "pip install psycopg[binary] asyncpg",
+        );
+        assert!(ready(&py), "psycopg and asyncpg still do not import");
+        py
+    })
+}
+
+/// Runs a Python script against pgring's port; panics with its output if it fails.
+async fn run_python(pgring: &Pgring, user: &str, script: &'static str) {
+    let py = tokio::task::spawn_blocking(python).await.expect("venv");
+    let dsn = format!("postgresql://{user}@127.0.0.1:{}/app", pgring.port);
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("timeout")
+            .args(["--kill-after=5", "120"])
+            .arg(py)
+            .args(["-c", script, &dsn])
+            .output()
+            .expect("running python")
+    })
+    .await
+    .expect("python task");
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{text}");
+    assert!(out.status.success(), "python driver test failed:\n{text}");
+    assert!(text.contains("ALL OK"), "{text}");
+}
+
+const PSYCOPG: &str = r#"
+import sys, threading, psycopg
+dsn = sys.argv[1]
+errors = []
+def client(cid):
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:   # prepare_threshold: default (5)
+            for i in range(40):
+                got = conn.execute("SELECT %s::int8 * 2, %s::text", (cid * 1000 + i, f"c{cid}")).fetchone()
+                assert got == (2 * (cid * 1000 + i), f"c{cid}"), got
+                if i % 8 == 0:
+                    with conn.transaction():
+                        a = conn.execute("SELECT pg_backend_pid(), %s::int8", (i,)).fetchone()
+                        b = conn.execute("SELECT pg_backend_pid(), %s::int8", (i,)).fetchone()
+                        assert a[0] == b[0] and a[1] == i
+            with conn.transaction():   # one server: the statement psycopg prepared is there
+                conn.execute("SELECT %s::int8 * 2, %s::text", (1, "x"))
+                n = conn.execute("SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'PGRING%%'").fetchone()[0]
+                assert n >= 1, n
+    except Exception as e:
+        errors.append(f"client {cid}: {e!r}")
+ts = [threading.Thread(target=client, args=(c,)) for c in range(20)]
+[t.start() for t in ts]; [t.join() for t in ts]
+print("\n".join(errors[:10]))
+assert not errors, f"{len(errors)} psycopg clients failed"
+print("ALL OK")
+"#;
+
+const ASYNCPG: &str = r#"
+import sys, asyncio, asyncpg
+dsn = sys.argv[1]
+async def client(cid):
+    conn = await asyncpg.connect(dsn)   # statement_cache_size: default (100)
+    try:
+        stmt = await conn.prepare("SELECT $1::int8 + $2::int8")
+        for i in range(40):
+            v = await conn.fetchval("SELECT $1::int8 + 1", cid * 1000 + i)
+            assert v == cid * 1000 + i + 1, v
+            row = await conn.fetchrow("SELECT $1::text AS t, $2::int4 AS n", f"c{cid}", i)
+            assert (row["t"], row["n"]) == (f"c{cid}", i), row
+            assert await stmt.fetchval(i, cid) == i + cid
+            if i % 10 == 0:
+                async with conn.transaction():
+                    await conn.execute("SELECT $1::int8", i)
+                    assert await conn.fetchval("SELECT $1::int8 * 3", i) == 3 * i
+    finally:
+        await conn.close()
+async def main():
+    results = await asyncio.gather(*(client(c) for c in range(20)), return_exceptions=True)
+    errors = [f"client {c}: {r!r}" for c, r in enumerate(results) if isinstance(r, BaseException)]
+    print("\n".join(errors[:10]))
+    assert not errors, f"{len(errors)} asyncpg clients failed"
+    print("ALL OK")
+asyncio.run(main())
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg3_default_prepare_threshold_20_clients_over_4_servers() {
+    let user = pg().fresh_user("psycopg");
+    let pgring = Pgring::start(&config_for("transaction", 4, 2, ""));
+    run_python(&pgring, &user, PSYCOPG).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asyncpg_default_statement_cache_20_clients_over_4_servers() {
+    let user = pg().fresh_user("asyncpg");
+    let pgring = Pgring::start(&config_for("transaction", 4, 2, ""));
+    run_python(&pgring, &user, ASYNCPG).await;
+}
+
+// ---- raw protocol -------------------------------------------------------------------------------
+
+/// Prisma with `?pgbouncer=true`: every transaction is BEGIN; DEALLOCATE ALL; then s0, s1...
+/// prepared again. A second client holds one of the two servers in turn, so consecutive
+/// transactions run on different servers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prisma_pgbouncer_true_sequence_across_server_switches() {
+    let pgring = Pgring::start(&config_for("transaction", 2, 1, ""));
+    let (mut prisma, _) = Wire::login(pgring.port, &LOGIN).await;
+    let (mut holder, _) = Wire::login(pgring.port, &LOGIN).await;
+    let mut pids = std::collections::HashSet::new();
+    for round in 0..8_i64 {
+        let holding = round % 2 == 0;
+        if holding {
+            holder.simple_query("BEGIN").await.expect("holder BEGIN");
+            holder.simple_query("SELECT 1").await.expect("holder");
+        }
+        prisma.simple_query("BEGIN").await.expect("BEGIN");
+        prisma
+            .simple_query("DEALLOCATE ALL")
+            .await
+            .expect("DEALLOCATE ALL");
+        // s0 and s1 mean different queries in every round.
+        for (name, sql) in [
+            ("s0", format!("SELECT $1::int8 + {round}")),
+            (
+                "s1",
+                format!("SELECT pg_backend_pid() + 0 * $1::int8 + 0 * {round}"),
+            ),
+        ] {
+            prisma
+                .send(&[parse(name, &sql), describe_statement(name), sync()].concat())
+                .await;
+            let msgs = until_ready(&mut prisma).await;
+            assert_eq!(
+                tags(&msgs),
+                "1tTZ",
+                "round {round} parse {name}: {:?}",
+                error_of(&msgs)
+            );
+        }
+        let sum = run_named(&mut prisma, "s0", "40").await;
+        assert_eq!(sum, Ok(Some((40 + round).to_string())), "round {round}");
+        let pid = run_named(&mut prisma, "s1", "1").await.expect("s1");
+        pids.insert(pid);
+        prisma.simple_query("COMMIT").await.expect("COMMIT");
+        if holding {
+            holder.simple_query("COMMIT").await.expect("holder COMMIT");
+        }
+    }
+    assert!(pids.len() >= 2, "Prisma never changed server: {pids:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_deallocate_name_and_reuse_of_a_live_name() {
+    let pgring = Pgring::start(&config_for("transaction", 2, 2, ""));
+    let (mut w, _) = Wire::login(pgring.port, &LOGIN).await;
+    w.send(&[parse("pdo_stmt_1", "SELECT $1::int8 * 2"), sync()].concat())
+        .await;
+    assert_eq!(tags(&until_ready(&mut w).await), "1Z");
+    assert_eq!(
+        run_named(&mut w, "pdo_stmt_1", "21").await,
+        Ok(Some("42".into()))
+    );
+
+    // Reusing a live name: 42P05 as PostgreSQL says it, and the pipeline behind it is skipped.
+    w.send(
+        &[
+            parse("pdo_stmt_1", "SELECT 'other'"),
+            bind("pdo_stmt_1", &["1"]),
+            execute(),
+            sync(),
+        ]
+        .concat(),
+    )
+    .await;
+    let msgs = until_ready(&mut w).await;
+    assert_eq!(tags(&msgs), "EZ");
+    let e = error_of(&msgs).expect("error");
+    assert_eq!(
+        (e.code(), e.message()),
+        ("42P05", "prepared statement \"pdo_stmt_1\" already exists")
+    );
+    assert_eq!(
+        run_named(&mut w, "pdo_stmt_1", "5").await,
+        Ok(Some("10".into())),
+        "still usable"
+    );
+
+    // PHP PDO / Rails: SQL DEALLOCATE of the name, answered without PostgreSQL knowing the name.
+    let rows = w.simple_query("DEALLOCATE pdo_stmt_1").await;
+    assert!(rows.is_ok(), "{rows:?}");
+    let gone = run_named(&mut w, "pdo_stmt_1", "5")
+        .await
+        .expect_err("deallocated");
+    assert!(gone.contains("26000"), "{gone}");
+    let e = w
+        .simple_query("DEALLOCATE pdo_stmt_1")
+        .await
+        .expect_err("twice");
+    assert_eq!(e.code(), "26000", "{e}");
+    // The name is free again, also inside a transaction block.
+    w.simple_query("BEGIN").await.expect("BEGIN");
+    w.send(&[parse("pdo_stmt_1", "SELECT $1::int8 * 3"), sync()].concat())
+        .await;
+    assert_eq!(tags(&until_ready(&mut w).await), "1Z");
+    assert_eq!(
+        run_named(&mut w, "pdo_stmt_1", "3").await,
+        Ok(Some("9".into()))
+    );
+    w.simple_query("DEALLOCATE PREPARE pdo_stmt_1;")
+        .await
+        .expect("in a block");
+    w.simple_query("COMMIT").await.expect("COMMIT");
+    assert_eq!(
+        w.query_value("SELECT 'alive'").await.as_deref(),
+        Some("alive")
+    );
+}
+
+/// asyncpg style: Parse/Describe/Flush, read the replies, then Bind/Execute/Sync. The Flush is
+/// no transaction boundary: with a pool of one, another client must wait until the Sync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_inside_an_extended_exchange_keeps_the_server() {
+    let pgring = Pgring::start(&config_for("transaction", 1, 1, ""));
+    let (mut a, _) = Wire::login(pgring.port, &LOGIN).await;
+    let (mut b, _) = Wire::login(pgring.port, &LOGIN).await;
+    a.send(
+        &[
+            parse("__asyncpg_stmt_1__", "SELECT $1::int8 + 1"),
+            describe_statement("__asyncpg_stmt_1__"),
+            flush(),
+        ]
+        .concat(),
+    )
+    .await;
+    let mut got = String::new();
+    while got.len() < 3 {
+        got.push(a.recv().await.expect("reply").tag as char);
+    }
+    assert_eq!(got, "1tT", "replies before any Sync");
+    b.send(&wire::query("SELECT pg_backend_pid()")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        run_named(&mut a, "__asyncpg_stmt_1__", "41").await,
+        Ok(Some("42".into()))
+    );
+    let b_rows = b.read_result().await.expect("b's query");
+    assert_eq!(b_rows.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_mode_passes_statement_names_through() {
+    let pgring = Pgring::start(&config_for("session", 2, 2, ""));
+    let client = common::connect(pgring.port, "app", "trust_user", "").await;
+    let stmt = client.prepare("SELECT $1::int8").await.expect("prepare");
+    assert_eq!(
+        client
+            .query_one(&stmt, &[&7_i64])
+            .await
+            .expect("query")
+            .get::<_, i64>(0),
+        7
+    );
+    let names = value(
+        &client,
+        "SELECT string_agg(name, ',') FROM pg_prepared_statements",
+    )
+    .await;
+    assert!(
+        names.as_deref().is_some_and(|n| !n.contains("PGRING_")),
+        "{names:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_mode_names_statements_by_content() {
+    let pgring = Pgring::start(&config_for("transaction", 1, 1, ""));
+    let client = common::connect(pgring.port, "app", "trust_user", "").await;
+    let stmt = client.prepare("SELECT $1::int8").await.expect("prepare");
+    assert_eq!(
+        client
+            .query_one(&stmt, &[&7_i64])
+            .await
+            .expect("query")
+            .get::<_, i64>(0),
+        7
+    );
+    let names = value(
+        &client,
+        "SELECT string_agg(name, ',') FROM pg_prepared_statements",
+    )
+    .await;
+    assert!(
+        names.as_deref().is_some_and(|n| n.starts_with("PGRING_")),
+        "{names:?}"
+    );
+}
+
+// ---- pgbench -M prepared ------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_prepared_1000_clients_through_pool_of_20() {
+    let _heavy = common::heavy().await;
+    let user = pg().fresh_user("pgbprep");
+    let pgring = Pgring::start(&config_for("transaction", 20, 2, ""));
+    let pgbench = pg().bin.join("pgbench");
+    let port = pgring.port.to_string();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("timeout")
+            .args(["--kill-after=5", "120"])
+            .arg(pgbench)
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                &user,
+                "-M",
+                "prepared",
+                "-S",
+            ])
+            .args(["-c", "1000", "-j", "2", "-T", "20", "bench"])
+            .output()
+            .expect("running pgbench")
+    })
+    .await
+    .expect("pgbench task");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let tail: Vec<_> = stderr.lines().rev().take(20).collect();
+    let report = format!("pgbench {}:\n{stdout}\n{}", output.status, tail.join("\n"));
+    println!("{report}");
+    assert!(output.status.success(), "{report}");
+    let number = |prefix: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(prefix))
+            .and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no '{prefix}' in:\n{report}"))
+    };
+    assert_eq!(number("number of failed transactions:"), 0, "{report}");
+    assert!(
+        number("number of transactions actually processed:") > 0,
+        "{report}"
+    );
+}
