@@ -106,6 +106,18 @@ pub struct Caps {
     pub user: u32,
 }
 
+/// Which cap refused a new server connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Full {
+    /// The pool's own size.
+    Pool,
+    /// max_db_connections: an idle server of another user of this
+    /// database may be closed to make room (PgBouncer's evict_connection).
+    Db,
+    /// max_user_connections: likewise for another database of this user.
+    User,
+}
+
 /// What all shards share about one pool.
 #[derive(Debug)]
 pub struct GlobalPool {
@@ -132,19 +144,24 @@ impl GlobalPool {
     /// Takes one server slot if every cap allows it (all or nothing). A pool
     /// cap of 0 means no server may open (PgBouncer's pool_size = 0).
     pub fn try_open(&self, caps: Caps) -> bool {
+        self.try_open_why(caps).is_ok()
+    }
+
+    /// [`GlobalPool::try_open`], saying which cap refused.
+    pub fn try_open_why(&self, caps: Caps) -> Result<(), Full> {
         if caps.pool == 0 || !self.open.try_take(caps.pool) {
-            return false;
+            return Err(Full::Pool);
         }
         if !self.db.try_take(caps.db) {
             self.open.give();
-            return false;
+            return Err(Full::Db);
         }
         if !self.user.try_take(caps.user) {
             self.db.give();
             self.open.give();
-            return false;
+            return Err(Full::User);
         }
-        true
+        Ok(())
     }
 
     /// Returns a server slot.
@@ -424,8 +441,14 @@ impl Pool {
             }
             self.fail_fast()?;
             let caps = self.settings.borrow().caps(false);
-            if self.global.try_open(caps) {
-                return self.open(shard).await;
+            match self.global.try_open_why(caps) {
+                Ok(()) => return self.open(shard).await,
+                Err(Full::Pool) => {}
+                Err(by) => {
+                    if self.evict_elsewhere(shard, by) {
+                        continue;
+                    }
+                }
             }
             match self.wait(shard).await {
                 Grant::Server(server) => return Ok(server),
@@ -734,11 +757,47 @@ impl Pool {
     pub fn tick(self: &Rc<Self>, shard: &Rc<Shard>) {
         self.expire_waiters();
         self.grant_budget();
+        if !self.waiters.borrow().is_empty() {
+            // grant_budget found no room: if a database or user cap is what
+            // is full, make room by evicting a sibling pool's idle server.
+            let caps = self.settings.borrow().caps(false);
+            match self.global.try_open_why(caps) {
+                Ok(()) => match self.pop_waiter() {
+                    Some(w) => w.give(Grant::Budget),
+                    None => self.global.closed(),
+                },
+                Err(Full::Pool) => {}
+                Err(by) => {
+                    self.evict_elsewhere(shard, by);
+                    self.grant_budget();
+                }
+            }
+        }
         self.open_reserve();
         if !self.waiters.borrow().is_empty() {
             self.ask_other_shards(shard);
         }
         self.retire_idle();
+    }
+
+    /// Makes room under max_db_connections / max_user_connections by
+    /// closing an idle server of a sibling pool: on this shard if one is
+    /// there (true: retry now), else by asking the other shards (the freed
+    /// budget reaches waiters at the next janitor tick).
+    fn evict_elsewhere(&self, shard: &Rc<Shard>, by: Full) -> bool {
+        if evict_idle(shard, &self.key, by) {
+            return true;
+        }
+        for to in (0..shard.shared.workers).filter(|&t| t != shard.id) {
+            shard.mesh.send(
+                to,
+                MeshMsg::Evict {
+                    pool: self.key.clone(),
+                    by,
+                },
+            );
+        }
+        false
     }
 
     fn expire_waiters(&self) {
@@ -797,8 +856,9 @@ impl Pool {
         }
     }
 
-    /// Opens servers up to `min_pool_size` (shard 0 keeps the warm set;
-    /// handoff spreads it).
+    /// Opens servers up to `min_pool_size`, process-wide: every shard that
+    /// has this pool may top it up, and the global counter (taken with
+    /// `pool = min_pool_size`) keeps the total at the minimum.
     pub fn fill_min(self: &Rc<Self>, shard: &Rc<Shard>) {
         let s = self.settings.borrow();
         let (min, caps) = (
@@ -809,7 +869,7 @@ impl Pool {
             },
         );
         drop(s);
-        if shard.id != 0 || min == 0 || self.opening.get() > 0 || !self.global.try_open(caps) {
+        if min == 0 || self.opening.get() > 0 || !self.global.try_open(caps) {
             return;
         }
         let pool = self.clone();
@@ -865,6 +925,39 @@ fn server_password(shard: &Shard, config: &Config, key: &PoolKey) -> Option<Stri
     match shard.userlist().get(&key.user) {
         Some(Secret::Plain(p)) | Some(Secret::Md5(p)) => Some(p.clone()),
         _ => None,
+    }
+}
+
+/// Closes one idle server of a pool on `shard` that shares `key`'s
+/// database (`Full::Db`) or user (`Full::User`), other than `key` itself.
+pub fn evict_idle(shard: &Rc<Shard>, key: &PoolKey, by: Full) -> bool {
+    let victim = shard
+        .pools
+        .borrow()
+        .values()
+        .find(|p| {
+            p.key != *key
+                && p.idle_count() > 0
+                && match by {
+                    Full::Db => p.key.db == key.db,
+                    Full::User => p.key.user == key.user,
+                    Full::Pool => false,
+                }
+        })
+        .cloned();
+    let Some(pool) = victim else {
+        return false;
+    };
+    match pool.pop_idle() {
+        Some(server) => {
+            pool.close(
+                shard,
+                server,
+                "evicted to make room under max_db/user_connections",
+            );
+            true
+        }
+        None => false,
     }
 }
 

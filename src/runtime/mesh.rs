@@ -42,6 +42,14 @@ pub enum MeshMsg {
         /// The shard asking.
         from: usize,
     },
+    /// "Close an idle server of a pool sharing this pool's database or user,
+    /// if you have one": room under max_db/max_user_connections.
+    Evict {
+        /// The pool that needs room.
+        pool: PoolKey,
+        /// Which cap is full.
+        by: crate::pool::Full,
+    },
     /// An admin console request, answered through its own channel.
     Admin(AdminRequest),
 }

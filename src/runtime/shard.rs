@@ -268,6 +268,9 @@ impl Shard {
                     p.give_to_shard(self, from);
                 }
             }
+            MeshMsg::Evict { pool, by } => {
+                crate::pool::evict_idle(self, &pool, by);
+            }
             MeshMsg::Admin(req) => crate::admin::serve_remote(self, req),
         }
     }
