@@ -73,7 +73,8 @@ impl Drop for ClientSlots {
     }
 }
 
-/// Takes the client's places, or refuses it with PgBouncer's wording.
+/// Takes the client's places, or refuses it with PgBouncer's wording
+/// (client.c: "client connections exceeded (max_db_client_connections)").
 fn take_client_slots(shard: &Shard, config: &Config, db: &str, user: &str) -> Result<ClientSlots> {
     let shared = &shard.shared;
     let mut slots = ClientSlots(Vec::with_capacity(2));
@@ -95,7 +96,7 @@ fn take_client_slots(shard: &Shard, config: &Config, db: &str, user: &str) -> Re
         if !c.try_take(limit) {
             return Err(Error::refuse(
                 sqlstate::TOO_MANY_CONNECTIONS,
-                format!("no more connections allowed ({what})"),
+                format!("client connections exceeded ({what})"),
             ));
         }
         slots.0.push(c);

@@ -16,6 +16,7 @@
 //!   idle servers for one (`Steal`); such a shard sends an idle server over.
 //! - The janitor repeats the steal request and the budget check every tick,
 //!   so a budget freed on another shard is used within ~100 ms.
+//!
 //! When load is balanced every shard has its own waiters and nothing moves.
 //!
 //! A lease is released explicitly, on ReadyForQuery `I` (transaction mode) or
@@ -28,8 +29,8 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -43,6 +44,9 @@ use crate::error::{sqlstate, Error, PgError, Result};
 use crate::runtime::mesh::MeshMsg;
 use crate::runtime::{self, Shard};
 use crate::server::{self, ConnectSettings, DetachedServer, ServerConn};
+
+/// The ParameterStatus set clients of a pool are greeted with.
+pub type Welcome = Rc<Vec<(String, String)>>;
 
 /// A pool's identity: database name (as clients ask for it) and the user
 /// that logs into PostgreSQL.
@@ -118,10 +122,50 @@ pub enum Full {
     User,
 }
 
+/// The last failed server login of a pool, shared by its shards so that
+/// fail-fast (`server_login_retry`) holds on every shard. Read with one
+/// atomic load; the mutex is touched only when a login fails or a client
+/// is about to be refused.
+#[derive(Debug)]
+struct LastFailure {
+    born: Instant,
+    /// Milliseconds since `born` + 1 of the failure; 0 = none.
+    at: AtomicU64,
+    error: Mutex<Option<PgError>>,
+}
+
+impl LastFailure {
+    fn now_ms(&self) -> u64 {
+        self.born.elapsed().as_millis() as u64 + 1
+    }
+
+    fn record(&self, e: &PgError) {
+        if let Ok(mut slot) = self.error.lock() {
+            *slot = Some(e.clone());
+        }
+        self.at.store(self.now_ms(), Ordering::Release);
+    }
+
+    fn clear(&self) {
+        if self.at.load(Ordering::Relaxed) != 0 {
+            self.at.store(0, Ordering::Release);
+        }
+    }
+
+    fn recent(&self, within: Duration) -> Option<PgError> {
+        let at = self.at.load(Ordering::Acquire);
+        if at == 0 || self.now_ms().saturating_sub(at) >= within.as_millis() as u64 {
+            return None;
+        }
+        self.error.lock().ok().and_then(|e| e.clone())
+    }
+}
+
 /// What all shards share about one pool.
 #[derive(Debug)]
 pub struct GlobalPool {
     open: Counter,
+    failure: LastFailure,
     db: Arc<Counter>,
     user: Arc<Counter>,
     shards: Vec<CachePadded<ShardCounts>>,
@@ -133,6 +177,11 @@ impl GlobalPool {
     pub fn new(workers: usize, db: Arc<Counter>, user: Arc<Counter>) -> Self {
         GlobalPool {
             open: Counter::default(),
+            failure: LastFailure {
+                born: Instant::now(),
+                at: AtomicU64::new(0),
+                error: Mutex::new(None),
+            },
             db,
             user,
             shards: (0..workers)
@@ -268,7 +317,10 @@ impl PoolSettings {
     }
 }
 
-/// What a waiting client is handed.
+/// What a waiting client is handed. (Not boxed: a grant sits in a
+/// waiter's slot only until that task runs, and boxing would cost an
+/// allocation per handover under contention.)
+#[allow(clippy::large_enum_variant)]
 enum Grant {
     /// A server, already counted as active.
     Server(ServerConn),
@@ -305,8 +357,7 @@ pub struct Pool {
     waiters: RefCell<VecDeque<Rc<Waiter>>>,
     active: Cell<u32>,
     opening: Cell<u32>,
-    welcome: RefCell<Option<Rc<Vec<(String, String)>>>>,
-    last_failure: RefCell<Option<(Instant, PgError)>>,
+    welcome: RefCell<Option<Welcome>>,
     shard_id: usize,
     validated: RefCell<std::collections::HashSet<(String, String)>>,
     /// Longest current wait start, for SHOW POOLS maxwait.
@@ -328,7 +379,6 @@ impl Pool {
             active: Cell::new(0),
             opening: Cell::new(0),
             welcome: RefCell::new(None),
-            last_failure: RefCell::new(None),
             shard_id: shard.id,
             validated: RefCell::default(),
             stats: Default::default(),
@@ -390,7 +440,7 @@ impl Pool {
 
     /// The ParameterStatus set a new client is greeted with, once a server
     /// of this pool has been seen.
-    pub fn welcome(&self) -> Option<Rc<Vec<(String, String)>>> {
+    pub fn welcome(&self) -> Option<Welcome> {
         self.welcome.borrow().clone()
     }
 
@@ -452,7 +502,14 @@ impl Pool {
             }
             match self.wait(shard).await {
                 Grant::Server(server) => return Ok(server),
-                Grant::Budget => return self.open(shard).await,
+                Grant::Budget => {
+                    // The slot may come from another shard's failed login.
+                    if let Err(e) = self.fail_fast() {
+                        self.global.closed();
+                        return Err(e);
+                    }
+                    return self.open(shard).await;
+                }
                 Grant::Fail(e) => return Err(Error::Refused(e)),
             }
         }
@@ -474,6 +531,8 @@ impl Pool {
         if self.is_expired(server) {
             return Some("server lifetime over");
         }
+        // Only servers taken from the idle list are peeked; under load a
+        // released server goes straight to a waiter and skips this.
         if !server.is_alive() {
             return Some("server closed the connection while idle");
         }
@@ -497,13 +556,20 @@ impl Pool {
     /// While PostgreSQL is unreachable (a recent connect failed and nothing
     /// is open), fail at once instead of making clients wait it out.
     fn fail_fast(&self) -> Result<()> {
-        let retry = self.settings.borrow().login_retry;
-        if let Some((at, err)) = &*self.last_failure.borrow() {
-            if at.elapsed() < retry && self.global.open_count() == 0 {
-                return Err(Error::Refused(err.clone()));
-            }
+        match self.recent_failure() {
+            Some(err) => Err(Error::Refused(err)),
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    /// The last login failure of this pool on any shard, if it is recent
+    /// (within `server_login_retry`) and no server is open.
+    fn recent_failure(&self) -> Option<PgError> {
+        let retry = self.settings.borrow().login_retry;
+        if self.global.open_count() > 0 {
+            return None;
+        }
+        self.global.failure.recent(retry)
     }
 
     /// Opens a server with an already-taken budget slot.
@@ -514,7 +580,7 @@ impl Pool {
         self.opening.set(self.opening.get() - 1);
         match result {
             Ok(server) => {
-                self.last_failure.borrow_mut().take();
+                self.global.failure.clear();
                 self.learn_welcome(&server);
                 self.active.set(self.active.get() + 1);
                 self.publish_owned();
@@ -526,7 +592,7 @@ impl Pool {
                     PgError::fatal(sqlstate::CONNECTION_FAILURE, "server login failed")
                 });
                 warn!(db = %self.key.db, user = %self.key.user, error = %e, "server connect failed");
-                *self.last_failure.borrow_mut() = Some((Instant::now(), pg.clone()));
+                self.global.failure.record(&pg);
                 self.fail_waiters(&pg);
                 Err(Error::Refused(pg))
             }
@@ -679,7 +745,7 @@ impl Pool {
                 to,
                 MeshMsg::Handoff {
                     pool: self.key.clone(),
-                    server: detached,
+                    server: Box::new(detached),
                 },
             ),
             Err(e) => {
@@ -701,8 +767,8 @@ impl Pool {
     }
 
     /// A server handed over by another shard.
-    pub fn adopt(self: &Rc<Self>, shard: &Rc<Shard>, detached: DetachedServer) {
-        match ServerConn::attach(detached) {
+    pub fn adopt(self: &Rc<Self>, shard: &Rc<Shard>, detached: Box<DetachedServer>) {
+        match ServerConn::attach(*detached) {
             Ok(server) => {
                 self.learn_welcome(&server);
                 self.place_here(shard, server);
@@ -755,6 +821,9 @@ impl Pool {
     /// Janitor work, every tick: timeouts, reserve pool, budget, steals,
     /// idle and lifetime limits.
     pub fn tick(self: &Rc<Self>, shard: &Rc<Shard>) {
+        if let Some(err) = self.recent_failure() {
+            self.fail_waiters(&err);
+        }
         self.expire_waiters();
         self.grant_budget();
         if !self.waiters.borrow().is_empty() {
@@ -805,7 +874,11 @@ impl Pool {
         if timeout.is_zero() {
             return;
         }
-        while let Some(w) = self.waiters.borrow().front().cloned() {
+        // (The front is cloned in its own statement: a borrow in the
+        // `while let` scrutinee would live through the body's pop.)
+        loop {
+            let front = self.waiters.borrow().front().cloned();
+            let Some(w) = front else { break };
             if w.since.elapsed() < timeout {
                 break;
             }
@@ -821,7 +894,9 @@ impl Pool {
         let s = self.settings.borrow();
         let (caps, after, reserve) = (s.caps(true), s.reserve_timeout, s.reserve);
         drop(s);
-        while let Some(w) = self.waiters.borrow().front().cloned() {
+        loop {
+            let front = self.waiters.borrow().front().cloned();
+            let Some(w) = front else { break };
             if reserve == 0 || w.since.elapsed() < after || !self.global.try_open(caps) {
                 break;
             }

@@ -31,8 +31,9 @@ pub enum MeshMsg {
     Handoff {
         /// The pool it belongs to.
         pool: PoolKey,
-        /// The connection, detached from the sender's reactor.
-        server: DetachedServer,
+        /// The connection, detached from the sender's reactor (boxed: it
+        /// is large and handoffs are rare).
+        server: Box<DetachedServer>,
     },
     /// "I have waiters for this pool and no budget: send me an idle server
     /// if you have one."
