@@ -16,7 +16,9 @@
 //! 4. The server's session parameters are made to match the client's
 //!    ([`server::params`]).
 //! 5. The relay ([`relay`]) moves bytes both ways in large runs, peeking
-//!    only at the tags that drive pooling.
+//!    only at the tags that drive pooling; named prepared statements are
+//!    renamed to per-statement server names and prepared on whichever server
+//!    the client lands on ([`prepared`]).
 //! 6. ReadyForQuery `I` with nothing outstanding ends the transaction: the
 //!    server goes back to the pool (or straight to a waiter, possibly on
 //!    another shard), and the latency lands in the shard's histograms
@@ -27,9 +29,9 @@
 //! # Rooms
 //! [`config`] settings, [`protocol`] sans-IO wire codec, [`runtime`] the only
 //! glommio code (shards, mesh, signals), [`listener`], [`client`], [`server`],
-//! [`pool`], [`relay`], [`auth`], [`admin`] console, [`stats`], [`metrics`]
-//! (Prometheus), [`janitor`], [`process`] (daemon, pidfile, privilege drop,
-//! logfile).
+//! [`pool`], [`relay`], [`prepared`] statements, [`auth`], [`admin`] console,
+//! [`stats`], [`metrics`] (Prometheus), [`janitor`], [`process`] (daemon,
+//! pidfile, privilege drop, logfile).
 
 #![warn(missing_docs, rust_2018_idioms)]
 

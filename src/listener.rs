@@ -261,13 +261,12 @@ fn admit(shard: &Rc<Shard>, stream: Stream) {
     crate::runtime::spawn(crate::client::serve(shard.clone(), stream));
 }
 
-/// PgBouncer's wording, so that people can tell our limit from PostgreSQL's.
+/// PgBouncer's wording, so that people can tell our limit from PostgreSQL's; the log line is
+/// PgBouncer's `pooler error: %s` (objects.c), which operators alert on.
 async fn refuse(mut stream: Stream) {
+    const WHY: &str = "no more connections allowed (max_client_conn)";
+    warn!(reason = WHY, "pooler error: {WHY}");
     let mut out = Vec::new();
-    PgError::fatal(
-        sqlstate::TOO_MANY_CONNECTIONS,
-        "no more connections allowed (max_client_conn)",
-    )
-    .encode(&mut out);
+    PgError::fatal(sqlstate::TOO_MANY_CONNECTIONS, WHY).encode(&mut out);
     let _ = write_all(&mut stream, &out).await;
 }

@@ -169,7 +169,8 @@ async fn login_inner(
     let params = prepare_params(shard, &pool, config, &startup).await?;
     greet(stream, info, &pool, &params).await?;
     pool.stats.record_login();
-    info!(db = %startup.database, user = %startup.user, "login attempt: db={} user={}", startup.database, startup.user);
+    // PgBouncer 1.18's `log_connections` wording (client.c), which operators grep for.
+    info!(db = %startup.database, user = %startup.user, tls = "no", "login attempt: db={} user={} tls=no", startup.database, startup.user);
     Ok(Some(LoggedIn::Pool {
         pool,
         params,
@@ -258,7 +259,9 @@ async fn authenticate(
         (AuthType::Trust | AuthType::Any, _) => true,
         (_, None) => {
             // Unknown user: still ask for a password so that probing cannot
-            // tell a missing user from a wrong password.
+            // tell a missing user from a wrong password. The log says which (as PgBouncer's
+            // `no such user: %s` does); the client never learns it.
+            info!(user, "no such user: {user}");
             ask_cleartext(stream, max).await?;
             false
         }

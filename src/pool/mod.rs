@@ -591,7 +591,13 @@ impl Pool {
                 let pg = e.to_client().unwrap_or_else(|| {
                     PgError::fatal(sqlstate::CONNECTION_FAILURE, "server login failed")
                 });
-                warn!(db = %self.key.db, user = %self.key.user, error = %e, "server connect failed");
+                // PgBouncer's reasons (server.c): an ErrorResponse at login is "login
+                // failed", anything before it "connect failed".
+                let reason = match &e {
+                    Error::Server(_) => "login failed",
+                    _ => "connect failed",
+                };
+                warn!(db = %self.key.db, user = %self.key.user, error = %e, reason, "closing because: {reason} (age=0s)");
                 self.global.failure.record(&pg);
                 self.fail_waiters(&pg);
                 Err(Error::Refused(pg))
@@ -657,8 +663,15 @@ impl Pool {
     pub fn release(self: &Rc<Self>, shard: &Rc<Shard>, mut server: ServerConn) {
         self.active.set(self.active.get().saturating_sub(1));
         server.meta.last_used = Instant::now();
-        if shard.admin.take_close_needed(server.meta.id) || self.is_expired(&server) {
-            self.close(shard, server, "server lifetime over or RECONNECT");
+        // PgBouncer's reasons: RECONNECT marks a server "obsolete connection".
+        let obsolete = shard.admin.take_close_needed(server.meta.id);
+        if obsolete || self.is_expired(&server) {
+            let reason = if obsolete {
+                "obsolete connection"
+            } else {
+                "server lifetime over"
+            };
+            self.close(shard, server, reason);
             return;
         }
         self.place(shard, server);
@@ -784,7 +797,7 @@ impl Pool {
     /// Closes a server for good (dirty, broken, expired) and passes its
     /// budget slot to the first local waiter.
     pub fn close(self: &Rc<Self>, _shard: &Rc<Shard>, server: ServerConn, reason: &str) {
-        info!(db = %self.key.db, user = %self.key.user, server = server.meta.id, reason, "closing server connection");
+        self.log_close(&server.meta, reason);
         drop(server);
         self.global.closed();
         self.publish_owned();
@@ -805,6 +818,13 @@ impl Pool {
                 w.give(Grant::Budget);
             }
         }
+    }
+
+    /// PgBouncer's `log_disconnections` line (objects.c `disconnect_server`), which operators
+    /// alert on, with our fields beside it.
+    fn log_close(&self, server: &server::ServerMeta, reason: &str) {
+        let age = server.created.elapsed().as_secs();
+        info!(db = %self.key.db, user = %self.key.user, server = server.id, reason, age, "closing because: {reason} (age={age}s)");
     }
 
     /// Closes every idle server (shutdown, RECONNECT).
@@ -919,6 +939,13 @@ impl Pool {
                 && open > min;
             let old = !lifetime.is_zero() && srv.meta.created.elapsed() > lifetime;
             if stale || old {
+                // janitor.c's reasons for the same two cases.
+                let reason = if old {
+                    "server lifetime over"
+                } else {
+                    "server idle timeout"
+                };
+                self.log_close(&srv.meta, reason);
                 self.global.closed();
             }
             !(stale || old)
@@ -961,7 +988,8 @@ impl Pool {
     fn abandon(self: &Rc<Self>, shard: &Rc<Shard>, waiter: &Rc<Waiter>) {
         self.waiters.borrow_mut().retain(|w| !Rc::ptr_eq(w, waiter));
         self.set_waiting_counter();
-        match waiter.grant.borrow_mut().take() {
+        let grant = waiter.grant.borrow_mut().take();
+        match grant {
             Some(Grant::Server(s)) => {
                 self.active.set(self.active.get().saturating_sub(1));
                 self.place(shard, s);

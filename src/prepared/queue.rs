@@ -12,6 +12,11 @@
 //! `ignore_till_sync`), simple Queries included; [`Queue::skip_to_sync`]
 //! drops the same entries and hands them back so their effects can be
 //! undone.
+//!
+//! Known gap: a simple Query pipelined behind a failed extended message
+//! before its Sync is skipped by the server, and the relay's count of owed
+//! ReadyForQuery messages does not learn that (libpq and the drivers never
+//! send a Query inside an unsynced extended batch).
 
 use std::collections::VecDeque;
 

@@ -71,10 +71,6 @@ pub struct Rewriter<'a> {
     pub stats: &'a PoolStats,
 }
 
-fn bump(c: &std::cell::Cell<u64>) {
-    c.set(c.get().wrapping_add(1));
-}
-
 impl Rewriter<'_> {
     /// Handles the client message at `at` (`total` bytes, maybe not all
     /// buffered yet) in `splice`. Local replies that are due go to
@@ -126,7 +122,7 @@ impl Rewriter<'_> {
             _ => return Ok(Action::NeedMore),
         }
         let p = frontend::parse(body)?;
-        bump(&self.stats.client_parses);
+        self.stats.record_client_parse();
         let out = splice.replace(at, at + total);
         if self.client.contains(p.name) {
             build::describe(out, b'S', PROBE_NAME);
@@ -158,7 +154,7 @@ impl Rewriter<'_> {
         }
         build::parse_raw(out, &st.name, &st.rest);
         self.lru.insert(st.id);
-        bump(&self.stats.server_parses);
+        self.stats.record_server_parse();
     }
 
     /// Makes sure the server has `st` before a message that uses it.
@@ -186,7 +182,7 @@ impl Rewriter<'_> {
         if stmt.is_empty() {
             return Ok(self.forward(Req::Bind));
         }
-        bump(&self.stats.binds);
+        self.stats.record_bind();
         let Some(st) = self.client.get(stmt).cloned() else {
             return Ok(self.forward(Req::Bind)); // the server says 26000
         };

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use tracing::debug;
+use tracing::{debug, info};
 
 pub use params::{ClientParams, ServerParams};
 
@@ -268,7 +268,12 @@ pub async fn connect(cs: &ConnectSettings, id: u64) -> Result<ServerConn> {
     if let Some(q) = cs.connect_query.as_deref() {
         conn.simple_query(q).await?;
     }
-    debug!(server = id, pid = conn.pid(), %addr, "server connection ready");
+    // PgBouncer's `log_connections` line (objects.c); "from" is our end of the socket.
+    let from = conn
+        .meta
+        .local_addr
+        .map_or_else(|| "unix socket".to_owned(), |a| a.to_string());
+    info!(server = id, pid = conn.pid(), %addr, "new connection to server (from {from})");
     Ok(conn)
 }
 

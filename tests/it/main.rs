@@ -16,3 +16,4 @@ mod load;
 mod pool;
 mod prepared;
 mod protocol;
+mod restart;
