@@ -111,6 +111,9 @@ pub struct ConnRow {
     pub remote_pid: u32,
     /// application_name.
     pub app_name: String,
+    /// prepared_statements: the client's mapped names, or the statements
+    /// the server has prepared.
+    pub prepared: usize,
 }
 
 /// Merges pool reports of many shards by (database, user), sorted.
@@ -254,6 +257,7 @@ fn client_row(c: &ClientInfo) -> ConnRow {
         link: c.linked.borrow().as_ref().map(|l| l.server_id),
         remote_pid: 0,
         app_name: c.app_name.borrow().clone(),
+        prepared: c.prepared_statements.get(),
     }
 }
 
@@ -266,8 +270,8 @@ fn linked_server_row(shard: &Shard, key: &PoolKey, c: &ClientInfo) -> Option<Con
         db: key.db.to_string(),
         state: "active",
         addr: Some(l.addr),
-        local: None,
-        connect_time: None,
+        local: l.local_addr,
+        connect_time: Some(l.connect_time),
         request_time: Some(wall(c.request_time.get())),
         wait: Duration::ZERO,
         close_needed: shard.admin.close_needed(l.server_id),
@@ -275,6 +279,7 @@ fn linked_server_row(shard: &Shard, key: &PoolKey, c: &ClientInfo) -> Option<Con
         link: Some(c.id),
         remote_pid: l.backend_key.pid,
         app_name: c.app_name.borrow().clone(),
+        prepared: l.prepared,
     })
 }
 
@@ -295,6 +300,7 @@ fn idle_server_rows(shard: &Shard, key: &PoolKey, pool: &Pool, out: &mut Vec<Con
             link: None,
             remote_pid: s.meta.backend_key.pid,
             app_name: String::new(),
+            prepared: s.meta.prepared.len(),
         })
     });
 }

@@ -141,7 +141,7 @@ fn socket_row(c: &ConnRow) -> Vec<Option<String>> {
         v(c.remote_pid),
         v(""),
         v(&c.app_name),
-        v(0),
+        v(c.prepared),
         v(c.id),
     ]
 }

@@ -50,6 +50,12 @@ pub struct Linked {
     pub addr: SocketAddr,
     /// The backend's real cancel key.
     pub backend_key: CancelKey,
+    /// Our end of the server connection.
+    pub local_addr: Option<SocketAddr>,
+    /// When the server connection was opened.
+    pub connect_time: SystemTime,
+    /// Statements prepared on it (at link time).
+    pub prepared: usize,
 }
 
 /// What the shard knows about one of its client sessions.
@@ -109,6 +115,9 @@ impl ClientInfo {
             server_id: server.meta.id,
             addr: server.meta.addr,
             backend_key: server.meta.backend_key,
+            local_addr: server.meta.local_addr,
+            connect_time: server.meta.connect_time,
+            prepared: server.meta.prepared.len(),
         });
         self.state.set(ClientState::Active);
     }
