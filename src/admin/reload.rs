@@ -165,7 +165,7 @@ pub fn validate_on_shard(
             warn!(db = %key.db, "database removed by RELOAD; its clients keep their pool");
             continue;
         }
-        let s = ConnectSettings::resolve(&config, key, None);
+        let s = ConnectSettings::resolve(&config, key, Default::default());
         if s.addrs.is_empty() {
             return Err(format!(
                 "database {}: host {:?} does not resolve",

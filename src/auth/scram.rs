@@ -202,6 +202,23 @@ impl fmt::Debug for Verifier {
     }
 }
 
+/// What SCRAM pass-through logs into PostgreSQL with: the ClientKey a client's proof revealed
+/// and the ServerKey of the verifier it was checked against (see [`ScramClient::with_keys`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct PassThroughKeys {
+    /// ClientKey, from [`ScramServer::client_key`].
+    pub client_key: [u8; 32],
+    /// The verifier's ServerKey.
+    pub server_key: [u8; 32],
+}
+
+// Keys are credentials: never print them.
+impl fmt::Debug for PassThroughKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PassThroughKeys(<redacted>)")
+    }
+}
+
 /// Server side of the exchange (pgring authenticating a client).
 ///
 /// Call [`handle_client_first`](Self::handle_client_first) with the

@@ -3,7 +3,7 @@
 //! SSLRequest and GSSENCRequest are answered `N` (TLS comes later); a
 //! CancelRequest is routed and the connection closed; a StartupMessage names
 //! the database and user. The client authenticates against pgring's auth
-//! file (trust, plain, md5 or SCRAM-SHA-256), then is greeted with its
+//! file or `auth_query` (trust, plain, md5 or SCRAM-SHA-256), then is greeted with its
 //! pool's server parameters overlaid with its own, a cancel key that pgring
 //! owns, and ReadyForQuery. The whole phase runs under `client_login_timeout`.
 
@@ -13,7 +13,7 @@ use std::sync::Arc;
 use tracing::{info, warn};
 
 use super::ClientInfo;
-use crate::auth::scram::{ScramServer, Verifier, SCRAM_SHA_256};
+use crate::auth::scram::{PassThroughKeys, ScramServer, Verifier, SCRAM_SHA_256};
 use crate::auth::userlist::Secret;
 use crate::auth::{md5, scram};
 use crate::config::{AuthType, Config};
@@ -158,13 +158,17 @@ async fn login_inner(
             format!("database \"{}\" does not exist", startup.database),
         ));
     };
-    authenticate(shard, stream, config, &startup.user).await?;
+    let db_name = Some(startup.database.as_str());
+    let keys = authenticate(shard, stream, config, &startup.user, db_name).await?;
     let slots = take_client_slots(shard, config, &startup.database, &startup.user)?;
     let server_user = db.user.clone().unwrap_or_else(|| startup.user.clone());
     let key = PoolKey {
         db: startup.database.as_str().into(),
         user: server_user.as_str().into(),
     };
+    if let Some(keys) = keys.filter(|_| server_user == startup.user) {
+        super::auth_query::remember_keys(shard, &key, keys);
+    }
     let pool = shard.pool(&key);
     let params = prepare_params(shard, &pool, config, &startup).await?;
     greet(stream, info, &pool, &params).await?;
@@ -245,15 +249,25 @@ fn decode_startup(params: Vec<(String, String)>) -> Result<Startup> {
     })
 }
 
-/// Authenticates the client as `user` according to `auth_type`.
+/// Authenticates the client as `user` according to `auth_type`, against the auth file or,
+/// for a user missing there, `auth_query` on database entry `db`. Returns the pass-through
+/// keys when the client proved itself with SCRAM against a verifier.
 async fn authenticate(
     shard: &Rc<Shard>,
     stream: &mut Stream,
     config: &Config,
     user: &str,
-) -> Result<()> {
-    let userlist = shard.userlist();
-    let secret = userlist.get(user);
+    db: Option<&str>,
+) -> Result<Option<PassThroughKeys>> {
+    let found = match (shard.userlist().get(user), db) {
+        (Some(s), _) => Some(s.clone()),
+        (None, Some(db)) if config.general.auth_type.needs_secret() => {
+            super::auth_query::lookup(shard, config, db, user).await?
+        }
+        (None, _) => None,
+    };
+    let secret = found.as_ref();
+    let mut keys = None;
     let max = config.general.max_packet_size;
     let ok = match (config.general.auth_type, secret) {
         (AuthType::Trust | AuthType::Any, _) => true,
@@ -268,12 +282,18 @@ async fn authenticate(
         (AuthType::Plain, Some(s)) => check_plain(s, user, &ask_cleartext(stream, max).await?),
         (AuthType::Md5, Some(Secret::Scram(v)))
         | (AuthType::ScramSha256, Some(Secret::Scram(v))) => {
-            scram_exchange(stream, v.clone(), max).await?
+            let client_key = scram_exchange(stream, v.clone(), max).await?;
+            keys = client_key.map(|client_key| PassThroughKeys {
+                client_key,
+                server_key: v.server_key,
+            });
+            client_key.is_some()
         }
         (AuthType::Md5, Some(s)) => md5_exchange(stream, s, user, max).await?,
         (AuthType::ScramSha256, Some(Secret::Plain(p))) => {
             let salt: [u8; 16] = rand::random();
-            scram_exchange(stream, Verifier::from_password(p, &salt, 4096), max).await?
+            let verifier = Verifier::from_password(p, &salt, 4096);
+            scram_exchange(stream, verifier, max).await?.is_some()
         }
         (AuthType::ScramSha256, Some(Secret::Md5(_))) => false,
         (other, _) => {
@@ -292,7 +312,10 @@ async fn authenticate(
     }
     let mut out = Vec::new();
     build::auth_ok(&mut out);
-    rio::write_all(stream, &out).await.map_err(Error::ClientIo)
+    rio::write_all(stream, &out)
+        .await
+        .map_err(Error::ClientIo)?;
+    Ok(keys)
 }
 
 async fn read_password_message(stream: &mut Stream, max: u32) -> Result<Message> {
@@ -349,7 +372,12 @@ async fn md5_exchange(stream: &mut Stream, secret: &Secret, user: &str, max: u32
     Ok(md5::verify_md5_response(secret, user, salt, response))
 }
 
-async fn scram_exchange(stream: &mut Stream, verifier: Verifier, max: u32) -> Result<bool> {
+/// `Some(ClientKey)` when the client's proof was good, `None` when it was wrong.
+async fn scram_exchange(
+    stream: &mut Stream,
+    verifier: Verifier,
+    max: u32,
+) -> Result<Option<[u8; 32]>> {
     let mut out = Vec::new();
     build::auth_sasl(&mut out, SCRAM_SHA_256);
     rio::write_all(stream, &out)
@@ -380,9 +408,9 @@ async fn scram_exchange(stream: &mut Stream, verifier: Verifier, max: u32) -> Re
             rio::write_all(stream, &out)
                 .await
                 .map_err(Error::ClientIo)?;
-            Ok(true)
+            Ok(server.client_key())
         }
-        Err(scram::ScramError::BadProof) => Ok(false),
+        Err(scram::ScramError::BadProof) => Ok(None),
         Err(e) => Err(sasl_error(e)),
     }
 }
@@ -470,7 +498,7 @@ async fn admin_login(
     if own_user {
         build::auth_ok(&mut out);
     } else {
-        authenticate(shard, stream, config, user).await?;
+        authenticate(shard, stream, config, user, None).await?;
     }
     let is_admin = own_user || config.general.admin_users.iter().any(|u| u == user);
     let is_stats = config.general.stats_users.iter().any(|u| u == user);

@@ -7,6 +7,7 @@
 //! `pool`. [`ClientInfo`] is the part of a session that the rest of the shard
 //! may see (console rows, cancel routing, KILL).
 
+pub mod auth_query;
 pub mod cancel;
 pub mod login;
 
@@ -233,13 +234,32 @@ async fn goodbye(shard: &Rc<Shard>, info: &ClientInfo, stream: &mut Stream, e: &
         )),
         (None, e) => e.to_client(),
     };
-    info!(error = %e, "closing because: {}", reason.as_deref().unwrap_or(&e.to_string()));
+    let age = info.connect_time.elapsed().unwrap_or_default().as_secs();
+    let why = reason.unwrap_or_else(|| log_reason(e));
+    info!(error = %e, age, "closing because: {why} (age={age}s)");
+    if let Some(pg) = &pg {
+        if !matches!(e, Error::ClientClosed | Error::ClientIo(_)) {
+            info!(code = %pg.code, "pooler error: {}", pg.message);
+        }
+    }
     if let Some(pg) = pg {
         let mut out = Vec::new();
         pg.encode(&mut out);
         let _ = rio::write_all(stream, &out).await;
     }
     let _ = shard;
+}
+
+/// The reason in PgBouncer's words where operators alert on them
+/// (client.c): a failed login is "password authentication failed", not
+/// the text sent to the client.
+fn log_reason(e: &Error) -> String {
+    match e {
+        Error::Refused(pg) if pg.code == crate::error::sqlstate::INVALID_PASSWORD => {
+            "password authentication failed".to_owned()
+        }
+        e => e.to_string(),
+    }
 }
 
 /// A logged-in client of a normal pool.
@@ -432,8 +452,11 @@ impl Session {
                 let _ =
                     crate::server::send_cancel(addr, key, std::time::Duration::from_secs(5)).await;
             });
-            self.pool
-                .close_leased(&self.shard, server, "client disconnected mid-query");
+            self.pool.close_leased(
+                &self.shard,
+                server,
+                "client disconnect while server was not ready",
+            );
             return;
         }
         let needs_reset = s.mode == PoolMode::Session || s.reset_always;

@@ -43,7 +43,7 @@ use crate::config::{Config, PoolMode};
 use crate::error::{sqlstate, Error, PgError, Result};
 use crate::runtime::mesh::MeshMsg;
 use crate::runtime::{self, Shard};
-use crate::server::{self, ConnectSettings, DetachedServer, ServerConn};
+use crate::server::{self, ConnectSettings, DetachedServer, ServerConn, ServerCredentials};
 
 /// The ParameterStatus set clients of a pool are greeted with.
 pub type Welcome = Rc<Vec<(String, String)>>;
@@ -289,10 +289,10 @@ impl PoolSettings {
     }
 
     /// Resolves the settings of `key` from `config`.
-    pub fn resolve(config: &Config, key: &PoolKey, password: Option<String>) -> PoolSettings {
+    pub fn resolve(config: &Config, key: &PoolKey, creds: ServerCredentials) -> PoolSettings {
         let g = &config.general;
         let db = config.database(&key.db);
-        let connect = ConnectSettings::resolve(config, key, password);
+        let connect = ConnectSettings::resolve(config, key, creds);
         PoolSettings {
             mode: config.pool_mode(&key.db, &key.user),
             size: config.pool_size(&key.db, &key.user),
@@ -1017,17 +1017,28 @@ impl Drop for WaitGuard {
     }
 }
 
-/// The password pgring logs into PostgreSQL with for `key`: the database
-/// entry's `password`, else the user's secret from the auth file (plain or
-/// md5; a SCRAM verifier cannot log in by itself).
-fn server_password(shard: &Shard, config: &Config, key: &PoolKey) -> Option<String> {
+/// What pgring logs into PostgreSQL with for `key`: the database entry's
+/// `password`, else the user's secret from the auth file or auth_query (plain
+/// or md5). A SCRAM verifier cannot log in by itself: then the keys of a
+/// client's SCRAM login to this pool are used (pass-through), if any yet.
+fn server_password(shard: &Shard, config: &Config, key: &PoolKey) -> ServerCredentials {
     if let Some(p) = config.database(&key.db).and_then(|d| d.password.clone()) {
-        return Some(p);
+        return ServerCredentials {
+            password: Some(p),
+            scram_keys: None,
+        };
     }
     use crate::auth::userlist::Secret;
-    match shard.userlist().get(&key.user) {
-        Some(Secret::Plain(p)) | Some(Secret::Md5(p)) => Some(p.clone()),
-        _ => None,
+    let secret = shard.userlist().get(&key.user).cloned();
+    match secret.or_else(|| shard.auth_cache.server_secret(key)) {
+        Some(Secret::Plain(p)) | Some(Secret::Md5(p)) => ServerCredentials {
+            password: Some(p),
+            scram_keys: None,
+        },
+        _ => ServerCredentials {
+            password: None,
+            scram_keys: shard.auth_cache.keys(key),
+        },
     }
 }
 

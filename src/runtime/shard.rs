@@ -211,6 +211,8 @@ pub struct Shard {
     pub paused: Cell<bool>,
     /// Shutdown mode, once one began.
     pub stopping: Cell<Option<Control>>,
+    /// Secrets from auth_query and SCRAM pass-through keys (login-time only).
+    pub auth_cache: crate::client::auth_query::AuthCache,
     /// Wakes tasks waiting for RESUME or for the shard to stop.
     pub state_changed: crate::pool::Notify,
 }
@@ -230,6 +232,7 @@ impl Shard {
     pub fn apply_config(&self, config: Arc<Config>, userlist: Arc<UserList>) {
         *self.config.borrow_mut() = config;
         *self.userlist.borrow_mut() = userlist;
+        self.auth_cache.expire();
         for pool in self.pools.borrow().values() {
             pool.reconfigure(self);
         }
@@ -337,6 +340,7 @@ pub async fn run_shard(
         next_id: Cell::new(0),
         paused: Cell::new(false),
         stopping: Cell::new(None),
+        auth_cache: Default::default(),
         state_changed: crate::pool::Notify::default(),
     });
     let _ = slot.set(shard.clone());

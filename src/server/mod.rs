@@ -27,6 +27,15 @@ use crate::protocol::{build, tag};
 use crate::runtime::{self, io as rio, Stream};
 use crate::wire::{read_message, small_buf, Message, ReadError};
 
+/// What pgring knows to log into PostgreSQL as a pool's user.
+#[derive(Debug, Clone, Default)]
+pub struct ServerCredentials {
+    /// Plain password or md5 secret.
+    pub password: Option<String>,
+    /// Keys from a client's SCRAM login (pass-through).
+    pub scram_keys: Option<scram::PassThroughKeys>,
+}
+
 /// How to reach and log into PostgreSQL for one pool.
 #[derive(Debug, Clone)]
 pub struct ConnectSettings {
@@ -42,6 +51,8 @@ pub struct ConnectSettings {
     pub user: String,
     /// Password (plain or md5 secret), if any.
     pub password: Option<String>,
+    /// SCRAM pass-through keys, used when no password is known.
+    pub scram_keys: Option<scram::PassThroughKeys>,
     /// server_connect_timeout.
     pub connect_timeout: Duration,
     /// connect_query, run once after login.
@@ -52,7 +63,7 @@ pub struct ConnectSettings {
 
 impl ConnectSettings {
     /// Resolves from the database entry of `key`.
-    pub fn resolve(config: &Config, key: &PoolKey, password: Option<String>) -> Self {
+    pub fn resolve(config: &Config, key: &PoolKey, creds: ServerCredentials) -> Self {
         let db = config.database(&key.db);
         let host = db
             .and_then(|d| d.host.clone())
@@ -66,7 +77,8 @@ impl ConnectSettings {
                 .and_then(|d| d.dbname.clone())
                 .unwrap_or_else(|| key.db.to_string()),
             user: key.user.to_string(),
-            password,
+            password: creds.password,
+            scram_keys: creds.scram_keys,
             connect_timeout: config.general.server_connect_timeout.duration(),
             connect_query: db.and_then(|d| d.connect_query.clone()),
             max_packet: config.general.max_packet_size,
@@ -359,7 +371,11 @@ impl ClientAuth {
                 if !AuthRequest::offers(mechs, scram::SCRAM_SHA_256) {
                     return Err(unsupported_auth("SASL without SCRAM-SHA-256"));
                 }
-                let mut client = scram::ScramClient::new(self.password(cs)?);
+                // Pass-through (PgBouncer's scram_client_key) when only a verifier is known.
+                let mut client = match (&cs.password, cs.scram_keys) {
+                    (None, Some(k)) => scram::ScramClient::with_keys(k.client_key, k.server_key),
+                    _ => scram::ScramClient::new(self.password(cs)?),
+                };
                 build::sasl_initial_response(
                     &mut out,
                     scram::SCRAM_SHA_256,

@@ -9,6 +9,7 @@ mod common;
 
 mod admin;
 mod auth;
+mod authquery;
 mod core;
 mod dropin;
 mod fixture;
