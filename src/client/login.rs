@@ -27,6 +27,10 @@ use crate::runtime::{Shard, Stream};
 use crate::server::ClientParams;
 use crate::wire::{read_message, small_buf, Message, ReadError};
 
+/// Largest password / SASL message accepted (PostgreSQL's
+/// PG_MAX_AUTH_TOKEN_LENGTH).
+const MAX_AUTH_MESSAGE: u32 = 65_535;
+
 /// Names under which the admin console is reachable.
 pub const ADMIN_DBS: [&str; 2] = ["pgbouncer", "pgring"];
 
@@ -268,7 +272,10 @@ async fn authenticate(
     };
     let secret = found.as_ref();
     let mut keys = None;
-    let max = config.general.max_packet_size;
+    // Before authentication a client gets no more room than PostgreSQL
+    // gives an auth message (PG_MAX_AUTH_TOKEN_LENGTH), whatever
+    // max_packet_size allows once it is in.
+    let max = config.general.max_packet_size.min(MAX_AUTH_MESSAGE);
     let ok = match (config.general.auth_type, secret) {
         (AuthType::Trust | AuthType::Any, _) => true,
         (_, None) => {

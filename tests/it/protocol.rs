@@ -106,3 +106,22 @@ async fn ssl_and_gssenc_requests_are_declined_with_n() {
         assert_eq!(client.query_value("SELECT 1").await.as_deref(), Some("1"));
     }
 }
+
+/// Before it has authenticated, a client cannot make pgring buffer a huge message: a password
+/// message announcing 100 MB (max_packet_size is 2 GB by default) is refused at once with 08P01.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_password_message_before_auth_is_08p01() {
+    let pgring = Pgring::start(&config_for("transaction", 2, 2, "auth_type = \"md5\""));
+    let mut client = Wire::connect(pgring.port).await;
+    client
+        .send(&wire::startup(&[("user", "md5_user"), ("database", "app")]))
+        .await;
+    let challenge = client.recv().await.expect("an authentication request");
+    assert_eq!(challenge.tag, b'R', "md5 challenge expected first");
+    let mut frame = b"p".to_vec();
+    frame.extend_from_slice(&100_000_000u32.to_be_bytes());
+    frame.extend_from_slice(b"md5");
+    client.send_lossy(&frame).await;
+    let error = client.expect_error_and_close().await;
+    assert_eq!(error.code(), "08P01", "{error}");
+}
