@@ -155,17 +155,27 @@ fn remove_stale(path: &Path) -> io::Result<()> {
             "exists and is not a socket",
         ));
     }
-    match std::os::unix::net::UnixStream::connect(path) {
-        Ok(_) => Err(io::Error::new(
-            io::ErrorKind::AddrInUse,
-            "another process is accepting on this unix socket",
-        )),
-        Err(_) => {
+    // A process that just died can leave its listening socket alive for a
+    // few milliseconds (io_uring tears its rings down asynchronously, and the
+    // backlog still takes connections meanwhile), so only a socket that keeps
+    // accepting for a while counts as live.
+    for attempt in 0..STALE_CHECKS {
+        if std::os::unix::net::UnixStream::connect(path).is_err() {
             warn!(path = %path.display(), "removing stale unix socket");
-            std::fs::remove_file(path)
+            return std::fs::remove_file(path);
+        }
+        if attempt + 1 < STALE_CHECKS {
+            std::thread::sleep(std::time::Duration::from_millis(100));
         }
     }
+    Err(io::Error::new(
+        io::ErrorKind::AddrInUse,
+        "another process is accepting on this unix socket",
+    ))
 }
+
+/// Connection attempts (100 ms apart) before a unix socket counts as live.
+const STALE_CHECKS: u32 = 5;
 
 fn chgrp(path: &Path, group: &str) -> io::Result<()> {
     let gid = crate::process::group_id(group)?;
