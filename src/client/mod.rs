@@ -325,6 +325,12 @@ impl Session {
                 return Err(self.closed());
             }
         }
+        // A Terminate between transactions needs no server (PgBouncer does
+        // not lease one either): the session simply ends.
+        if buf.bytes[0] == crate::protocol::tag::TERMINATE {
+            self.shard.bufs.give(buf);
+            return Err(self.closed());
+        }
         Ok(buf)
     }
 
