@@ -102,11 +102,12 @@ pub async fn connections(shard: &Rc<Shard>, out: &mut Vec<u8>, servers: bool) {
         Ok(r) => r,
         Err(e) => return rows::error(out, e.to_string()),
     };
+    let unix_port = shard.config().general.listen_port;
     let mut rs = ResultSet::new(out, SOCKET_COLUMNS);
     for r in &reports {
         let list = if servers { &r.servers } else { &r.clients };
         for c in list {
-            rs.row(&socket_row(c));
+            rs.row(&socket_row(c, unix_port));
         }
     }
     rs.finish();
@@ -118,19 +119,32 @@ fn ptr(id: u64) -> String {
     format!("{id:#x}")
 }
 
-fn socket_row(c: &ConnRow) -> Vec<Option<String>> {
+/// A client with no IP address came over the unix socket: PgBouncer shows
+/// it as addr `unix` with the listen port.
+fn socket_row(c: &ConnRow, unix_port: u16) -> Vec<Option<String>> {
     let ip = |a: Option<std::net::SocketAddr>| a.map(|a| a.ip().to_string());
     let port = |a: Option<std::net::SocketAddr>| v(a.map_or(0, |a| a.port()));
+    let unix = c.kind == "C" && c.addr.is_none();
+    let (addr, addr_port) = if unix {
+        (v("unix"), v(unix_port))
+    } else {
+        (ip(c.addr), port(c.addr))
+    };
+    let (local, local_port) = if unix {
+        (v("unix"), v(unix_port))
+    } else {
+        (ip(c.local), port(c.local))
+    };
     vec![
         v(c.kind),
         v(&c.user),
         v(&c.db),
         v("none"),
         v(c.state),
-        ip(c.addr),
-        port(c.addr),
-        ip(c.local),
-        port(c.local),
+        addr,
+        addr_port,
+        local,
+        local_port,
         time(c.connect_time),
         time(c.request_time),
         v(c.wait.as_secs()),
