@@ -100,6 +100,14 @@ impl Pgring {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+        // The port can answer before this process does: a pgring that just
+        // died on the same port keeps its listeners for a few milliseconds
+        // while io_uring tears down, and SO_REUSEPORT lets both be bound. So
+        // also wait for this process to say its shards listen (if it logs).
+        while !self.log().contains("listening") && Instant::now() < deadline {
+            self.assert_running();
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
