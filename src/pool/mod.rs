@@ -23,27 +23,32 @@
 //! at client exit (session mode, after the reset query). Drop of a
 //! [`ServerConn`] is only a safety net: it closes the socket.
 
+pub mod global;
+mod handoff;
 pub mod notify;
+pub mod settings;
+mod upkeep;
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-use crossbeam::utils::CachePadded;
 use tracing::{info, warn};
 
+pub use global::{Caps, Counter, Full, GlobalPool, ShardCounts};
 pub use notify::Notify;
+pub use settings::PoolSettings;
+pub use upkeep::evict_idle;
 
 use crate::config::{Config, PoolMode};
 use crate::error::{sqlstate, Error, PgError, Result};
-use crate::runtime::mesh::MeshMsg;
-use crate::runtime::{self, Shard};
-use crate::server::{self, ConnectSettings, DetachedServer, ServerConn, ServerCredentials};
+use crate::runtime::Shard;
+use crate::server::{self, ServerConn, ServerCredentials};
 
 /// The ParameterStatus set clients of a pool are greeted with.
 pub type Welcome = Rc<Vec<(String, String)>>;
@@ -56,265 +61,6 @@ pub struct PoolKey {
     pub db: Arc<str>,
     /// Server login user.
     pub user: Arc<str>,
-}
-
-/// Per-shard counters that other shards read.
-#[derive(Debug, Default)]
-pub struct ShardCounts {
-    /// Idle servers on that shard.
-    pub idle: AtomicU32,
-    /// Clients waiting on that shard.
-    pub waiting: AtomicU32,
-    /// Servers that shard holds (leased + idle), for rebalancing.
-    pub owned: AtomicU32,
-}
-
-/// A process-wide counter with a cap, taken and returned without locks.
-#[derive(Debug, Default)]
-pub struct Counter(AtomicU32);
-
-impl Counter {
-    /// Takes one unit if fewer than `limit` are taken (`limit` 0 = no cap).
-    pub fn try_take(&self, limit: u32) -> bool {
-        self.0
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (limit == 0 || n < limit).then_some(n + 1)
-            })
-            .is_ok()
-    }
-
-    /// Returns one unit.
-    pub fn give(&self) {
-        let _ = self
-            .0
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                Some(n.saturating_sub(1))
-            });
-    }
-
-    /// Units taken now.
-    pub fn get(&self) -> u32 {
-        self.0.load(Ordering::Acquire)
-    }
-}
-
-/// The caps a server connection counts against: its pool's size (plus
-/// reserve once that opened), `max_db_connections`, `max_user_connections`.
-#[derive(Debug, Clone, Copy)]
-pub struct Caps {
-    /// Pool size (or pool + reserve).
-    pub pool: u32,
-    /// max_db_connections (0 = none).
-    pub db: u32,
-    /// max_user_connections (0 = none).
-    pub user: u32,
-}
-
-/// Which cap refused a new server connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Full {
-    /// The pool's own size.
-    Pool,
-    /// max_db_connections: an idle server of another user of this
-    /// database may be closed to make room (PgBouncer's evict_connection).
-    Db,
-    /// max_user_connections: likewise for another database of this user.
-    User,
-}
-
-/// The last failed server login of a pool, shared by its shards so that
-/// fail-fast (`server_login_retry`) holds on every shard. Read with one
-/// atomic load; the mutex is touched only when a login fails or a client
-/// is about to be refused.
-#[derive(Debug)]
-struct LastFailure {
-    born: Instant,
-    /// Milliseconds since `born` + 1 of the failure; 0 = none.
-    at: AtomicU64,
-    error: Mutex<Option<PgError>>,
-}
-
-impl LastFailure {
-    fn now_ms(&self) -> u64 {
-        self.born.elapsed().as_millis() as u64 + 1
-    }
-
-    fn record(&self, e: &PgError) {
-        if let Ok(mut slot) = self.error.lock() {
-            *slot = Some(e.clone());
-        }
-        self.at.store(self.now_ms(), Ordering::Release);
-    }
-
-    fn clear(&self) {
-        if self.at.load(Ordering::Relaxed) != 0 {
-            self.at.store(0, Ordering::Release);
-        }
-    }
-
-    fn recent(&self, within: Duration) -> Option<PgError> {
-        let at = self.at.load(Ordering::Acquire);
-        if at == 0 || self.now_ms().saturating_sub(at) >= within.as_millis() as u64 {
-            return None;
-        }
-        self.error.lock().ok().and_then(|e| e.clone())
-    }
-}
-
-/// What all shards share about one pool.
-#[derive(Debug)]
-pub struct GlobalPool {
-    open: Counter,
-    failure: LastFailure,
-    db: Arc<Counter>,
-    user: Arc<Counter>,
-    shards: Vec<CachePadded<ShardCounts>>,
-}
-
-impl GlobalPool {
-    /// A pool for `workers` shards, counting also against its database's
-    /// and user's process-wide server counters.
-    pub fn new(workers: usize, db: Arc<Counter>, user: Arc<Counter>) -> Self {
-        GlobalPool {
-            open: Counter::default(),
-            failure: LastFailure {
-                born: Instant::now(),
-                at: AtomicU64::new(0),
-                error: Mutex::new(None),
-            },
-            db,
-            user,
-            shards: (0..workers)
-                .map(|_| CachePadded::new(ShardCounts::default()))
-                .collect(),
-        }
-    }
-
-    /// Takes one server slot if every cap allows it (all or nothing). A pool
-    /// cap of 0 means no server may open (PgBouncer's pool_size = 0).
-    pub fn try_open(&self, caps: Caps) -> bool {
-        self.try_open_why(caps).is_ok()
-    }
-
-    /// [`GlobalPool::try_open`], saying which cap refused.
-    pub fn try_open_why(&self, caps: Caps) -> Result<(), Full> {
-        if caps.pool == 0 || !self.open.try_take(caps.pool) {
-            return Err(Full::Pool);
-        }
-        if !self.db.try_take(caps.db) {
-            self.open.give();
-            return Err(Full::Db);
-        }
-        if !self.user.try_take(caps.user) {
-            self.db.give();
-            self.open.give();
-            return Err(Full::User);
-        }
-        Ok(())
-    }
-
-    /// Returns a server slot.
-    pub fn closed(&self) {
-        self.open.give();
-        self.db.give();
-        self.user.give();
-    }
-
-    /// Server connections open (or opening) across all shards.
-    pub fn open_count(&self) -> u32 {
-        self.open.get()
-    }
-
-    /// Counters of shard `i`.
-    pub fn shard(&self, i: usize) -> &ShardCounts {
-        &self.shards[i]
-    }
-
-    /// Shards other than `me` with waiters.
-    fn shard_waiting(&self, me: usize) -> Option<usize> {
-        (0..self.shards.len())
-            .find(|&i| i != me && self.shards[i].waiting.load(Ordering::Relaxed) > 0)
-    }
-}
-
-/// Effective settings of a pool, resolved from the configuration.
-#[derive(Debug, Clone)]
-pub struct PoolSettings {
-    /// session / transaction / statement.
-    pub mode: PoolMode,
-    /// pool_size.
-    pub size: u32,
-    /// reserve_pool_size.
-    pub reserve: u32,
-    /// max_db_connections (0 = none).
-    pub max_db: u32,
-    /// max_user_connections (0 = none).
-    pub max_user: u32,
-    /// server_check_delay: an idle server older than this is checked.
-    pub check_delay: Duration,
-    /// server_check_query (`None`: no check; `Some("")`: empty query).
-    pub check_query: Option<String>,
-    /// min_pool_size.
-    pub min: u32,
-    /// reserve_pool_timeout.
-    pub reserve_timeout: Duration,
-    /// query_wait_timeout (zero: wait forever).
-    pub query_wait_timeout: Duration,
-    /// server_idle_timeout (zero: never).
-    pub idle_timeout: Duration,
-    /// server_lifetime (zero: forever).
-    pub lifetime: Duration,
-    /// server_login_retry.
-    pub login_retry: Duration,
-    /// server_reset_query.
-    pub reset_query: String,
-    /// server_reset_query_always.
-    pub reset_always: bool,
-    /// How to reach and log into PostgreSQL.
-    pub connect: Rc<ConnectSettings>,
-}
-
-impl PoolSettings {
-    /// Caps for a normal open (`reserve`: also the reserve pool).
-    pub fn caps(&self, reserve: bool) -> Caps {
-        Caps {
-            pool: if reserve {
-                self.size + self.reserve
-            } else {
-                self.size
-            },
-            db: self.max_db,
-            user: self.max_user,
-        }
-    }
-
-    /// Resolves the settings of `key` from `config`.
-    pub fn resolve(config: &Config, key: &PoolKey, creds: ServerCredentials) -> PoolSettings {
-        let g = &config.general;
-        let db = config.database(&key.db);
-        let connect = ConnectSettings::resolve(config, key, creds);
-        PoolSettings {
-            mode: config.pool_mode(&key.db, &key.user),
-            size: config.pool_size(&key.db, &key.user),
-            reserve: config.reserve_pool_size(&key.db, &key.user),
-            max_db: config.max_db_connections(&key.db),
-            max_user: config.max_user_connections(&key.user),
-            check_delay: g.server_check_delay.duration(),
-            check_query: g.health_check_query().map(str::to_owned),
-            min: config.min_pool_size(&key.db, &key.user),
-            reserve_timeout: g.reserve_pool_timeout.duration(),
-            query_wait_timeout: g.query_wait_timeout.duration(),
-            idle_timeout: g.server_idle_timeout.duration(),
-            lifetime: db
-                .and_then(|d| d.server_lifetime)
-                .unwrap_or(g.server_lifetime)
-                .duration(),
-            login_retry: g.server_login_retry.duration(),
-            reset_query: g.server_reset_query.clone(),
-            reset_always: g.server_reset_query_always,
-            connect: Rc::new(connect),
-        }
-    }
 }
 
 /// What a waiting client is handed. (Not boxed: a grant sits in a
@@ -644,21 +390,6 @@ impl Pool {
         grant
     }
 
-    /// Asks shards that hold idle servers to hand one over.
-    fn ask_other_shards(&self, shard: &Shard) {
-        for i in 0..self.global.shards.len() {
-            if i != shard.id && self.global.shard(i).idle.load(Ordering::Relaxed) > 0 {
-                shard.mesh.send(
-                    i,
-                    MeshMsg::Steal {
-                        pool: self.key.clone(),
-                        from: shard.id,
-                    },
-                );
-            }
-        }
-    }
-
     /// Returns a clean server (ReadyForQuery `I`) from a client.
     pub fn release(self: &Rc<Self>, shard: &Rc<Shard>, mut server: ServerConn) {
         self.active.set(self.active.get().saturating_sub(1));
@@ -710,90 +441,6 @@ impl Pool {
         w
     }
 
-    /// Under load every shard has waiters and none would ever give a server
-    /// away, so the shards that first took the budget would keep it: clients
-    /// on a shard that came late would starve. On release, a server moves to
-    /// another shard when that shard holds clearly fewer servers than its
-    /// share of demand (waiters + servers); the half-server margin keeps it
-    /// from bouncing back. Only other shards' counters are read, and only
-    /// when one of them has waiters.
-    fn rebalance_target(&self, me: usize) -> Option<usize> {
-        let shards = self.global.shards.len();
-        if shards < 2 {
-            return None;
-        }
-        let o_s = (self.active.get() as usize + self.idle.borrow().len() + 1) as f64;
-        let d_s = self.waiters.borrow().len() as f64 + o_s;
-        let mut best: Option<(usize, f64)> = None;
-        for t in (0..shards).filter(|&t| t != me) {
-            let c = self.global.shard(t);
-            let w_t = f64::from(c.waiting.load(Ordering::Relaxed));
-            if w_t == 0.0 {
-                continue;
-            }
-            let o_t = f64::from(c.owned.load(Ordering::Relaxed));
-            let share = (o_s + o_t) * (w_t + o_t) / (d_s + w_t + o_t);
-            let shortfall = share - o_t;
-            if shortfall >= 1.5 && best.is_none_or(|(_, b)| shortfall > b) {
-                best = Some((t, shortfall));
-            }
-        }
-        best.map(|(t, _)| t)
-    }
-
-    /// Publishes how many servers this shard holds (on open, close and
-    /// handoff only: lease and release do not change it).
-    fn publish_owned(&self) {
-        let n = self.active.get() + self.idle.borrow().len() as u32;
-        self.global
-            .shard(self.shard_id)
-            .owned
-            .store(n, Ordering::Relaxed);
-    }
-
-    fn send_to(&self, shard: &Shard, to: usize, server: ServerConn) {
-        self.publish_owned();
-        match server.detach() {
-            Ok(detached) => shard.mesh.send(
-                to,
-                MeshMsg::Handoff {
-                    pool: self.key.clone(),
-                    server: Box::new(detached),
-                },
-            ),
-            Err(e) => {
-                warn!(error = %e, "server handoff failed; closing it");
-                self.global.closed();
-            }
-        }
-    }
-
-    /// A `Steal` request from shard `to`: send an idle server if we have one
-    /// and nobody here is waiting.
-    pub fn give_to_shard(self: &Rc<Self>, shard: &Rc<Shard>, to: usize) {
-        if !self.waiters.borrow().is_empty() {
-            return;
-        }
-        if let Some(server) = self.pop_idle() {
-            self.send_to(shard, to, server);
-        }
-    }
-
-    /// A server handed over by another shard.
-    pub fn adopt(self: &Rc<Self>, shard: &Rc<Shard>, detached: Box<DetachedServer>) {
-        match ServerConn::attach(*detached) {
-            Ok(server) => {
-                self.learn_welcome(&server);
-                self.place_here(shard, server);
-                self.publish_owned();
-            }
-            Err(e) => {
-                warn!(error = %e, "could not adopt a handed-over server");
-                self.global.closed();
-            }
-        }
-    }
-
     /// Closes a server for good (dirty, broken, expired) and passes its
     /// budget slot to the first local waiter.
     pub fn close(self: &Rc<Self>, _shard: &Rc<Shard>, server: ServerConn, reason: &str) {
@@ -836,152 +483,6 @@ impl Pool {
             self.global.closed();
         }
         self.publish_owned();
-    }
-
-    /// Janitor work, every tick: timeouts, reserve pool, budget, steals,
-    /// idle and lifetime limits.
-    pub fn tick(self: &Rc<Self>, shard: &Rc<Shard>) {
-        if let Some(err) = self.recent_failure() {
-            self.fail_waiters(&err);
-        }
-        self.expire_waiters();
-        self.grant_budget();
-        if !self.waiters.borrow().is_empty() {
-            // grant_budget found no room: if a database or user cap is what
-            // is full, make room by evicting a sibling pool's idle server.
-            let caps = self.settings.borrow().caps(false);
-            match self.global.try_open_why(caps) {
-                Ok(()) => match self.pop_waiter() {
-                    Some(w) => w.give(Grant::Budget),
-                    None => self.global.closed(),
-                },
-                Err(Full::Pool) => {}
-                Err(by) => {
-                    self.evict_elsewhere(shard, by);
-                    self.grant_budget();
-                }
-            }
-        }
-        self.open_reserve();
-        if !self.waiters.borrow().is_empty() {
-            self.ask_other_shards(shard);
-        }
-        self.retire_idle();
-    }
-
-    /// Makes room under max_db_connections / max_user_connections by
-    /// closing an idle server of a sibling pool: on this shard if one is
-    /// there (true: retry now), else by asking the other shards (the freed
-    /// budget reaches waiters at the next janitor tick).
-    fn evict_elsewhere(&self, shard: &Rc<Shard>, by: Full) -> bool {
-        if evict_idle(shard, &self.key, by) {
-            return true;
-        }
-        for to in (0..shard.shared.workers).filter(|&t| t != shard.id) {
-            shard.mesh.send(
-                to,
-                MeshMsg::Evict {
-                    pool: self.key.clone(),
-                    by,
-                },
-            );
-        }
-        false
-    }
-
-    fn expire_waiters(&self) {
-        let timeout = self.settings.borrow().query_wait_timeout;
-        if timeout.is_zero() {
-            return;
-        }
-        // (The front is cloned in its own statement: a borrow in the
-        // `while let` scrutinee would live through the body's pop.)
-        loop {
-            let front = self.waiters.borrow().front().cloned();
-            let Some(w) = front else { break };
-            if w.since.elapsed() < timeout {
-                break;
-            }
-            self.pop_waiter();
-            w.give(Grant::Fail(PgError::fatal(
-                sqlstate::PROTOCOL_VIOLATION,
-                "query_wait_timeout",
-            )));
-        }
-    }
-
-    fn open_reserve(&self) {
-        let s = self.settings.borrow();
-        let (caps, after, reserve) = (s.caps(true), s.reserve_timeout, s.reserve);
-        drop(s);
-        loop {
-            let front = self.waiters.borrow().front().cloned();
-            let Some(w) = front else { break };
-            if reserve == 0 || w.since.elapsed() < after || !self.global.try_open(caps) {
-                break;
-            }
-            info!(db = %self.key.db, user = %self.key.user, "taking connection from reserve_pool");
-            self.pop_waiter();
-            w.give(Grant::Budget);
-        }
-    }
-
-    fn retire_idle(&self) {
-        let s = self.settings.borrow();
-        let (idle_timeout, lifetime, min) = (s.idle_timeout, s.lifetime, s.min);
-        drop(s);
-        let mut idle = self.idle.borrow_mut();
-        let before = idle.len();
-        idle.retain(|srv| {
-            let open = self.global.open_count();
-            let stale = !idle_timeout.is_zero()
-                && srv.meta.last_used.elapsed() > idle_timeout
-                && open > min;
-            let old = !lifetime.is_zero() && srv.meta.created.elapsed() > lifetime;
-            if stale || old {
-                // janitor.c's reasons for the same two cases.
-                let reason = if old {
-                    "server lifetime over"
-                } else {
-                    "server idle timeout"
-                };
-                self.log_close(&srv.meta, reason);
-                self.global.closed();
-            }
-            !(stale || old)
-        });
-        let closed = before - idle.len();
-        drop(idle);
-        if closed > 0 {
-            self.set_idle_counter();
-            self.publish_owned();
-        }
-    }
-
-    /// Opens servers up to `min_pool_size`, process-wide: every shard that
-    /// has this pool may top it up, and the global counter (taken with
-    /// `pool = min_pool_size`) keeps the total at the minimum.
-    pub fn fill_min(self: &Rc<Self>, shard: &Rc<Shard>) {
-        let s = self.settings.borrow();
-        let (min, caps) = (
-            s.min,
-            Caps {
-                pool: s.min,
-                ..s.caps(false)
-            },
-        );
-        drop(s);
-        if min == 0 || self.opening.get() > 0 || !self.global.try_open(caps) {
-            return;
-        }
-        let pool = self.clone();
-        let shard = shard.clone();
-        runtime::spawn(async move {
-            if let Ok(server) = pool.open(&shard).await {
-                pool.active.set(pool.active.get().saturating_sub(1));
-                pool.place(&shard, server);
-            }
-        });
     }
 
     /// Removes a waiter whose client went away, returning what it was given.
@@ -1039,39 +540,6 @@ fn server_password(shard: &Shard, config: &Config, key: &PoolKey) -> ServerCrede
             password: None,
             scram_keys: shard.auth_cache.keys(key),
         },
-    }
-}
-
-/// Closes one idle server of a pool on `shard` that shares `key`'s
-/// database (`Full::Db`) or user (`Full::User`), other than `key` itself.
-pub fn evict_idle(shard: &Rc<Shard>, key: &PoolKey, by: Full) -> bool {
-    let victim = shard
-        .pools
-        .borrow()
-        .values()
-        .find(|p| {
-            p.key != *key
-                && p.idle_count() > 0
-                && match by {
-                    Full::Db => p.key.db == key.db,
-                    Full::User => p.key.user == key.user,
-                    Full::Pool => false,
-                }
-        })
-        .cloned();
-    let Some(pool) = victim else {
-        return false;
-    };
-    match pool.pop_idle() {
-        Some(server) => {
-            pool.close(
-                shard,
-                server,
-                "evicted to make room under max_db/user_connections",
-            );
-            true
-        }
-        None => false,
     }
 }
 

@@ -1,0 +1,193 @@
+//! Janitor work on a pool slice, every tick: waiter timeouts, the reserve
+//! pool, budget hand-out, eviction under database/user caps, idle and
+//! lifetime limits, `min_pool_size`.
+
+use std::rc::Rc;
+
+use tracing::info;
+
+use super::{Caps, Full, Grant, Pool, PoolKey};
+use crate::error::{sqlstate, PgError};
+use crate::runtime::mesh::MeshMsg;
+use crate::runtime::{self, Shard};
+
+impl Pool {
+    /// Janitor work, every tick: timeouts, reserve pool, budget, steals,
+    /// idle and lifetime limits.
+    pub fn tick(self: &Rc<Self>, shard: &Rc<Shard>) {
+        if let Some(err) = self.recent_failure() {
+            self.fail_waiters(&err);
+        }
+        self.expire_waiters();
+        self.grant_budget();
+        if !self.waiters.borrow().is_empty() {
+            // grant_budget found no room: if a database or user cap is what
+            // is full, make room by evicting a sibling pool's idle server.
+            let caps = self.settings.borrow().caps(false);
+            match self.global.try_open_why(caps) {
+                Ok(()) => match self.pop_waiter() {
+                    Some(w) => w.give(Grant::Budget),
+                    None => self.global.closed(),
+                },
+                Err(Full::Pool) => {}
+                Err(by) => {
+                    self.evict_elsewhere(shard, by);
+                    self.grant_budget();
+                }
+            }
+        }
+        self.open_reserve();
+        if !self.waiters.borrow().is_empty() {
+            self.ask_other_shards(shard);
+        }
+        self.retire_idle();
+    }
+
+    /// Makes room under max_db_connections / max_user_connections by
+    /// closing an idle server of a sibling pool: on this shard if one is
+    /// there (true: retry now), else by asking the other shards (the freed
+    /// budget reaches waiters at the next janitor tick).
+    pub(super) fn evict_elsewhere(&self, shard: &Rc<Shard>, by: Full) -> bool {
+        if evict_idle(shard, &self.key, by) {
+            return true;
+        }
+        for to in (0..shard.shared.workers).filter(|&t| t != shard.id) {
+            shard.mesh.send(
+                to,
+                MeshMsg::Evict {
+                    pool: self.key.clone(),
+                    by,
+                },
+            );
+        }
+        false
+    }
+
+    pub(super) fn expire_waiters(&self) {
+        let timeout = self.settings.borrow().query_wait_timeout;
+        if timeout.is_zero() {
+            return;
+        }
+        // (The front is cloned in its own statement: a borrow in the
+        // `while let` scrutinee would live through the body's pop.)
+        loop {
+            let front = self.waiters.borrow().front().cloned();
+            let Some(w) = front else { break };
+            if w.since.elapsed() < timeout {
+                break;
+            }
+            self.pop_waiter();
+            w.give(Grant::Fail(PgError::fatal(
+                sqlstate::PROTOCOL_VIOLATION,
+                "query_wait_timeout",
+            )));
+        }
+    }
+
+    pub(super) fn open_reserve(&self) {
+        let s = self.settings.borrow();
+        let (caps, after, reserve) = (s.caps(true), s.reserve_timeout, s.reserve);
+        drop(s);
+        loop {
+            let front = self.waiters.borrow().front().cloned();
+            let Some(w) = front else { break };
+            if reserve == 0 || w.since.elapsed() < after || !self.global.try_open(caps) {
+                break;
+            }
+            info!(db = %self.key.db, user = %self.key.user, "taking connection from reserve_pool");
+            self.pop_waiter();
+            w.give(Grant::Budget);
+        }
+    }
+
+    pub(super) fn retire_idle(&self) {
+        let s = self.settings.borrow();
+        let (idle_timeout, lifetime, min) = (s.idle_timeout, s.lifetime, s.min);
+        drop(s);
+        let mut idle = self.idle.borrow_mut();
+        let before = idle.len();
+        idle.retain(|srv| {
+            let open = self.global.open_count();
+            let stale = !idle_timeout.is_zero()
+                && srv.meta.last_used.elapsed() > idle_timeout
+                && open > min;
+            let old = !lifetime.is_zero() && srv.meta.created.elapsed() > lifetime;
+            if stale || old {
+                // janitor.c's reasons for the same two cases.
+                let reason = if old {
+                    "server lifetime over"
+                } else {
+                    "server idle timeout"
+                };
+                self.log_close(&srv.meta, reason);
+                self.global.closed();
+            }
+            !(stale || old)
+        });
+        let closed = before - idle.len();
+        drop(idle);
+        if closed > 0 {
+            self.set_idle_counter();
+            self.publish_owned();
+        }
+    }
+
+    /// Opens servers up to `min_pool_size`, process-wide: every shard that
+    /// has this pool may top it up, and the global counter (taken with
+    /// `pool = min_pool_size`) keeps the total at the minimum.
+    pub fn fill_min(self: &Rc<Self>, shard: &Rc<Shard>) {
+        let s = self.settings.borrow();
+        let (min, caps) = (
+            s.min,
+            Caps {
+                pool: s.min,
+                ..s.caps(false)
+            },
+        );
+        drop(s);
+        if min == 0 || self.opening.get() > 0 || !self.global.try_open(caps) {
+            return;
+        }
+        let pool = self.clone();
+        let shard = shard.clone();
+        runtime::spawn(async move {
+            if let Ok(server) = pool.open(&shard).await {
+                pool.active.set(pool.active.get().saturating_sub(1));
+                pool.place(&shard, server);
+            }
+        });
+    }
+}
+
+/// Closes one idle server of a pool on `shard` that shares `key`'s
+/// database (`Full::Db`) or user (`Full::User`), other than `key` itself.
+pub fn evict_idle(shard: &Rc<Shard>, key: &PoolKey, by: Full) -> bool {
+    let victim = shard
+        .pools
+        .borrow()
+        .values()
+        .find(|p| {
+            p.key != *key
+                && p.idle_count() > 0
+                && match by {
+                    Full::Db => p.key.db == key.db,
+                    Full::User => p.key.user == key.user,
+                    Full::Pool => false,
+                }
+        })
+        .cloned();
+    let Some(pool) = victim else {
+        return false;
+    };
+    match pool.pop_idle() {
+        Some(server) => {
+            pool.close(
+                shard,
+                server,
+                "evicted to make room under max_db/user_connections",
+            );
+            true
+        }
+        None => false,
+    }
+}
