@@ -426,18 +426,7 @@ fn client_step(
     rewrite: bool,
     stats: &PoolStats,
 ) -> Result<ClientStep> {
-    let ServerStatements {
-        lru,
-        queue,
-        to_server,
-        to_client,
-    } = server;
-    let mut rw = rewrite.then_some(Rewriter {
-        client: prepared,
-        lru,
-        queue,
-        stats,
-    });
+    let (mut rw, to_server, to_client) = server.split(prepared, rewrite, stats);
     link.scan_client(rw.as_mut(), to_server, to_client)
         .map_err(Error::ClientProtocol)
 }
@@ -528,18 +517,7 @@ fn server_step(
     rewrite: bool,
     stats: &PoolStats,
 ) -> Result<(usize, Option<usize>)> {
-    let ServerStatements {
-        lru,
-        queue,
-        to_client,
-        ..
-    } = server;
-    let mut rw = rewrite.then_some(Rewriter {
-        client: prepared,
-        lru,
-        queue,
-        stats,
-    });
+    let (mut rw, _, to_client) = server.split(prepared, rewrite, stats);
     link.scan_server(params, server_params, rw.as_mut(), to_client, stats)
 }
 

@@ -27,6 +27,35 @@ pub struct ServerStatements {
     pub to_client: Vec<u8>,
 }
 
+impl ServerStatements {
+    /// Borrows this state apart for one relay step: the rewriter (only when
+    /// rewriting) and the two scratch buffers (to the server, to the client).
+    pub fn split<'a>(
+        &'a mut self,
+        client: &'a mut crate::prepared::ClientStatements,
+        rewrite: bool,
+        stats: &'a crate::stats::PoolStats,
+    ) -> (
+        Option<super::rewrite::Rewriter<'a>>,
+        &'a mut Vec<u8>,
+        &'a mut Vec<u8>,
+    ) {
+        let ServerStatements {
+            lru,
+            queue,
+            to_server,
+            to_client,
+        } = self;
+        let rw = rewrite.then_some(super::rewrite::Rewriter {
+            client,
+            lru,
+            queue,
+            stats,
+        });
+        (rw, to_server, to_client)
+    }
+}
+
 /// Scratch kept between leases; a buffer grown past this (a huge rewritten
 /// batch) is given back to the allocator.
 const SCRATCH_KEEP: usize = 64 * 1024;
