@@ -1,17 +1,15 @@
 //! Listening sockets and the accept loops.
 //!
 //! Every shard binds its own TCP socket on each listen address with SO_REUSEPORT, built with
-//! socket2 so that `listen_backlog` is honoured and address errors are ours to report
-//! (glommio's own `bind` hard-codes the backlog). The kernel then spreads new connections
+//! socket2 so that `listen_backlog` is honoured and address errors are ours to report.
+//! The kernel then spreads new connections
 //! across shards with no accept lock. The same option lets a new pgring start beside an old
 //! one.
 //!
 //! The unix socket (`<unix_socket_dir>/.s.PGSQL.<listen_port>`, PgBouncer's and libpq's name)
 //! is bound once and accepted on shard 0 only: a socket path names exactly one listening
-//! socket, SO_REUSEPORT does not spread AF_UNIX connections, and glommio cannot adopt a
-//! listening unix socket, so shard 0 accepts it through a `glommio::net::TcpListener` built
-//! on the unix fd (accept(2) does not care about the family) and turns each accepted socket
-//! into a [`Stream::Unix`]. Unix clients start on shard 0; the pool's handoff serves them
+//! socket and SO_REUSEPORT does not spread AF_UNIX connections. Accepting is the same
+//! `accept4` for both families; [`Stream::is_unix`] tells them apart. Unix clients start on shard 0; the pool's handoff serves them
 //! from any shard's servers. A stale socket file (nobody accepting) is removed at start, a
 //! live one refuses the start, and the file is removed again at exit.
 //!
@@ -21,7 +19,7 @@
 use std::future::Future;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -31,11 +29,11 @@ use std::sync::atomic::Ordering;
 use std::task::Poll;
 
 use socket2::{Domain, Protocol, Socket, Type};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::error::{sqlstate, PgError};
-use crate::runtime::io::write_all;
+use crate::runtime::io::{write_all, Listener};
 use crate::runtime::{BootError, Shard, Stream};
 
 /// Binds one shard's TCP listeners: every address of every `listen_addr` entry (`*` = all
@@ -218,40 +216,27 @@ pub async fn serve(shard: Rc<Shard>, tcp: Vec<TcpListener>, unix: Option<UnixLis
 }
 
 async fn accept_tcp(shard: Rc<Shard>, listener: TcpListener) {
-    // SAFETY: the fd is a bound, listening socket we own; glommio takes it.
-    let listener = unsafe { glommio::net::TcpListener::from_raw_fd(listener.into_raw_fd()) };
-    loop {
-        match listener.accept().await {
-            Ok(stream) => admit(&shard, Stream::Tcp(stream)),
-            Err(e) => accept_failed(&shard, &io::Error::from(e)).await,
-        }
-    }
+    accept_loop(shard, OwnedFd::from(listener)).await
 }
 
 async fn accept_unix(shard: Rc<Shard>, listener: UnixListener) {
-    // SAFETY: a bound, listening unix socket we own; glommio's TcpListener only accept(2)s on
-    // it (see the module note), it never asks for a TCP address.
-    let listener = unsafe { glommio::net::TcpListener::from_raw_fd(listener.into_raw_fd()) };
+    accept_loop(shard, OwnedFd::from(listener)).await
+}
+
+async fn accept_loop(shard: Rc<Shard>, fd: OwnedFd) {
+    let listener = match Listener::new(fd) {
+        Ok(l) => l,
+        Err(e) => {
+            error!(shard = shard.id, error = %e, "cannot serve a listener");
+            return std::future::pending().await;
+        }
+    };
     loop {
-        let accepted = listener.accept().await.map_err(io::Error::from);
-        match accepted.and_then(adopt_unix) {
+        match listener.accept().await {
             Ok(stream) => admit(&shard, stream),
             Err(e) => accept_failed(&shard, &e).await,
         }
     }
-}
-
-/// glommio wrapped the accepted unix socket as a TcpStream: keep a duplicate of its fd as a
-/// [`Stream::Unix`] and let the wrapper close the original (nothing is in flight on it yet).
-fn adopt_unix(accepted: glommio::net::TcpStream) -> io::Result<Stream> {
-    // SAFETY: F_DUPFD_CLOEXEC on an open fd returns a new fd or -1.
-    let fd = unsafe { libc::fcntl(accepted.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    drop(accepted);
-    // SAFETY: fd is a fresh, connected unix socket owned by nobody else.
-    Ok(unsafe { Stream::from_raw_fd(fd) })
 }
 
 async fn accept_failed(shard: &Shard, e: &io::Error) {

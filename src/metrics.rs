@@ -47,7 +47,7 @@ pub fn start(shard: &Rc<Shard>) {
     }
 }
 
-async fn serve(shard: Rc<Shard>, listener: tcp::Listener) {
+async fn serve(shard: Rc<Shard>, listener: crate::runtime::io::Listener) {
     while !shard.is_stopping() {
         match listener.accept().await {
             Ok(stream) => runtime::spawn(handle(shard.clone(), stream)),

@@ -1,59 +1,124 @@
 //! The I/O vocabulary the rest of pgring uses: the stream type, task spawn,
-//! timers, outbound connect, shard buffer recycling, and the two-way read
+//! timers, outbound connect, accept, shard buffer recycling, and the two-way read
 //! that the relay waits on.
 //!
-//! glommio 0.9's unbuffered `TcpStream` reads by readiness (an io_uring
-//! poll, then a non-blocking `recv` into the caller's slice at poll time), and
-//! keeps its pending poll inside the stream. Two consequences we build on:
-//! a read future can be dropped without losing data, so [`read_either`] can
-//! race the client and the server; and the buffer is only needed at the
-//! moment data is there, so an idle client waits with no buffer at all
-//! ([`BufPool::read`]).
+//! A [`Stream`] is a non-blocking socket plus its readiness state in the shard's reactor. Reads
+//! and writes are plain `recv`/`send` into the caller's slice; only when the kernel has nothing
+//! (or no room) does the stream arm a poll and park the task. Two consequences we build on:
+//! a read future can be dropped without losing data, so [`read_either`] can race the client and
+//! the server; and the buffer is only needed at the moment data is there, so an idle client
+//! waits with no buffer at all ([`BufPool::read`]).
 //!
-//! A client may come over TCP or the unix socket, so [`Stream`] is an enum over glommio's two
-//! stream types, delegating the `AsyncRead`/`AsyncWrite` polls; the relay never knows which.
+//! A client may come over TCP or the unix socket; [`Stream`] serves both (the relay never knows
+//! which), only `set_nodelay` and the peer credentials differ.
 
 use std::cell::RefCell;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_lite::{AsyncRead, AsyncWrite};
-use glommio::net::{TcpStream, UnixStream};
+
+use super::executor::current;
+use super::reactor::{Dir, IoState};
+
+pub use super::executor::{sleep, spawn};
 
 /// A connection, client or server side: TCP, or a client on the unix socket.
 #[derive(Debug)]
-pub enum Stream {
-    /// A TCP connection.
-    Tcp(TcpStream),
-    /// A unix-socket connection. glommio's `UnixStream` does not expose its fd, so the fd is
-    /// kept beside it (valid as long as the stream lives) for `AsRawFd`: kill, SO_PEERCRED.
-    Unix(UnixStream, RawFd),
+pub struct Stream {
+    fd: OwnedFd,
+    io: Rc<IoState>,
+    unix: bool,
+}
+
+fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on an open fd with integer arguments.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+fn is_unix_socket(fd: RawFd) -> bool {
+    let mut domain: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes one c_int into `domain`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_DOMAIN,
+            (&mut domain as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    rc == 0 && domain == libc::AF_UNIX
+}
+
+/// Runs `op` (a non-blocking syscall returning a count or -1) once the direction is worth
+/// trying, re-arming on EAGAIN.
+fn poll_io(
+    io: &Rc<IoState>,
+    dir: Dir,
+    cx: &mut Context<'_>,
+    mut op: impl FnMut() -> isize,
+) -> Poll<io::Result<usize>> {
+    loop {
+        if current().reactor.poll_ready(io, dir, cx).is_pending() {
+            return Poll::Pending;
+        }
+        let n = op();
+        if n >= 0 {
+            return Poll::Ready(Ok(n as usize));
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EAGAIN) => io.clear_ready(dir),
+            Some(libc::EINTR) => {}
+            _ => return Poll::Ready(Err(e)),
+        }
+    }
 }
 
 impl Stream {
+    /// Adopts a connected socket of either family (the family is asked of the kernel).
+    pub fn from_fd(fd: OwnedFd) -> io::Result<Stream> {
+        set_nonblocking(fd.as_raw_fd())?;
+        let unix = is_unix_socket(fd.as_raw_fd());
+        Ok(Stream {
+            io: IoState::new(fd.as_raw_fd()),
+            fd,
+            unix,
+        })
+    }
+
     /// Sets TCP_NODELAY; a no-op on the unix socket, which has no Nagle delay.
     pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
-        match self {
-            Stream::Tcp(s) => s.set_nodelay(on).map_err(io::Error::from),
-            Stream::Unix(..) => Ok(()),
+        if self.unix {
+            return Ok(());
         }
+        socket2::SockRef::from(&self.fd).set_nodelay(on)
     }
 
     /// Whether this is a unix-socket connection.
     pub fn is_unix(&self) -> bool {
-        matches!(self, Stream::Unix(..))
+        self.unix
     }
 
     /// The peer's uid, from SO_PEERCRED; `None` for TCP (or if the kernel will not say).
     pub fn peer_uid(&self) -> Option<u32> {
-        let Stream::Unix(_, fd) = self else {
+        if !self.unix {
             return None;
-        };
+        }
         let mut cred = libc::ucred {
             pid: 0,
             uid: 0,
@@ -63,7 +128,7 @@ impl Stream {
         // SAFETY: getsockopt writes at most `len` bytes into `cred`, which we own; fd is open.
         let rc = unsafe {
             libc::getsockopt(
-                *fd,
+                self.fd.as_raw_fd(),
                 libc::SOL_SOCKET,
                 libc::SO_PEERCRED,
                 (&mut cred as *mut libc::ucred).cast(),
@@ -73,51 +138,44 @@ impl Stream {
         (rc == 0).then_some(cred.uid)
     }
 
-    fn pin_tcp_or_unix(self: Pin<&mut Self>) -> Result<Pin<&mut TcpStream>, Pin<&mut UnixStream>> {
-        // Both glommio streams are Unpin, so is Stream.
-        match self.get_mut() {
-            Stream::Tcp(s) => Ok(Pin::new(s)),
-            Stream::Unix(s, _) => Err(Pin::new(s)),
-        }
+    /// Leaves this shard's reactor and gives the socket back (to move it to another shard).
+    pub fn into_fd(self) -> OwnedFd {
+        let this = std::mem::ManuallyDrop::new(self);
+        current().reactor.forget(&this.io);
+        // SAFETY: `this` is never dropped; each field is read out exactly once.
+        let (fd, io) = unsafe { (std::ptr::read(&this.fd), std::ptr::read(&this.io)) };
+        drop(io);
+        fd
     }
 }
 
-impl From<TcpStream> for Stream {
-    fn from(s: TcpStream) -> Self {
-        Stream::Tcp(s)
+impl Drop for Stream {
+    fn drop(&mut self) {
+        // A stream may outlive its shard's executor only at thread exit; then there is nothing
+        // in flight worth cancelling.
+        if let Some(ex) = super::executor::try_current() {
+            ex.reactor.forget(&self.io);
+        }
     }
 }
 
 impl AsRawFd for Stream {
     fn as_raw_fd(&self) -> RawFd {
-        match self {
-            Stream::Tcp(s) => s.as_raw_fd(),
-            Stream::Unix(_, fd) => *fd,
-        }
+        self.fd.as_raw_fd()
     }
 }
 
-/// Adopts a connected socket of either family (a server moved between shards, a freshly
-/// accepted unix client); the family is asked of the kernel (SO_DOMAIN).
+/// Adopts a connected socket (a server moved between shards, a freshly accepted client).
 impl FromRawFd for Stream {
     unsafe fn from_raw_fd(fd: RawFd) -> Self {
-        let mut domain: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: getsockopt writes one c_int into `domain`; the caller vouches for fd.
-        let rc = unsafe {
-            libc::getsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_DOMAIN,
-                (&mut domain as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        };
-        // SAFETY (both arms): the caller hands over ownership of an open, connected socket.
-        if rc == 0 && domain == libc::AF_UNIX {
-            Stream::Unix(unsafe { UnixStream::from_raw_fd(fd) }, fd)
-        } else {
-            Stream::Tcp(unsafe { TcpStream::from_raw_fd(fd) })
+        // SAFETY: the caller hands over ownership of an open, connected socket.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let unix = is_unix_socket(fd.as_raw_fd());
+        let _ = set_nonblocking(fd.as_raw_fd());
+        Stream {
+            io: IoState::new(fd.as_raw_fd()),
+            fd,
+            unix,
         }
     }
 }
@@ -128,10 +186,20 @@ impl AsyncRead for Stream {
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
-        match self.pin_tcp_or_unix() {
-            Ok(s) => s.poll_read(cx, buf),
-            Err(s) => s.poll_read(cx, buf),
+        let fd = self.fd.as_raw_fd();
+        let want = buf.len();
+        let r = poll_io(&self.io, Dir::Read, cx, || {
+            // SAFETY: recv writes at most buf.len() bytes into buf.
+            unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), want, libc::MSG_DONTWAIT) }
+        });
+        if let Poll::Ready(Ok(n)) = r {
+            // A short read almost always emptied the socket: next time wait for a poll instead
+            // of paying a recv that says EAGAIN. (If more came meanwhile the poll fires at once.)
+            if n > 0 && n < want {
+                self.io.clear_ready(Dir::Read);
+            }
         }
+        r
     }
 }
 
@@ -141,35 +209,90 @@ impl AsyncWrite for Stream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.pin_tcp_or_unix() {
-            Ok(s) => s.poll_write(cx, buf),
-            Err(s) => s.poll_write(cx, buf),
-        }
+        let fd = self.fd.as_raw_fd();
+        poll_io(&self.io, Dir::Write, cx, || {
+            // SAFETY: send reads at most buf.len() bytes from buf.
+            unsafe {
+                libc::send(
+                    fd,
+                    buf.as_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            }
+        })
     }
 
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.pin_tcp_or_unix() {
-            Ok(s) => s.poll_flush(cx),
-            Err(s) => s.poll_flush(cx),
-        }
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 
-    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.pin_tcp_or_unix() {
-            Ok(s) => s.poll_close(cx),
-            Err(s) => s.poll_close(cx),
-        }
+    fn poll_close(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // SAFETY: shutdown on our open socket.
+        unsafe { libc::shutdown(self.fd.as_raw_fd(), libc::SHUT_WR) };
+        Poll::Ready(Ok(()))
     }
 }
 
-/// Runs a task on this shard, detached.
-pub fn spawn(fut: impl Future<Output = ()> + 'static) {
-    glommio::spawn_local(fut).detach();
+/// A listening socket (TCP or unix) on this shard's reactor.
+#[derive(Debug)]
+pub struct Listener {
+    fd: OwnedFd,
+    io: Rc<IoState>,
 }
 
-/// Sleeps on this shard's timer wheel.
-pub async fn sleep(d: Duration) {
-    glommio::timer::sleep(d).await;
+impl Listener {
+    /// Adopts a bound, listening socket.
+    pub fn new(fd: OwnedFd) -> io::Result<Listener> {
+        set_nonblocking(fd.as_raw_fd())?;
+        Ok(Listener {
+            io: IoState::new(fd.as_raw_fd()),
+            fd,
+        })
+    }
+
+    /// The next connection.
+    pub async fn accept(&self) -> io::Result<Stream> {
+        let fd = self.fd.as_raw_fd();
+        let n = std::future::poll_fn(|cx| {
+            poll_io(&self.io, Dir::Read, cx, || {
+                // SAFETY: accept4 with null address pointers returns a new fd or -1.
+                unsafe {
+                    libc::accept4(
+                        fd,
+                        std::ptr::null_mut(),
+                        std::ptr::null_mut(),
+                        libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                    ) as isize
+                }
+            })
+        })
+        .await?;
+        // SAFETY: accept4 returned a fresh, connected socket owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(n as RawFd) };
+        let unix = is_unix_socket(fd.as_raw_fd());
+        Ok(Stream {
+            io: IoState::new(fd.as_raw_fd()),
+            fd,
+            unix,
+        })
+    }
+
+    /// The bound address (TCP).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        socket2::SockRef::from(&self.fd)
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::other("not an inet socket"))
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Some(ex) = super::executor::try_current() {
+            ex.reactor.forget(&self.io);
+        }
+    }
 }
 
 /// Runs `fut`, giving up after `d` (`None`).
@@ -183,11 +306,35 @@ pub async fn timeout<T>(d: Duration, fut: impl Future<Output = T>) -> Option<T> 
 
 /// Opens a TCP connection with a deadline.
 pub async fn connect(addr: SocketAddr, deadline: Duration) -> io::Result<Stream> {
-    let stream = TcpStream::connect_timeout(addr, deadline)
-        .await
-        .map_err(io::Error::from)?;
-    stream.set_nodelay(true).map_err(io::Error::from)?;
-    Ok(Stream::Tcp(stream))
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking().cloexec(),
+        Some(Protocol::TCP),
+    )?;
+    socket.set_nodelay(true)?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    let stream = Stream {
+        io: IoState::new(socket.as_raw_fd()),
+        fd: OwnedFd::from(socket),
+        unix: false,
+    };
+    let writable =
+        std::future::poll_fn(|cx| current().reactor.poll_ready(&stream.io, Dir::Write, cx));
+    // A fresh stream starts "ready" to skip a poll for the common case; a connect in progress
+    // must really wait for POLLOUT.
+    stream.io.clear_ready(Dir::Write);
+    if timeout(deadline, writable).await.is_none() {
+        return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"));
+    }
+    match socket2::SockRef::from(&stream.fd).take_error()? {
+        Some(e) => Err(e),
+        None => Ok(stream),
+    }
 }
 
 /// Relay buffer size: large enough to move a whole pgbench transaction
@@ -334,16 +481,22 @@ pub async fn read_either(a: &mut Stream, abuf: &mut Buf, b: &mut Stream, bbuf: &
 /// The peer address of a TCP stream; `None` on the unix socket, which SHOW CLIENTS prints as
 /// PgBouncer does: addr `unix`, port = `listen_port` (see [`Stream::is_unix`]).
 pub fn peer_addr(stream: &Stream) -> Option<SocketAddr> {
-    match stream {
-        Stream::Tcp(s) => s.peer_addr().ok(),
-        Stream::Unix(..) => None,
+    if stream.unix {
+        return None;
     }
+    socket2::SockRef::from(&stream.fd)
+        .peer_addr()
+        .ok()?
+        .as_socket()
 }
 
 /// The local address of a TCP stream; `None` on the unix socket.
 pub fn local_addr(stream: &Stream) -> Option<SocketAddr> {
-    match stream {
-        Stream::Tcp(s) => s.local_addr().ok(),
-        Stream::Unix(..) => None,
+    if stream.unix {
+        return None;
     }
+    socket2::SockRef::from(&stream.fd)
+        .local_addr()
+        .ok()?
+        .as_socket()
 }

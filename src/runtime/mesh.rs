@@ -1,27 +1,25 @@
-//! Where shards meet: one SPSC glommio shared channel per ordered pair of
-//! shards, carrying the one enum of cross-shard messages.
+//! Where shards meet: one lock-free inbox per shard, carrying the one enum of cross-shard
+//! messages.
 //!
 //! Every cross-shard interaction is a [`MeshMsg`]: cancel forwarding, server
 //! handoff and steal requests (see `pool`), and admin requests that carry
-//! their own reply channel. Channels are bounded; a full channel falls back to
-//! an async send in its own task so no shard ever blocks on another.
+//! their own reply channel. An inbox is an unbounded crossbeam queue (so no shard ever blocks
+//! on another) plus the waker of the task that drains it; a send wakes that task, which costs
+//! an eventfd write only when the receiving shard is parked.
 
 use std::cell::OnceCell;
 use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::task::{Poll, Waker};
+
+use crossbeam::queue::SegQueue;
 
 use super::Shard;
-
-use glommio::channels::shared_channel::{
-    self, ConnectedReceiver, ConnectedSender, SharedReceiver, SharedSender,
-};
 
 use crate::admin::AdminRequest;
 use crate::pool::PoolKey;
 use crate::protocol::startup::CancelKey;
 use crate::server::DetachedServer;
-
-/// Capacity of each shard-to-shard channel.
-const MESH_DEPTH: usize = 4096;
 
 /// A message from one shard to another.
 pub enum MeshMsg {
@@ -55,94 +53,108 @@ pub enum MeshMsg {
     Admin(AdminRequest),
 }
 
-/// One shard's unconnected channel ends, as built before the executors start.
-pub struct MeshEnds {
-    senders: Vec<Option<SharedSender<MeshMsg>>>,
-    receivers: Vec<Option<SharedReceiver<MeshMsg>>>,
+struct Inbox {
+    queue: SegQueue<MeshMsg>,
+    waker: Mutex<Option<Waker>>,
 }
 
-/// Builds the full mesh for `n` shards: element `i` holds shard `i`'s ends.
-pub fn build(n: usize) -> Vec<MeshEnds> {
-    let mut ends: Vec<MeshEnds> = (0..n)
-        .map(|_| MeshEnds {
-            senders: (0..n).map(|_| None).collect(),
-            receivers: (0..n).map(|_| None).collect(),
-        })
-        .collect();
-    for from in 0..n {
-        for to in 0..n {
-            if from != to {
-                let (tx, rx) = shared_channel::new_bounded(MESH_DEPTH);
-                ends[from].senders[to] = Some(tx);
-                ends[to].receivers[from] = Some(rx);
-            }
+impl Inbox {
+    fn push(&self, msg: MeshMsg) {
+        self.queue.push(msg);
+        let waker = self.waker.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(w) = waker {
+            w.wake();
         }
     }
-    ends
+
+    async fn pop(&self) -> MeshMsg {
+        std::future::poll_fn(|cx| {
+            if let Some(msg) = self.queue.pop() {
+                return Poll::Ready(msg);
+            }
+            // Register, then look again: a push between the two is seen by one or the other.
+            *self.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
+            match self.queue.pop() {
+                Some(msg) => Poll::Ready(msg),
+                None => Poll::Pending,
+            }
+        })
+        .await
+    }
 }
 
-/// A shard's connected senders.
+/// One shard's mesh ends, as built before the shards start.
+pub struct MeshEnds {
+    id: usize,
+    inboxes: Vec<Arc<Inbox>>,
+}
+
+/// Builds the mesh for `n` shards: element `i` holds shard `i`'s ends.
+pub fn build(n: usize) -> Vec<MeshEnds> {
+    let inboxes: Vec<Arc<Inbox>> = (0..n)
+        .map(|_| {
+            Arc::new(Inbox {
+                queue: SegQueue::new(),
+                waker: Mutex::new(None),
+            })
+        })
+        .collect();
+    (0..n)
+        .map(|id| MeshEnds {
+            id,
+            inboxes: inboxes.clone(),
+        })
+        .collect()
+}
+
+/// A shard's way to every other shard's inbox.
 pub struct Outbox {
-    senders: Vec<Option<Rc<ConnectedSender<MeshMsg>>>>,
+    id: usize,
+    inboxes: Vec<Arc<Inbox>>,
 }
 
 impl MeshEnds {
-    /// Connects this shard's ends (must run on the shard's executor).
-    /// Connecting is a rendezvous with the peer shard, so every receiver is
-    /// connected in its own task (which then serves it with `handle`) before
-    /// the senders are: no two shards can wait on each other.
-    /// Messages that arrive before `shard` is set wait for it.
+    /// Starts this shard's inbox task (must run on the shard). Messages that arrive before
+    /// `shard` is set wait for it.
     pub async fn connect(self, shard: Rc<OnceCell<Rc<Shard>>>) -> Outbox {
-        for r in self.receivers.into_iter().flatten() {
-            let shard = shard.clone();
-            super::spawn(async move {
-                let rx: ConnectedReceiver<MeshMsg> = r.connect().await;
-                while let Some(msg) = rx.recv().await {
-                    let shard = loop {
-                        match shard.get() {
-                            Some(s) => break s.clone(),
-                            None => super::sleep(std::time::Duration::from_millis(1)).await,
-                        }
-                    };
-                    shard.handle_mesh(msg);
-                }
-            });
+        let inbox = self.inboxes[self.id].clone();
+        super::spawn(async move {
+            loop {
+                let msg = inbox.pop().await;
+                let shard = loop {
+                    match shard.get() {
+                        Some(s) => break s.clone(),
+                        None => super::sleep(std::time::Duration::from_millis(1)).await,
+                    }
+                };
+                shard.handle_mesh(msg);
+            }
+        });
+        Outbox {
+            id: self.id,
+            inboxes: self.inboxes,
         }
-        let mut senders = Vec::new();
-        for s in self.senders {
-            senders.push(match s {
-                Some(s) => Some(Rc::new(s.connect().await)),
-                None => None,
-            });
-        }
-        Outbox { senders }
     }
 }
 
 impl Outbox {
-    /// Sends `msg` to shard `to` without blocking this task.
+    /// Sends `msg` to shard `to` without blocking.
     pub fn send(&self, to: usize, msg: MeshMsg) {
-        let Some(Some(tx)) = self.senders.get(to) else {
+        if to == self.id {
             return;
-        };
-        if let Err(err) = tx.try_send(msg) {
-            let glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(msg)) = err else {
-                return; // the other shard is gone (shutdown)
-            };
-            let tx = tx.clone();
-            super::spawn(async move {
-                let _ = tx.send(msg).await;
-            });
+        }
+        if let Some(inbox) = self.inboxes.get(to) {
+            inbox.push(msg);
         }
     }
 
     /// Number of shards in the mesh.
     pub fn len(&self) -> usize {
-        self.senders.len()
+        self.inboxes.len()
     }
 
     /// True for a one-shard mesh with nobody to talk to.
     pub fn is_empty(&self) -> bool {
-        self.senders.len() <= 1
+        self.inboxes.len() <= 1
     }
 }

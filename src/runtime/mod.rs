@@ -1,24 +1,26 @@
-//! The only room that knows glommio.
+//! The only room that knows io_uring and threads.
 //!
-//! It boots `workers` pinned executors (one shard per core by default), wires
-//! the mesh of lock-free channels between them, and hands every other room a
-//! small vocabulary: [`Stream`], [`spawn`], [`sleep`], [`connect`], and the
-//! [`Shard`] context. A runtime swap would touch this folder and nothing else.
+//! It boots `workers` pinned shard threads (one per core by default), each running its own
+//! executor over its own io_uring (`executor`, `reactor`), wires the mesh of lock-free inboxes
+//! between them, and hands every other room a small vocabulary: [`Stream`], [`spawn`],
+//! [`sleep`], [`connect`], and the [`Shard`] context. (pgring first ran on glommio; the swap to
+//! this leaner loop touched this folder and nothing else: see `executor` for why.)
 //!
 //! Signals are taken by the main thread with `sigwait` (they are blocked in
 //! every shard thread) and published through [`Shared::control`]; each shard's
 //! janitor tick notices the change. Signals are rare; a 100 ms reaction is fine
 //! and keeps signal handling out of the shards' hot loops.
 
+mod executor;
 pub mod io;
 pub mod mesh;
+mod reactor;
 pub mod shard;
 pub mod tcp;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use glommio::{LocalExecutorBuilder, Placement};
 use tracing::{error, info};
 
 pub use io::{connect, sleep, spawn, Stream};
@@ -55,27 +57,46 @@ pub fn run(
     }
     block_signals();
     let mut handles = Vec::new();
+    let (booted_tx, booted_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     for (id, (listen, ends)) in listeners.into_iter().zip(meshes.drain(..)).enumerate() {
         let unix = if id == 0 { unix.take() } else { None };
         let shared = shared.clone();
-        let placement = match cores.get(id % cores.len().max(1)) {
-            Some(core) => Placement::Fixed(core.id),
-            None => Placement::Unbound,
-        };
-        let spin = Duration::from_micros(shared.config().general.spin_before_park_us);
-        let handle = LocalExecutorBuilder::new(placement)
-            .name(&format!("pgring-shard-{id}"))
-            .spin_before_park(spin)
-            .spawn(move || async move { shard::run_shard(id, shared, listen, unix, ends).await })
+        let core = cores.get(id % cores.len().max(1)).copied();
+        let general = &shared.config().general;
+        let spin = Duration::from_micros(general.spin_before_park_us);
+        let entries = u32::try_from(general.ring_depth).unwrap_or(u32::MAX);
+        let booted = booted_tx.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("pgring-shard-{id}"))
+            .spawn(move || {
+                if let Some(core) = core {
+                    core_affinity::set_for_current(core);
+                }
+                let main = {
+                    let booted = booted.clone();
+                    async move {
+                        let _ = booted.send(Ok(()));
+                        shard::run_shard(id, shared, listen, unix, ends).await
+                    }
+                };
+                if let Err(e) = executor::block_on(main, entries, spin) {
+                    let _ = booted.send(Err(e.to_string()));
+                }
+            })
             .map_err(|e| BootError::Shard(id, e.to_string()))?;
         handles.push(handle);
+        match booted_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(BootError::Shard(id, e)),
+            Err(_) => return Err(BootError::Shard(id, "shard thread died".into())),
+        }
     }
     info!(workers, "pgring started");
     crate::notify_ready();
     wait_for_signals(&shared);
     for h in handles {
-        if let Err(e) = h.join() {
-            error!(error = %e, "shard ended with an error");
+        if h.join().is_err() {
+            error!("shard thread panicked");
         }
     }
     if let Some(path) = unix_path {

@@ -3,14 +3,13 @@
 //! rollback of an abandoned transaction), and move between shards.
 //!
 //! A [`ServerConn`] is a socket plus [`ServerMeta`]; the meta part is plain
-//! data, so a connection can be detached from one shard's reactor (its fd
-//! dup'ed, the glommio stream dropped with no read in flight) and attached on
-//! another ([`DetachedServer`]).
+//! data, so a connection can be detached from one shard's reactor (its polls
+//! cancelled, the fd handed over) and attached on another ([`DetachedServer`]).
 
 pub mod params;
 
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use tracing::{debug, info};
@@ -131,24 +130,15 @@ impl ServerConn {
     /// Detaches from this shard's reactor. Must not be called with a read
     /// pending (servers are only moved while idle in a pool).
     pub fn detach(self) -> std::io::Result<DetachedServer> {
-        // SAFETY: dup of a valid open fd we own; the result is a new fd.
-        let fd = unsafe { libc::dup(self.stream.as_raw_fd()) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: fd is a fresh descriptor owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        drop(self.stream);
         Ok(DetachedServer {
-            fd,
+            fd: self.stream.into_fd(),
             meta: self.meta,
         })
     }
 
     /// Attaches a detached connection to the current shard's reactor.
     pub fn attach(d: DetachedServer) -> std::io::Result<ServerConn> {
-        // SAFETY: the fd is an open, connected TCP socket that we own.
-        let stream = unsafe { Stream::from_raw_fd(d.fd.into_raw_fd()) };
+        let stream = Stream::from_fd(d.fd)?;
         Ok(ServerConn {
             stream,
             meta: d.meta,
