@@ -20,8 +20,22 @@ pub struct ShardCounts {
     pub idle: AtomicU32,
     /// Clients waiting on that shard.
     pub waiting: AtomicU32,
-    /// Servers that shard holds (leased + idle), for rebalancing.
+    /// Servers that shard holds (leased + idle).
     pub owned: AtomicU32,
+    /// When that shard's longest-waiting client started waiting, in µs since [`epoch`] plus
+    /// one; 0 when nobody waits there. Servers move towards the oldest wait.
+    pub oldest_wait: AtomicU64,
+}
+
+/// The process-wide time base for [`ShardCounts::oldest_wait`].
+pub fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// `at` as published in [`ShardCounts::oldest_wait`].
+pub fn stamp(at: Instant) -> u64 {
+    at.saturating_duration_since(epoch()).as_micros() as u64 + 1
 }
 
 /// A process-wide counter with a cap, taken and returned without locks.

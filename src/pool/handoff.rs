@@ -28,32 +28,34 @@ impl Pool {
         }
     }
 
-    /// Under load every shard has waiters and none would ever give a server
-    /// away, so the shards that first took the budget would keep it: clients
-    /// on a shard that came late would starve. On release, a server moves to
-    /// another shard when that shard holds clearly fewer servers than its
-    /// share of demand (waiters + servers); the half-server margin keeps it
-    /// from bouncing back. Only other shards' counters are read, and only
-    /// when one of them has waiters.
+    /// Under load every shard has waiters and none would ever give a server away, so the
+    /// shards that first took the budget would keep it and clients on a shard that came late
+    /// would starve; per-shard FIFOs would also drift apart, which is what p99 sees. So on
+    /// release a server goes to the shard whose longest-waiting client has waited longest,
+    /// when that client has waited clearly longer than ours (1 ms plus an eighth of our wait,
+    /// so equal queues do not trade servers back and forth): the shards together approximate
+    /// PgBouncer's single FIFO. Only other shards' published stamps are read, one relaxed load
+    /// per shard, and only when another shard has waiters.
     pub(super) fn rebalance_target(&self, me: usize) -> Option<usize> {
         let shards = self.global.shards.len();
         if shards < 2 {
             return None;
         }
-        let o_s = (self.active.get() as usize + self.idle.borrow().len() + 1) as f64;
-        let d_s = self.waiters.borrow().len() as f64 + o_s;
-        let mut best: Option<(usize, f64)> = None;
+        let now = super::global::stamp(std::time::Instant::now());
+        let mine = self
+            .waiters
+            .borrow()
+            .front()
+            .map_or(0, |w| now.saturating_sub(super::global::stamp(w.since)));
+        let mut best: Option<(usize, u64)> = None;
         for t in (0..shards).filter(|&t| t != me) {
-            let c = self.global.shard(t);
-            let w_t = f64::from(c.waiting.load(Ordering::Relaxed));
-            if w_t == 0.0 {
+            let since = self.global.shard(t).oldest_wait.load(Ordering::Relaxed);
+            if since == 0 {
                 continue;
             }
-            let o_t = f64::from(c.owned.load(Ordering::Relaxed));
-            let share = (o_s + o_t) * (w_t + o_t) / (d_s + w_t + o_t);
-            let shortfall = share - o_t;
-            if shortfall >= 1.5 && best.is_none_or(|(_, b)| shortfall > b) {
-                best = Some((t, shortfall));
+            let waited = now.saturating_sub(since);
+            if waited > mine + 1_000 + mine / 8 && best.is_none_or(|(_, b)| waited > b) {
+                best = Some((t, waited));
             }
         }
         best.map(|(t, _)| t)

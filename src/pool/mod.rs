@@ -215,11 +215,13 @@ impl Pool {
     }
 
     fn set_waiting_counter(&self) {
-        let n = self.waiters.borrow().len() as u32;
-        self.global
-            .shard(self.shard_id)
+        let waiters = self.waiters.borrow();
+        let counts = self.global.shard(self.shard_id);
+        counts
             .waiting
-            .store(n, Ordering::Relaxed);
+            .store(waiters.len() as u32, Ordering::Relaxed);
+        let oldest = waiters.front().map_or(0, |w| global::stamp(w.since));
+        counts.oldest_wait.store(oldest, Ordering::Relaxed);
     }
 
     /// Leases a server: an idle one, else a new one within the global
@@ -277,8 +279,9 @@ impl Pool {
         if self.is_expired(server) {
             return Some("server lifetime over");
         }
-        // Only servers taken from the idle list are peeked; under load a
-        // released server goes straight to a waiter and skips this.
+        // Only servers taken from the idle list are checked, and one watched since it went
+        // idle with nothing arriving needs no syscall; under load a released server goes
+        // straight to a waiter and skips this.
         if !server.is_alive() {
             return Some("server closed the connection while idle");
         }
@@ -429,6 +432,7 @@ impl Pool {
             self.send_to(shard, to, server);
             return;
         }
+        server.watch_idle();
         self.idle.borrow_mut().push(server);
         self.set_idle_counter();
     }

@@ -138,6 +138,28 @@ impl Stream {
         (rc == 0).then_some(cred.uid)
     }
 
+    /// Starts watching for input with no task waiting (a server going idle), so that
+    /// [`Stream::known_quiet`] can later vouch for it without a syscall.
+    pub fn watch_input(&self) {
+        current().reactor.arm(&self.io, Dir::Read);
+    }
+
+    /// True when a watch armed by [`Stream::watch_input`] (or a pending read) has seen nothing
+    /// arrive: no data, no end of stream. False means "unknown", not "closed".
+    pub fn known_quiet(&self) -> bool {
+        self.io.is_quiet(Dir::Read)
+    }
+
+    /// Adopts a socket that came out of [`Stream::into_fd`] on another shard: already
+    /// non-blocking, family known, so no syscall is needed.
+    pub fn adopt(fd: OwnedFd, unix: bool) -> Stream {
+        Stream {
+            io: IoState::new(fd.as_raw_fd()),
+            fd,
+            unix,
+        }
+    }
+
     /// Leaves this shard's reactor and gives the socket back (to move it to another shard).
     pub fn into_fd(self) -> OwnedFd {
         let this = std::mem::ManuallyDrop::new(self);

@@ -71,6 +71,13 @@ impl IoState {
         }
     }
 
+    /// A poll is armed in direction `dir` and has not fired: nothing happened on the socket since
+    /// it was armed (no data, no end of stream, no error).
+    pub(crate) fn is_quiet(&self, dir: Dir) -> bool {
+        let d = self.dir(dir);
+        d.armed.get() != 0 && !d.ready.get()
+    }
+
     /// The last syscall found nothing (EAGAIN) or all there was: wait for a poll next time.
     pub(crate) fn clear_ready(&self, dir: Dir) {
         self.dir(dir).ready.set(false);
@@ -206,7 +213,15 @@ impl Reactor {
                 _ => *w = Some(cx.waker().clone()),
             }
         }
-        if d.armed.get() == 0 {
+        self.arm(io, dir);
+        Poll::Pending
+    }
+
+    /// Arms a poll in direction `dir` unless one is armed or the direction is already ready;
+    /// a completion with no task waiting only marks the direction ready.
+    pub(crate) fn arm(&self, io: &Rc<IoState>, dir: Dir) {
+        let d = io.dir(dir);
+        if d.armed.get() == 0 && !d.ready.get() {
             let id = self.add_op(Op::Poll(io.clone(), dir));
             let mask = match dir {
                 Dir::Read => libc::POLLIN | libc::POLLRDHUP,
@@ -218,7 +233,6 @@ impl Reactor {
             self.push(sqe);
             d.armed.set(id + 1);
         }
-        Poll::Pending
     }
 
     /// The fd is going away: cancel its in-flight polls (their completions then just drop the

@@ -138,17 +138,27 @@ impl ServerConn {
 
     /// Attaches a detached connection to the current shard's reactor.
     pub fn attach(d: DetachedServer) -> std::io::Result<ServerConn> {
-        let stream = Stream::from_fd(d.fd)?;
+        // Server connections are TCP, and into_fd left the socket non-blocking.
+        let stream = Stream::adopt(d.fd, false);
         Ok(ServerConn {
             stream,
             meta: d.meta,
         })
     }
 
+    /// Starts watching an idle server for input (see [`ServerConn::is_alive`]).
+    pub fn watch_idle(&self) {
+        self.stream.watch_input();
+    }
+
     /// Is the connection still open with nothing unread? An idle server
     /// has nothing to say; data (PostgreSQL's FATAL before it closes) or
     /// end-of-stream means it is gone.
     pub fn is_alive(&self) -> bool {
+        // Watched since it went idle and nothing arrived: alive, no syscall needed.
+        if self.stream.known_quiet() {
+            return true;
+        }
         let mut b = 0u8;
         // SAFETY: a 1-byte peek into a local on an fd we own; never blocks.
         let n = unsafe {
