@@ -32,12 +32,9 @@ static RELOADING: AtomicBool = AtomicBool::new(false);
 /// SIGHUP: reloads from the file pgring was started with, in a task.
 pub fn reload(shard: Rc<Shard>) {
     runtime::spawn(async move {
+        // Restart-only keys were already logged by `switch`.
         match reload_from_file(&shard).await {
-            Ok(notes) => {
-                for n in notes {
-                    warn!("{n}");
-                }
-            }
+            Ok(_) => {}
             Err(e) => error!(error = %e, "RELOAD failed; configuration unchanged"),
         }
     });
@@ -104,6 +101,11 @@ pub async fn switch(
     }
     let old = shard.config();
     let notes = keep_restart_keys(&old, &mut config);
+    // Logged before the switch, as PgBouncer warns while reading the file: whoever sees the
+    // new settings live can already find these lines.
+    for n in &notes {
+        warn!("{n}");
+    }
     let result = two_phase(shard, Arc::new(config), userlist).await;
     RELOADING.store(false, Ordering::Release);
     let config = result?;
@@ -221,6 +223,7 @@ const KEPT: &[&str] = &[
     "track_extra_parameters",
     "workers",
     "ring_depth",
+    "pin_shards",
     "spin_before_park_us",
     "stats_listen",
     "user",
@@ -244,6 +247,7 @@ fn keep_restart_keys(old: &Config, new: &mut Config) -> Vec<String> {
         track_extra_parameters,
         workers,
         ring_depth,
+        pin_shards,
         spin_before_park_us,
         stats_listen,
         user,

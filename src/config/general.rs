@@ -47,6 +47,11 @@ pub struct General {
     pub workers: usize,
     /// pgring: io_uring submission ring depth per shard.
     pub ring_depth: usize,
+    /// pgring: pin each shard thread to its own core (thread-per-core). Off lets the kernel
+    /// place shards next to the processes they talk to, which can cut wake-up latency on a
+    /// small host shared with PostgreSQL and the clients.
+    #[serde(deserialize_with = "flag")]
+    pub pin_shards: bool,
     /// pgring: microseconds a shard spins before parking when idle; 0 = park at once.
     /// Spinning cuts wake-up latency but steals CPU from a PostgreSQL on the same host.
     pub spin_before_park_us: u64,
@@ -244,6 +249,7 @@ impl Default for General {
             so_reuseport: false,
             workers: 0,
             ring_depth: 128,
+            pin_shards: true,
             spin_before_park_us: 0,
             stats_listen: None,
             pool_mode: PoolMode::Session,

@@ -27,6 +27,7 @@ pub const RESTART_KEYS: &[&str] = &[
     "track_extra_parameters",
     "workers",
     "ring_depth",
+    "pin_shards",
     "spin_before_park_us",
     "stats_listen",
 ];

@@ -61,8 +61,11 @@ pub fn run(
     for (id, (listen, ends)) in listeners.into_iter().zip(meshes.drain(..)).enumerate() {
         let unix = if id == 0 { unix.take() } else { None };
         let shared = shared.clone();
-        let core = cores.get(id % cores.len().max(1)).copied();
         let general = &shared.config().general;
+        let core = cores
+            .get(id % cores.len().max(1))
+            .copied()
+            .filter(|_| general.pin_shards);
         let spin = Duration::from_micros(general.spin_before_park_us);
         let entries = u32::try_from(general.ring_depth).unwrap_or(u32::MAX);
         let booted = booted_tx.clone();

@@ -49,6 +49,12 @@ async fn within<T>(limit: Duration, what: &str, fut: impl std::future::Future<Ou
 /// Connects from 127.0.0.1:`local` to 127.0.0.1:`port`. SO_REUSEADDR so that a port whose last
 /// connection was reset can be bound again at once.
 async fn connect_from(local: u16, port: u16) -> TcpStream {
+    try_connect_from(local, port)
+        .await
+        .unwrap_or_else(|e| panic!("connect from {local} to {port}: {e}"))
+}
+
+async fn try_connect_from(local: u16, port: u16) -> std::io::Result<TcpStream> {
     let sock = tokio::net::TcpSocket::new_v4().expect("socket");
     sock.set_reuseaddr(true).expect("SO_REUSEADDR");
     sock.bind(([127, 0, 0, 1], local).into())
@@ -56,7 +62,20 @@ async fn connect_from(local: u16, port: u16) -> TcpStream {
     tokio::time::timeout(CONNECT_TIMEOUT, sock.connect(([127, 0, 0, 1], port).into()))
         .await
         .unwrap_or_else(|_| panic!("connect from {local} to {port} hung"))
-        .unwrap_or_else(|e| panic!("connect from {local} to {port}: {e}"))
+}
+
+/// A connection to pgring on `port` that lands on `shard`. The probed source port is
+/// occasionally still taken when tests run in parallel (EADDRNOTAVAIL): probe another.
+async fn connect_on_shard(port: u16, shard: u32) -> TcpStream {
+    for _ in 0..5 {
+        let local = local_port_on_shard(port, shard).await;
+        match try_connect_from(local, port).await {
+            Ok(s) => return s,
+            Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => continue,
+            Err(e) => panic!("connect from {local} to {port}: {e}"),
+        }
+    }
+    panic!("five probed source ports for shard {shard} were all taken again")
 }
 
 /// The shard that owns a client, from the cancel key pgring gave it.
@@ -92,8 +111,7 @@ async fn local_port_on_shard(port: u16, shard: u32) -> u16 {
 
 /// A raw client of `user`@`db` logged in on `shard`.
 async fn wire_on_shard(port: u16, shard: u32, db: &str, user: &str) -> Wire {
-    let local = local_port_on_shard(port, shard).await;
-    let mut client = Wire::from_stream(connect_from(local, port).await);
+    let mut client = Wire::from_stream(connect_on_shard(port, shard).await);
     client
         .send(&wire::startup(&[("user", user), ("database", db)]))
         .await;

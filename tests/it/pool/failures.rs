@@ -6,8 +6,7 @@ use super::*;
 /// Logs into database `down` on `shard`; the error and how long it took.
 async fn down_login(port: u16, shard: u32) -> (tokio_postgres::Error, Duration) {
     // Placement is probed first (on `app`), so time only the login itself.
-    let local = local_port_on_shard(port, shard).await;
-    let stream = connect_from(local, port).await;
+    let stream = connect_on_shard(port, shard).await;
     let asked = Instant::now();
     let config = client_config(port, "down", "trust_user", "");
     let login = config.connect_raw(stream, tokio_postgres::NoTls);
