@@ -28,7 +28,7 @@
 //!
 //! # Rooms
 //! [`config`] settings, [`protocol`] sans-IO wire codec, [`runtime`] the only
-//! glommio code (shards, mesh, signals), [`listener`], [`client`], [`server`],
+//! io_uring and thread code (shards, executor, mesh, signals), [`listener`], [`client`], [`server`],
 //! [`pool`], [`relay`], [`prepared`] statements, [`auth`], [`admin`] console,
 //! [`stats`], [`metrics`] (Prometheus), [`janitor`], [`process`] (daemon,
 //! pidfile, privilege drop, logfile).
