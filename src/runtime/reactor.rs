@@ -3,8 +3,10 @@
 //!
 //! Sockets are read and written with plain non-blocking `recv`/`send` from the task that owns
 //! them; the ring only tells when a socket that had nothing to read (or no room to write) has
-//! changed. That keeps the relay's data in the caller's buffer (an idle client holds none) and
-//! costs one poll SQE per wait, batched with the others into the turn's one `io_uring_enter`.
+//! changed. That keeps the relay's data in the caller's buffer (an idle client holds none).
+//! A socket's read poll is multishot: armed the first time a read finds nothing, it stays armed
+//! and posts a completion per arrival (epoll's register-once model, no re-arm per message).
+//! Write polls are one-shot and rare (only when a send finds the socket full).
 //! The ring is set up single-issuer with deferred task work, so the kernel runs completions only
 //! when this thread enters: no interrupts of a busy shard, and one batch per turn.
 
@@ -42,6 +44,15 @@ impl DirState {
             ready: Cell::new(true),
             armed: Cell::new(0),
             waker: RefCell::new(None),
+        }
+    }
+
+    /// Something happened (data, end of stream, error, room to write): worth a syscall.
+    fn fire(&self) {
+        self.ready.set(true);
+        let w = self.waker.borrow_mut().take();
+        if let Some(w) = w {
+            w.wake();
         }
     }
 }
@@ -162,6 +173,16 @@ impl Reactor {
         ((ops[index].gen as u64) << 32) | index as u64
     }
 
+    /// The shared state of a live poll whose operation goes on (multishot).
+    fn peek_poll(&self, id: u64) -> Option<(Rc<IoState>, Dir)> {
+        let ops = self.ops.borrow();
+        let slot = ops.get((id & 0xffff_ffff) as usize)?;
+        match &slot.op {
+            Some(Op::Poll(io, dir)) if slot.gen == (id >> 32) as u32 => Some((io.clone(), *dir)),
+            _ => None,
+        }
+    }
+
     fn take_op(&self, id: u64) -> Option<Op> {
         let index = (id & 0xffff_ffff) as usize;
         let mut ops = self.ops.borrow_mut();
@@ -223,13 +244,19 @@ impl Reactor {
         let d = io.dir(dir);
         if d.armed.get() == 0 && !d.ready.get() {
             let id = self.add_op(Op::Poll(io.clone(), dir));
-            let mask = match dir {
-                Dir::Read => libc::POLLIN | libc::POLLRDHUP,
-                Dir::Write => libc::POLLOUT,
-            };
-            let sqe = opcode::PollAdd::new(types::Fd(io.fd), mask as u32)
-                .build()
-                .user_data(id);
+            // Reads arm a multishot poll: it stays armed for the socket's life and posts a
+            // completion at each arrival, so a busy connection costs no re-arm per message
+            // (epoll's registered-once model). Writes arm one-shot: POLLOUT would fire at every
+            // ACK while there is room.
+            let sqe = match dir {
+                Dir::Read => {
+                    opcode::PollAdd::new(types::Fd(io.fd), (libc::POLLIN | libc::POLLRDHUP) as u32)
+                        .multi(true)
+                }
+                Dir::Write => opcode::PollAdd::new(types::Fd(io.fd), libc::POLLOUT as u32),
+            }
+            .build()
+            .user_data(id);
             self.push(sqe);
             d.armed.set(id + 1);
         }
@@ -293,7 +320,11 @@ impl Reactor {
                 continue;
             }
             if cqueue::more(flags) {
-                continue; // we arm no multishot operations
+                // A multishot poll reporting an arrival; it stays armed.
+                if let Some((io, dir)) = self.peek_poll(id) {
+                    io.dir(dir).fire();
+                }
+                continue;
             }
             match self.take_op(id) {
                 Some(Op::Poll(io, dir)) => {
@@ -302,13 +333,8 @@ impl Reactor {
                         continue; // cancelled: the stream is gone
                     }
                     d.armed.set(0);
-                    if result == -libc::ECANCELED {
-                        continue;
-                    }
-                    d.ready.set(true);
-                    let w = d.waker.borrow_mut().take();
-                    if let Some(w) = w {
-                        w.wake();
+                    if result != -libc::ECANCELED {
+                        d.fire();
                     }
                 }
                 Some(Op::Eventfd) => self.arm_eventfd(),
