@@ -36,12 +36,12 @@ impl Pool {
     /// so equal queues do not trade servers back and forth): the shards together approximate
     /// PgBouncer's single FIFO. Only other shards' published stamps are read, one relaxed load
     /// per shard, and only when another shard has waiters.
-    pub(super) fn rebalance_target(&self, me: usize) -> Option<usize> {
+    pub(super) fn rebalance_target(&self, me: usize, now: std::time::Instant) -> Option<usize> {
         let shards = self.global.shards.len();
         if shards < 2 {
             return None;
         }
-        let now = super::global::stamp(std::time::Instant::now());
+        let now = super::global::stamp(now);
         let mine = self
             .waiters
             .borrow()

@@ -396,10 +396,13 @@ impl Pool {
     /// Returns a clean server (ReadyForQuery `I`) from a client.
     pub fn release(self: &Rc<Self>, shard: &Rc<Shard>, mut server: ServerConn) {
         self.active.set(self.active.get().saturating_sub(1));
-        server.meta.last_used = Instant::now();
+        let now = Instant::now();
+        server.meta.last_used = now;
         // PgBouncer's reasons: RECONNECT marks a server "obsolete connection".
         let obsolete = shard.admin.take_close_needed(server.meta.id);
-        if obsolete || self.is_expired(&server) {
+        let lifetime = self.settings.borrow().lifetime;
+        let expired = !lifetime.is_zero() && now - server.meta.created > lifetime;
+        if obsolete || expired {
             let reason = if obsolete {
                 "obsolete connection"
             } else {
@@ -408,13 +411,18 @@ impl Pool {
             self.close(shard, server, reason);
             return;
         }
-        self.place(shard, server);
+        self.place_at(shard, server, now);
     }
 
     /// Gives an unleased server to an under-served shard, a local waiter,
     /// another shard's waiter, or the idle list, in that order.
     fn place(self: &Rc<Self>, shard: &Rc<Shard>, server: ServerConn) {
-        if let Some(to) = self.rebalance_target(shard.id) {
+        self.place_at(shard, server, Instant::now());
+    }
+
+    /// [`Pool::place`] with the current time already at hand.
+    fn place_at(self: &Rc<Self>, shard: &Rc<Shard>, server: ServerConn, now: Instant) {
+        if let Some(to) = self.rebalance_target(shard.id, now) {
             self.send_to(shard, to, server);
             return;
         }

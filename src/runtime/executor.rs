@@ -23,7 +23,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll, RawWaker, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use super::reactor::Reactor;
@@ -204,7 +204,12 @@ impl Executor {
             let Some(fut) = task.fut.take() else {
                 return;
             };
-            (fut, task.waker.clone())
+            // SAFETY: an uncounted alias of the task's own waker, never dropped (ManuallyDrop).
+            // The Arc it points to is kept alive by the slot until after this poll: a slot is
+            // only emptied below, once the poll has returned (or at shutdown, when nothing runs).
+            let alias =
+                unsafe { Waker::from_raw(RawWaker::new(task.waker.data(), task.waker.vtable())) };
+            (fut, std::mem::ManuallyDrop::new(alias))
         };
         let done = fut
             .as_mut()
