@@ -447,17 +447,13 @@ async fn prepare_params(
     let mut tracked: Vec<String> = TRACKED.iter().map(|s| s.to_string()).collect();
     tracked.extend(config.general.track_extra_parameters.iter().cloned());
     let fresh = pool.welcome().is_none();
-    let welcome = match pool.welcome() {
-        Some(w) => w,
-        None => {
-            // First client of this pool on this shard: a server tells us
-            // what to greet clients with.
-            let server = pool.acquire(shard).await?;
-            pool.release(shard, server);
-            pool.welcome().unwrap_or_default()
-        }
-    };
-    let mut params = ClientParams::from_welcome(&welcome, &tracked);
+    if fresh {
+        // First client of this pool on this shard: a server tells us
+        // what to greet clients with.
+        let server = pool.acquire(shard).await?;
+        pool.release(shard, server);
+    }
+    let mut params = ClientParams::new(pool.client_base(&tracked));
     let mut novel = fresh && !requested.is_empty();
     for (k, v) in &requested {
         params.set(k, v);

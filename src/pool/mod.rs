@@ -48,7 +48,7 @@ pub use upkeep::evict_idle;
 use crate::config::{Config, PoolMode};
 use crate::error::{sqlstate, Error, PgError, Result};
 use crate::runtime::Shard;
-use crate::server::{self, ServerConn, ServerCredentials};
+use crate::server::{self, BaseParams, ServerConn, ServerCredentials};
 
 /// The ParameterStatus set clients of a pool are greeted with.
 pub type Welcome = Rc<Vec<(String, String)>>;
@@ -104,6 +104,8 @@ pub struct Pool {
     active: Cell<u32>,
     opening: Cell<u32>,
     welcome: RefCell<Option<Welcome>>,
+    /// The welcome's tracked part, shared by this slice's clients.
+    client_base: RefCell<Option<Rc<BaseParams>>>,
     shard_id: usize,
     validated: RefCell<std::collections::HashSet<(String, String)>>,
     /// Longest current wait start, for SHOW POOLS maxwait.
@@ -125,6 +127,7 @@ impl Pool {
             active: Cell::new(0),
             opening: Cell::new(0),
             welcome: RefCell::new(None),
+            client_base: RefCell::new(None),
             shard_id: shard.id,
             validated: RefCell::default(),
             stats: Default::default(),
@@ -188,6 +191,22 @@ impl Pool {
     /// of this pool has been seen.
     pub fn welcome(&self) -> Option<Welcome> {
         self.welcome.borrow().clone()
+    }
+
+    /// The defaults every client of this slice starts from: the tracked
+    /// part of the welcome, built once and shared (rebuilt only if RELOAD
+    /// changed the tracked names). Empty and unshared before a welcome.
+    pub fn client_base(&self, tracked: &[String]) -> Rc<BaseParams> {
+        let Some(welcome) = self.welcome() else {
+            return Rc::default();
+        };
+        let mut cached = self.client_base.borrow_mut();
+        match cached.as_ref().filter(|b| b.tracks(tracked)) {
+            Some(base) => base.clone(),
+            None => cached
+                .insert(Rc::new(BaseParams::from_welcome(&welcome, tracked)))
+                .clone(),
+        }
     }
 
     /// The first server this shard sees (opened here or handed over)
