@@ -66,8 +66,9 @@ pub enum LoggedIn {
 }
 
 /// A client's places under `max_db_client_connections` and
-/// `max_user_client_connections`, returned when the session ends.
-pub struct ClientSlots(Vec<Arc<Counter>>);
+/// `max_user_client_connections` (in that order), returned when the session
+/// ends.
+pub struct ClientSlots([Arc<Counter>; 2]);
 
 impl Drop for ClientSlots {
     fn drop(&mut self) {
@@ -81,31 +82,34 @@ impl Drop for ClientSlots {
 /// (client.c: "client connections exceeded (max_db_client_connections)").
 fn take_client_slots(shard: &Shard, config: &Config, db: &str, user: &str) -> Result<ClientSlots> {
     let shared = &shard.shared;
-    let mut slots = ClientSlots(Vec::with_capacity(2));
-    for (map, name, limit, what) in [
-        (
-            &shared.db_clients,
-            db,
-            config.max_db_client_connections(db),
-            "max_db_client_connections",
-        ),
-        (
-            &shared.user_clients,
-            user,
-            config.max_user_client_connections(user),
-            "max_user_client_connections",
-        ),
-    ] {
-        let c = counter(map, name);
-        if !c.try_take(limit) {
-            return Err(Error::refuse(
-                sqlstate::TOO_MANY_CONNECTIONS,
-                format!("client connections exceeded ({what})"),
-            ));
+    let db_slot = take_slot(
+        counter(&shared.db_clients, db),
+        config.max_db_client_connections(db),
+        "max_db_client_connections",
+    )?;
+    let user_slot = take_slot(
+        counter(&shared.user_clients, user),
+        config.max_user_client_connections(user),
+        "max_user_client_connections",
+    );
+    match user_slot {
+        Ok(user_slot) => Ok(ClientSlots([db_slot, user_slot])),
+        Err(e) => {
+            db_slot.give();
+            Err(e)
         }
-        slots.0.push(c);
     }
-    Ok(slots)
+}
+
+fn take_slot(c: Arc<Counter>, limit: u32, what: &str) -> Result<Arc<Counter>> {
+    if c.try_take(limit) {
+        Ok(c)
+    } else {
+        Err(Error::refuse(
+            sqlstate::TOO_MANY_CONNECTIONS,
+            format!("client connections exceeded ({what})"),
+        ))
+    }
 }
 
 /// The startup packet, decoded.
