@@ -131,13 +131,52 @@ impl ClientInfo {
 
 /// Serves one accepted connection to its end. The caller has already
 /// counted it against `max_client_conn`.
-pub async fn serve(shard: Rc<Shard>, stream: Stream) {
+///
+/// Every byte of this future's state is paid by every idle client, so:
+/// - it is an async block, not an `async fn`, which would keep a second,
+///   dead copy of its by-value arguments (the 128-byte stream) for the
+///   task's whole life (rust-lang/rust#62958);
+/// - the login phase (and the console, and goodbyes) is boxed, and gone
+///   once the client is in;
+/// - the session is moved whole into the future that serves it, so no
+///   login-time value stays in the state.
+#[allow(clippy::manual_async_fn)] // deliberately not an async fn: see above
+pub fn serve(shard: Rc<Shard>, mut stream: Stream) -> impl std::future::Future<Output = ()> {
+    async move {
+        let info = register(&shard, &stream);
+        // Both halves made here, so that the block never borrows a span
+        // (a borrowed local keeps its slot in the state for good).
+        let (login_span, session_span) = client_span(&shard, &info);
+        let login = boxed(login_phase(&shard, &info, &mut stream));
+        let Some(session) = login.instrument(login_span).await else {
+            return unregister(&shard, &info);
+        };
+        session.serve(&mut stream).instrument(session_span).await;
+        unregister(&shard, &info);
+    }
+}
+
+/// The session's span, twice: for the login and for the session after it.
+fn client_span(shard: &Shard, info: &ClientInfo) -> (tracing::Span, tracing::Span) {
+    let span = tracing::info_span!("client", shard = shard.id, client = info.id);
+    (span.clone(), span)
+}
+
+/// The session is over: it leaves the shard's lists and the client count.
+fn unregister(shard: &Shard, info: &ClientInfo) {
+    shard.clients.borrow_mut().remove(&info.id);
+    shard.cancel_keys.borrow_mut().remove(&info.key);
+    shard.shared.client_count.fetch_sub(1, Ordering::AcqRel);
+}
+
+/// Creates the session's [`ClientInfo`] and lists it in `shard.clients`.
+fn register(shard: &Rc<Shard>, stream: &Stream) -> Rc<ClientInfo> {
     let id = shard.next_id();
     let info = Rc::new(ClientInfo {
         id,
         key: cancel::new_key(shard.id),
-        addr: rio::peer_addr(&stream),
-        local_addr: rio::local_addr(&stream),
+        addr: rio::peer_addr(stream),
+        local_addr: rio::local_addr(stream),
         connect_time: SystemTime::now(),
         db: RefCell::default(),
         user: RefCell::default(),
@@ -151,72 +190,47 @@ pub async fn serve(shard: Rc<Shard>, stream: Stream) {
         kill_reason: RefCell::new(None),
     });
     shard.clients.borrow_mut().insert(id, info.clone());
-    let span = tracing::info_span!("client", shard = shard.id, client = id);
-    run(&shard, &info, stream).instrument(span).await;
-    shard.clients.borrow_mut().remove(&id);
-    shard.cancel_keys.borrow_mut().remove(&info.key);
-    shard.shared.client_count.fetch_sub(1, Ordering::AcqRel);
+    info
 }
 
-async fn run(shard: &Rc<Shard>, info: &Rc<ClientInfo>, mut stream: Stream) {
-    // Login and the console are boxed: an async fn's state is as large as
-    // its largest phase, and every idle client would otherwise carry the
-    // login machinery's footprint for its whole life.
-    let logged_in = match boxed(login::login(shard, info, &mut stream)).await {
+/// Logs the client in. A pool client comes back as its [`Session`]; an
+/// admin console session is served here to its end, as is a failed login.
+async fn login_phase(
+    shard: &Rc<Shard>,
+    info: &Rc<ClientInfo>,
+    stream: &mut Stream,
+) -> Option<Session> {
+    let logged_in = match login::login(shard, info, stream).await {
         Ok(Some(l)) => l,
-        Ok(None) => return,
-        Err(e) => return goodbye(shard, info, &mut stream, &e).await,
+        Ok(None) => return None,
+        Err(e) => {
+            goodbye(shard, info, stream, e).await;
+            return None;
+        }
     };
     shard
         .cancel_keys
         .borrow_mut()
         .insert(info.key, info.clone());
     info.state.set(ClientState::Idle);
-    let result = match logged_in {
+    match logged_in {
         login::LoggedIn::Admin { is_admin } => {
-            boxed(crate::admin::console::serve(
-                shard,
-                info,
-                &mut stream,
-                is_admin,
-            ))
-            .await
+            let result = crate::admin::console::serve(shard, info, stream, is_admin).await;
+            match result {
+                Ok(()) => debug!("client closed"),
+                Err(e) => goodbye(shard, info, stream, e).await,
+            }
+            None
         }
         login::LoggedIn::Pool {
             pool,
             params,
             slots,
-        } => {
-            let config = shard.config();
-            let user = info.user.borrow().clone();
-            let mut session = Session {
-                shard: shard.clone(),
-                info: info.clone(),
-                pool,
-                params,
-                max_packet: config.general.max_packet_size,
-                limits: relay::Limits {
-                    query: config.query_timeout(&user).duration(),
-                    idle_in_transaction: config.idle_transaction_timeout(&user).duration(),
-                    transaction: config.transaction_timeout(&user).duration(),
-                },
-                client_idle_timeout: config.client_idle_timeout(&user).duration(),
-                _slots: slots,
-                prepared: crate::prepared::ClientStatements::new(
-                    config.general.max_prepared_statements as usize,
-                ),
-            };
-            session.run(&mut stream).await
-        }
-    };
-    if let Err(e) = result {
-        goodbye(shard, info, &mut stream, &e).await;
-    } else {
-        debug!("client closed");
+        } => Some(Session::new(shard, info, pool, params, slots)),
     }
 }
 
-/// Moves a future to the heap (see `run`): a plain function, so the caller's
+/// Moves a future to the heap (see `serve`): a plain function, so the caller's
 /// state machine holds only the box, never the future's own storage.
 fn boxed<'a, T>(
     fut: impl std::future::Future<Output = T> + 'a,
@@ -225,7 +239,10 @@ fn boxed<'a, T>(
 }
 
 /// Sends the client its final ErrorResponse, if it can still hear one.
-async fn goodbye(shard: &Rc<Shard>, info: &ClientInfo, stream: &mut Stream, e: &Error) {
+/// Takes the error by value so that it lives in the (boxed) goodbye, not in
+/// the session's state.
+async fn goodbye(shard: &Rc<Shard>, info: &ClientInfo, stream: &mut Stream, e: Error) {
+    let e = &e;
     let reason = info.kill_reason();
     let pg = match (&reason, e) {
         (Some(r), _) => Some(crate::error::PgError::fatal(
@@ -277,10 +294,59 @@ struct Session {
 }
 
 impl Session {
+    fn new(
+        shard: &Rc<Shard>,
+        info: &Rc<ClientInfo>,
+        pool: Rc<Pool>,
+        params: ClientParams,
+        slots: login::ClientSlots,
+    ) -> Session {
+        let config = shard.config();
+        let user = info.user.borrow();
+        Session {
+            shard: shard.clone(),
+            info: info.clone(),
+            pool,
+            params,
+            max_packet: config.general.max_packet_size,
+            limits: relay::Limits {
+                query: config.query_timeout(&user).duration(),
+                idle_in_transaction: config.idle_transaction_timeout(&user).duration(),
+                transaction: config.transaction_timeout(&user).duration(),
+            },
+            client_idle_timeout: config.client_idle_timeout(&user).duration(),
+            _slots: slots,
+            prepared: crate::prepared::ClientStatements::new(
+                config.general.max_prepared_statements as usize,
+            ),
+        }
+    }
+
+    /// Serves the logged-in client to its end. It consumes the session so
+    /// that the session lives in this future alone (an async block: no
+    /// second copy of `self`, see `serve`), and is dropped, giving back its
+    /// slots and pool, before the goodbye.
+    #[allow(clippy::manual_async_fn)] // deliberately not an async fn: see above
+    fn serve(mut self, stream: &mut Stream) -> impl std::future::Future<Output = ()> + '_ {
+        async move {
+            let result = self.run(stream).await;
+            let (shard, info) = (self.shard.clone(), self.info.clone());
+            drop(self);
+            match result {
+                Ok(()) => debug!("client closed"),
+                // Boxed: an error path should not size the idle state.
+                Err(e) => boxed(goodbye(&shard, &info, stream, e)).await,
+            }
+        }
+    }
+
     async fn run(&mut self, stream: &mut Stream) -> Result<()> {
+        // Bytes of the next request that came with the last transaction.
+        // Matched in place (not `take()`n into a temporary), so the idle
+        // wait holds one Option<Buf>, not two.
         let mut pending: Option<Buf> = None;
         loop {
-            let cbuf = match pending.take() {
+            let cbuf = match pending {
                 Some(b) => b,
                 None => self.next_request(stream).await?,
             };
@@ -299,7 +365,9 @@ impl Session {
         let read = if self.client_idle_timeout.is_zero() {
             read.await
         } else {
-            rio::timeout(self.client_idle_timeout, read)
+            // Boxed: the timer is most of this wait's state, and without
+            // client_idle_timeout (the default) no idle client should hold it.
+            boxed(rio::timeout(self.client_idle_timeout, read))
                 .await
                 .ok_or_else(|| {
                     Error::refuse(
