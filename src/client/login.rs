@@ -149,10 +149,10 @@ async fn login_inner(
     let Some(startup) = read_startup(shard, stream).await? else {
         return Ok(None);
     };
-    *info.user.borrow_mut() = startup.user.clone();
-    *info.db.borrow_mut() = startup.database.clone();
+    *info.user.borrow_mut() = startup.user.as_str().into();
+    *info.db.borrow_mut() = startup.database.as_str().into();
     if let Some((_, app)) = startup.params.iter().find(|(k, _)| k == "application_name") {
-        *info.app_name.borrow_mut() = app.clone();
+        *info.app_name.borrow_mut() = app.as_str().into();
     }
     crate::admin::check_login_allowed(shard, &startup.database)?;
     if ADMIN_DBS.contains(&startup.database.as_str()) {
@@ -178,6 +178,7 @@ async fn login_inner(
         super::auth_query::remember_keys(shard, &key, keys);
     }
     let pool = shard.pool(&key);
+    share_names(info, &pool.key);
     let params = prepare_params(shard, &pool, config, &startup).await?;
     greet(stream, info, &pool, &params).await?;
     pool.stats.record_login();
@@ -188,6 +189,17 @@ async fn login_inner(
         params,
         slots,
     }))
+}
+
+/// Points the client's db and user at its pool key's strings where they are
+/// the same, so that the pool's clients hold one copy between them.
+fn share_names(info: &ClientInfo, key: &PoolKey) {
+    for (mine, shared) in [(&info.db, &key.db), (&info.user, &key.user)] {
+        let mut mine = mine.borrow_mut();
+        if *mine == *shared {
+            *mine = shared.clone();
+        }
+    }
 }
 
 /// Reads packets until a StartupMessage, answering SSL/GSS requests `N`.

@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use tracing::{debug, info, Instrument};
@@ -72,25 +73,28 @@ pub struct ClientInfo {
     pub local_addr: Option<SocketAddr>,
     /// Wall-clock connect time.
     pub connect_time: SystemTime,
-    /// Database asked for.
-    pub db: RefCell<String>,
-    /// User logged in as.
-    pub user: RefCell<String>,
+    /// Database asked for; once logged in to a pool, the pool key's own
+    /// string, shared by all its clients.
+    pub db: RefCell<Arc<str>>,
+    /// User logged in as (shared with the pool key like `db`, when the
+    /// database forces no other user).
+    pub user: RefCell<Arc<str>>,
     /// application_name.
-    pub app_name: RefCell<String>,
+    pub app_name: RefCell<Box<str>>,
     /// Current state.
     pub state: Cell<ClientState>,
     /// Start of the current wait or request.
     pub request_time: Cell<Instant>,
-    /// The linked server, if any.
-    pub linked: RefCell<Option<Linked>>,
+    /// The linked server, if any. Boxed: it is only there during a
+    /// transaction, and an idle client should not carry its ~100 bytes.
+    pub linked: RefCell<Option<Box<Linked>>>,
     /// Is this an admin console session.
     pub is_admin: Cell<bool>,
     /// Prepared statements the client has (SHOW CLIENTS
     /// prepared_statements), updated after each transaction.
     pub prepared_statements: Cell<usize>,
     fd: RawFd,
-    kill_reason: RefCell<Option<String>>,
+    kill_reason: RefCell<Option<Box<str>>>,
 }
 
 impl ClientInfo {
@@ -98,7 +102,7 @@ impl ClientInfo {
     /// whatever it awaits returns end-of-stream; the session then sends the
     /// reason as a FATAL error and cleans up its server as usual.
     pub fn kill(&self, reason: &str) {
-        *self.kill_reason.borrow_mut() = Some(reason.to_owned());
+        *self.kill_reason.borrow_mut() = Some(reason.into());
         // SAFETY: shutdown on the session's fd, which is open for as long
         // as the session (and this info) is registered.
         unsafe {
@@ -108,18 +112,18 @@ impl ClientInfo {
 
     /// Why the session was killed, if it was.
     pub fn kill_reason(&self) -> Option<String> {
-        self.kill_reason.borrow().clone()
+        self.kill_reason.borrow().as_deref().map(str::to_owned)
     }
 
     fn link(&self, server: &ServerConn) {
-        *self.linked.borrow_mut() = Some(Linked {
+        *self.linked.borrow_mut() = Some(Box::new(Linked {
             server_id: server.meta.id,
             addr: server.meta.addr,
             backend_key: server.meta.backend_key,
             local_addr: server.meta.local_addr,
             connect_time: server.meta.connect_time,
             prepared: server.meta.prepared.len(),
-        });
+        }));
         self.state.set(ClientState::Active);
     }
 
@@ -178,8 +182,8 @@ fn register(shard: &Rc<Shard>, stream: &Stream) -> Rc<ClientInfo> {
         addr: rio::peer_addr(stream),
         local_addr: rio::local_addr(stream),
         connect_time: SystemTime::now(),
-        db: RefCell::default(),
-        user: RefCell::default(),
+        db: RefCell::new("".into()),
+        user: RefCell::new("".into()),
         app_name: RefCell::default(),
         state: Cell::new(ClientState::Login),
         request_time: Cell::new(Instant::now()),
