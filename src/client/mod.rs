@@ -21,7 +21,7 @@ use std::time::{Instant, SystemTime};
 
 use tracing::{debug, info, Instrument};
 
-use crate::config::PoolMode;
+use crate::config::{Config, PoolMode, Seconds};
 use crate::error::{Error, Result};
 use crate::pool::Pool;
 use crate::protocol::startup::CancelKey;
@@ -283,6 +283,36 @@ fn log_reason(e: &Error) -> String {
     }
 }
 
+/// The user's timeouts as configured when it logged in. Kept as `Seconds`,
+/// half the size of `Duration`s (every idle client carries them), and made
+/// `Duration`s where they are used.
+#[derive(Clone, Copy)]
+struct Timeouts {
+    query: Seconds,
+    idle_in_transaction: Seconds,
+    transaction: Seconds,
+    client_idle: Seconds,
+}
+
+impl Timeouts {
+    fn for_user(config: &Config, user: &str) -> Timeouts {
+        Timeouts {
+            query: config.query_timeout(user),
+            idle_in_transaction: config.idle_transaction_timeout(user),
+            transaction: config.transaction_timeout(user),
+            client_idle: config.client_idle_timeout(user),
+        }
+    }
+
+    fn relay_limits(self) -> relay::Limits {
+        relay::Limits {
+            query: self.query.duration(),
+            idle_in_transaction: self.idle_in_transaction.duration(),
+            transaction: self.transaction.duration(),
+        }
+    }
+}
+
 /// A logged-in client of a normal pool.
 struct Session {
     shard: Rc<Shard>,
@@ -290,8 +320,7 @@ struct Session {
     pool: Rc<Pool>,
     params: ClientParams,
     max_packet: u32,
-    limits: relay::Limits,
-    client_idle_timeout: std::time::Duration,
+    timeouts: Timeouts,
     _slots: login::ClientSlots,
     /// The client's prepared statement names (transaction pooling).
     prepared: crate::prepared::ClientStatements,
@@ -313,12 +342,7 @@ impl Session {
             pool,
             params,
             max_packet: config.general.max_packet_size,
-            limits: relay::Limits {
-                query: config.query_timeout(&user).duration(),
-                idle_in_transaction: config.idle_transaction_timeout(&user).duration(),
-                transaction: config.transaction_timeout(&user).duration(),
-            },
-            client_idle_timeout: config.client_idle_timeout(&user).duration(),
+            timeouts: Timeouts::for_user(&config, &user),
             _slots: slots,
             prepared: crate::prepared::ClientStatements::new(
                 config.general.max_prepared_statements as usize,
@@ -370,12 +394,13 @@ impl Session {
     async fn next_request(&self, stream: &mut Stream) -> Result<Buf> {
         self.info.state.set(ClientState::Idle);
         let read = self.shard.bufs.read(stream);
-        let read = if self.client_idle_timeout.is_zero() {
+        let idle_timeout = self.timeouts.client_idle.duration();
+        let read = if idle_timeout.is_zero() {
             read.await
         } else {
             // Boxed: the timer is most of this wait's state, and without
             // client_idle_timeout (the default) no idle client should hold it.
-            boxed(rio::timeout(self.client_idle_timeout, read))
+            boxed(rio::timeout(idle_timeout, read))
                 .await
                 .ok_or_else(|| {
                     Error::refuse(
@@ -455,7 +480,7 @@ impl Session {
             self.shard.bufs.take(),
             mode,
             self.max_packet,
-            self.limits,
+            self.timeouts.relay_limits(),
         );
         let end = relay::run(
             &mut link,
