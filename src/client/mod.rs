@@ -219,7 +219,9 @@ async fn login_phase(
     info.state.set(ClientState::Idle);
     match logged_in {
         login::LoggedIn::Admin { is_admin } => {
-            let result = crate::admin::console::serve(shard, info, stream, is_admin).await;
+            // Boxed: its ~4 KB would otherwise be in every login's box.
+            let console = crate::admin::console::serve(shard, info, stream, is_admin);
+            let result = boxed(console).await;
             match result {
                 Ok(()) => debug!("client closed"),
                 Err(e) => goodbye(shard, info, stream, e).await,
