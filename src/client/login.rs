@@ -184,6 +184,7 @@ async fn login_inner(
     let pool = shard.pool(&key);
     share_names(info, &pool.key);
     let params = prepare_params(shard, &pool, config, &startup).await?;
+    share_app_name(info, &pool);
     greet(stream, info, &pool, &params).await?;
     pool.stats.record_login();
     // PgBouncer 1.18's `log_connections` wording (client.c), which operators grep for.
@@ -203,6 +204,15 @@ fn share_names(info: &ClientInfo, key: &PoolKey) {
         if *mine == *shared {
             *mine = shared.clone();
         }
+    }
+}
+
+/// The client's application_name, as the pool's shared copy (the one its
+/// parameters hold too).
+fn share_app_name(info: &ClientInfo, pool: &Pool) {
+    let mut app = info.app_name.borrow_mut();
+    if !app.is_empty() {
+        *app = pool.intern(&app);
     }
 }
 
@@ -476,7 +486,7 @@ async fn prepare_params(
     let mut params = ClientParams::new(pool.client_base(&tracked));
     let mut novel = fresh && !requested.is_empty();
     for (k, v) in &requested {
-        params.set(k, v);
+        params.set_with(k, v, |s| pool.intern(s));
         novel |= pool.note_param(k, v);
     }
     if novel {

@@ -80,7 +80,7 @@ pub struct ClientInfo {
     /// database forces no other user).
     pub user: RefCell<Arc<str>>,
     /// application_name.
-    pub app_name: RefCell<Box<str>>,
+    pub app_name: RefCell<Rc<str>>,
     /// Current state.
     pub state: Cell<ClientState>,
     /// Start of the current wait or request.
@@ -184,7 +184,7 @@ fn register(shard: &Rc<Shard>, stream: &Stream) -> Rc<ClientInfo> {
         connect_time: SystemTime::now(),
         db: RefCell::new("".into()),
         user: RefCell::new("".into()),
-        app_name: RefCell::default(),
+        app_name: RefCell::new("".into()),
         state: Cell::new(ClientState::Login),
         request_time: Cell::new(Instant::now()),
         linked: RefCell::new(None),

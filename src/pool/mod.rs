@@ -108,6 +108,10 @@ pub struct Pool {
     client_base: RefCell<Option<Rc<BaseParams>>>,
     shard_id: usize,
     validated: RefCell<std::collections::HashSet<(String, String)>>,
+    /// Startup parameter names and values, one shared copy each for the
+    /// clients that send them. Grows like `validated`: by distinct strings
+    /// seen in startup packets of this pool slice.
+    startup_strings: RefCell<std::collections::HashSet<Rc<str>>>,
     /// Longest current wait start, for SHOW POOLS maxwait.
     pub stats: crate::stats::PoolStats,
 }
@@ -130,6 +134,7 @@ impl Pool {
             client_base: RefCell::new(None),
             shard_id: shard.id,
             validated: RefCell::default(),
+            startup_strings: RefCell::default(),
             stats: Default::default(),
         }
     }
@@ -223,6 +228,17 @@ impl Pool {
         self.validated
             .borrow_mut()
             .insert((name.to_ascii_lowercase(), value.to_owned()))
+    }
+
+    /// The pool's shared copy of a startup parameter name or value.
+    pub fn intern(&self, s: &str) -> Rc<str> {
+        let mut strings = self.startup_strings.borrow_mut();
+        if let Some(shared) = strings.get(s) {
+            return shared.clone();
+        }
+        let shared: Rc<str> = s.into();
+        strings.insert(shared.clone());
+        shared
     }
 
     fn set_idle_counter(&self) {

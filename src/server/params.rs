@@ -175,7 +175,7 @@ impl BaseParams {
 pub struct ClientParams {
     base: Rc<BaseParams>,
     /// lower name → value, only where the client differs from `base`.
-    own: Vec<(Box<str>, Box<str>)>,
+    own: Vec<(Rc<str>, Rc<str>)>,
 }
 
 impl ClientParams {
@@ -190,19 +190,25 @@ impl ClientParams {
     /// Sets a wanted value (startup parameter, or the server reported the
     /// client's own SET).
     pub fn set(&mut self, name: &str, value: &str) {
+        self.set_with(name, value, |s| s.into());
+    }
+
+    /// As [`set`](Self::set), with the stored strings made by `intern` (a
+    /// pool shares one copy of its clients' startup values).
+    pub fn set_with(&mut self, name: &str, value: &str, intern: impl Fn(&str) -> Rc<str>) {
         let key = norm(name);
         let slot = self.own.iter().position(|(k, _)| **k == *key);
         match (slot, self.base.get(&key) == Some(value)) {
             (Some(i), true) => {
                 self.own.swap_remove(i);
             }
-            (Some(i), false) => self.own[i].1 = value.into(),
+            (Some(i), false) => self.own[i].1 = intern(value),
             (None, true) => {}
             (None, false) => {
                 // Overrides are few and rarely change: grow exactly, so an
                 // idle client carries no spare capacity.
                 self.own.reserve_exact(1);
-                self.own.push((key.into(), value.into()));
+                self.own.push((intern(&key), intern(value)));
             }
         }
     }
