@@ -56,10 +56,14 @@ pub async fn read_message(
     }
 }
 
-/// A small buffer for slow-path reads.
+/// A small buffer for slow-path reads. It grows on demand ([`read_message`]
+/// reserves a whole frame, `read_into` doubles a full buffer), so it only
+/// needs to fit the usual startup packet or login message: every client
+/// logging in holds one, and with thousands connecting at once the heap
+/// keeps their high-water mark.
 pub fn small_buf() -> Buf {
     Buf {
-        bytes: vec![0; 8 * 1024],
+        bytes: vec![0; 1024],
         filled: 0,
     }
 }

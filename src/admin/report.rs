@@ -219,14 +219,11 @@ fn admin_pool() -> PoolReport {
 /// forced user if it has one (as login does).
 pub fn client_pool_key(config: &Config, c: &ClientInfo) -> PoolKey {
     let db = c.db.borrow().clone();
-    let user = config
-        .database(&db)
-        .and_then(|d| d.user.clone())
-        .unwrap_or_else(|| c.user.borrow().clone());
-    PoolKey {
-        db: db.as_str().into(),
-        user: user.as_str().into(),
-    }
+    let user = match config.database(&db).and_then(|d| d.user.as_deref()) {
+        Some(forced) => forced.into(),
+        None => c.user.borrow().clone(),
+    };
+    PoolKey { db, user }
 }
 
 /// An `Instant` in the past as wall-clock time.
@@ -244,8 +241,8 @@ fn client_row(c: &ClientInfo) -> ConnRow {
     };
     ConnRow {
         kind: "C",
-        user: c.user.borrow().clone(),
-        db: c.db.borrow().clone(),
+        user: c.user.borrow().to_string(),
+        db: c.db.borrow().to_string(),
         state,
         addr: c.addr,
         local: c.local_addr,
@@ -256,7 +253,7 @@ fn client_row(c: &ClientInfo) -> ConnRow {
         id: c.id,
         link: c.linked.borrow().as_ref().map(|l| l.server_id),
         remote_pid: 0,
-        app_name: c.app_name.borrow().clone(),
+        app_name: c.app_name.borrow().to_string(),
         prepared: c.prepared_statements.get(),
     }
 }
@@ -278,7 +275,7 @@ fn linked_server_row(shard: &Shard, key: &PoolKey, c: &ClientInfo) -> Option<Con
         id: l.server_id,
         link: Some(c.id),
         remote_pid: l.backend_key.pid,
-        app_name: c.app_name.borrow().clone(),
+        app_name: c.app_name.borrow().to_string(),
         prepared: l.prepared,
     })
 }

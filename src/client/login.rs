@@ -66,8 +66,9 @@ pub enum LoggedIn {
 }
 
 /// A client's places under `max_db_client_connections` and
-/// `max_user_client_connections`, returned when the session ends.
-pub struct ClientSlots(Vec<Arc<Counter>>);
+/// `max_user_client_connections` (in that order), returned when the session
+/// ends.
+pub struct ClientSlots([Arc<Counter>; 2]);
 
 impl Drop for ClientSlots {
     fn drop(&mut self) {
@@ -81,31 +82,34 @@ impl Drop for ClientSlots {
 /// (client.c: "client connections exceeded (max_db_client_connections)").
 fn take_client_slots(shard: &Shard, config: &Config, db: &str, user: &str) -> Result<ClientSlots> {
     let shared = &shard.shared;
-    let mut slots = ClientSlots(Vec::with_capacity(2));
-    for (map, name, limit, what) in [
-        (
-            &shared.db_clients,
-            db,
-            config.max_db_client_connections(db),
-            "max_db_client_connections",
-        ),
-        (
-            &shared.user_clients,
-            user,
-            config.max_user_client_connections(user),
-            "max_user_client_connections",
-        ),
-    ] {
-        let c = counter(map, name);
-        if !c.try_take(limit) {
-            return Err(Error::refuse(
-                sqlstate::TOO_MANY_CONNECTIONS,
-                format!("client connections exceeded ({what})"),
-            ));
+    let db_slot = take_slot(
+        counter(&shared.db_clients, db),
+        config.max_db_client_connections(db),
+        "max_db_client_connections",
+    )?;
+    let user_slot = take_slot(
+        counter(&shared.user_clients, user),
+        config.max_user_client_connections(user),
+        "max_user_client_connections",
+    );
+    match user_slot {
+        Ok(user_slot) => Ok(ClientSlots([db_slot, user_slot])),
+        Err(e) => {
+            db_slot.give();
+            Err(e)
         }
-        slots.0.push(c);
     }
-    Ok(slots)
+}
+
+fn take_slot(c: Arc<Counter>, limit: u32, what: &str) -> Result<Arc<Counter>> {
+    if c.try_take(limit) {
+        Ok(c)
+    } else {
+        Err(Error::refuse(
+            sqlstate::TOO_MANY_CONNECTIONS,
+            format!("client connections exceeded ({what})"),
+        ))
+    }
 }
 
 /// The startup packet, decoded.
@@ -123,7 +127,11 @@ pub async fn login(
 ) -> Result<Option<LoggedIn>> {
     let config = shard.config();
     let limit = config.general.client_login_timeout.duration();
-    let work = login_inner(shard, info, stream, &config);
+    // The work is boxed: its ~3 KB state would otherwise be copied into
+    // the timeout's combinators several times over (~10 KB per client
+    // logging in, and 10,000 clients connecting at once leave the heap
+    // that much larger for good).
+    let work = Box::pin(login_inner(shard, info, stream, &config));
     if limit.is_zero() {
         return work.await;
     }
@@ -145,10 +153,10 @@ async fn login_inner(
     let Some(startup) = read_startup(shard, stream).await? else {
         return Ok(None);
     };
-    *info.user.borrow_mut() = startup.user.clone();
-    *info.db.borrow_mut() = startup.database.clone();
+    *info.user.borrow_mut() = startup.user.as_str().into();
+    *info.db.borrow_mut() = startup.database.as_str().into();
     if let Some((_, app)) = startup.params.iter().find(|(k, _)| k == "application_name") {
-        *info.app_name.borrow_mut() = app.clone();
+        *info.app_name.borrow_mut() = app.as_str().into();
     }
     crate::admin::check_login_allowed(shard, &startup.database)?;
     if ADMIN_DBS.contains(&startup.database.as_str()) {
@@ -174,7 +182,9 @@ async fn login_inner(
         super::auth_query::remember_keys(shard, &key, keys);
     }
     let pool = shard.pool(&key);
+    share_names(info, &pool.key);
     let params = prepare_params(shard, &pool, config, &startup).await?;
+    share_app_name(info, &pool);
     greet(stream, info, &pool, &params).await?;
     pool.stats.record_login();
     // PgBouncer 1.18's `log_connections` wording (client.c), which operators grep for.
@@ -184,6 +194,26 @@ async fn login_inner(
         params,
         slots,
     }))
+}
+
+/// Points the client's db and user at its pool key's strings where they are
+/// the same, so that the pool's clients hold one copy between them.
+fn share_names(info: &ClientInfo, key: &PoolKey) {
+    for (mine, shared) in [(&info.db, &key.db), (&info.user, &key.user)] {
+        let mut mine = mine.borrow_mut();
+        if *mine == *shared {
+            *mine = shared.clone();
+        }
+    }
+}
+
+/// The client's application_name, as the pool's shared copy (the one its
+/// parameters hold too).
+fn share_app_name(info: &ClientInfo, pool: &Pool) {
+    let mut app = info.app_name.borrow_mut();
+    if !app.is_empty() {
+        *app = pool.intern(&app);
+    }
 }
 
 /// Reads packets until a StartupMessage, answering SSL/GSS requests `N`.
@@ -447,20 +477,16 @@ async fn prepare_params(
     let mut tracked: Vec<String> = TRACKED.iter().map(|s| s.to_string()).collect();
     tracked.extend(config.general.track_extra_parameters.iter().cloned());
     let fresh = pool.welcome().is_none();
-    let welcome = match pool.welcome() {
-        Some(w) => w,
-        None => {
-            // First client of this pool on this shard: a server tells us
-            // what to greet clients with.
-            let server = pool.acquire(shard).await?;
-            pool.release(shard, server);
-            pool.welcome().unwrap_or_default()
-        }
-    };
-    let mut params = ClientParams::from_welcome(&welcome, &tracked);
+    if fresh {
+        // First client of this pool on this shard: a server tells us
+        // what to greet clients with.
+        let server = pool.acquire(shard).await?;
+        pool.release(shard, server);
+    }
+    let mut params = ClientParams::new(pool.client_base(&tracked));
     let mut novel = fresh && !requested.is_empty();
     for (k, v) in &requested {
-        params.set(k, v);
+        params.set_with(k, v, |s| pool.intern(s));
         novel |= pool.note_param(k, v);
     }
     if novel {

@@ -16,11 +16,12 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use tracing::{debug, info, Instrument};
 
-use crate::config::PoolMode;
+use crate::config::{Config, PoolMode, Seconds};
 use crate::error::{Error, Result};
 use crate::pool::Pool;
 use crate::protocol::startup::CancelKey;
@@ -72,25 +73,28 @@ pub struct ClientInfo {
     pub local_addr: Option<SocketAddr>,
     /// Wall-clock connect time.
     pub connect_time: SystemTime,
-    /// Database asked for.
-    pub db: RefCell<String>,
-    /// User logged in as.
-    pub user: RefCell<String>,
+    /// Database asked for; once logged in to a pool, the pool key's own
+    /// string, shared by all its clients.
+    pub db: RefCell<Arc<str>>,
+    /// User logged in as (shared with the pool key like `db`, when the
+    /// database forces no other user).
+    pub user: RefCell<Arc<str>>,
     /// application_name.
-    pub app_name: RefCell<String>,
+    pub app_name: RefCell<Rc<str>>,
     /// Current state.
     pub state: Cell<ClientState>,
     /// Start of the current wait or request.
     pub request_time: Cell<Instant>,
-    /// The linked server, if any.
-    pub linked: RefCell<Option<Linked>>,
+    /// The linked server, if any. Boxed: it is only there during a
+    /// transaction, and an idle client should not carry its ~100 bytes.
+    pub linked: RefCell<Option<Box<Linked>>>,
     /// Is this an admin console session.
     pub is_admin: Cell<bool>,
     /// Prepared statements the client has (SHOW CLIENTS
     /// prepared_statements), updated after each transaction.
     pub prepared_statements: Cell<usize>,
     fd: RawFd,
-    kill_reason: RefCell<Option<String>>,
+    kill_reason: RefCell<Option<Box<str>>>,
 }
 
 impl ClientInfo {
@@ -98,7 +102,7 @@ impl ClientInfo {
     /// whatever it awaits returns end-of-stream; the session then sends the
     /// reason as a FATAL error and cleans up its server as usual.
     pub fn kill(&self, reason: &str) {
-        *self.kill_reason.borrow_mut() = Some(reason.to_owned());
+        *self.kill_reason.borrow_mut() = Some(reason.into());
         // SAFETY: shutdown on the session's fd, which is open for as long
         // as the session (and this info) is registered.
         unsafe {
@@ -108,18 +112,18 @@ impl ClientInfo {
 
     /// Why the session was killed, if it was.
     pub fn kill_reason(&self) -> Option<String> {
-        self.kill_reason.borrow().clone()
+        self.kill_reason.borrow().as_deref().map(str::to_owned)
     }
 
     fn link(&self, server: &ServerConn) {
-        *self.linked.borrow_mut() = Some(Linked {
+        *self.linked.borrow_mut() = Some(Box::new(Linked {
             server_id: server.meta.id,
             addr: server.meta.addr,
             backend_key: server.meta.backend_key,
             local_addr: server.meta.local_addr,
             connect_time: server.meta.connect_time,
             prepared: server.meta.prepared.len(),
-        });
+        }));
         self.state.set(ClientState::Active);
     }
 
@@ -131,17 +135,56 @@ impl ClientInfo {
 
 /// Serves one accepted connection to its end. The caller has already
 /// counted it against `max_client_conn`.
-pub async fn serve(shard: Rc<Shard>, stream: Stream) {
+///
+/// Every byte of this future's state is paid by every idle client, so:
+/// - it is an async block, not an `async fn`, which would keep a second,
+///   dead copy of its by-value arguments (the 128-byte stream) for the
+///   task's whole life (rust-lang/rust#62958);
+/// - the login phase (and the console, and goodbyes) is boxed, and gone
+///   once the client is in;
+/// - the session is moved whole into the future that serves it, so no
+///   login-time value stays in the state.
+#[allow(clippy::manual_async_fn)] // deliberately not an async fn: see above
+pub fn serve(shard: Rc<Shard>, mut stream: Stream) -> impl std::future::Future<Output = ()> {
+    async move {
+        let info = register(&shard, &stream);
+        // Both halves made here, so that the block never borrows a span
+        // (a borrowed local keeps its slot in the state for good).
+        let (login_span, session_span) = client_span(&shard, &info);
+        let login = boxed(login_phase(&shard, &info, &mut stream));
+        let Some(session) = login.instrument(login_span).await else {
+            return unregister(&shard, &info);
+        };
+        session.serve(&mut stream).instrument(session_span).await;
+        unregister(&shard, &info);
+    }
+}
+
+/// The session's span, twice: for the login and for the session after it.
+fn client_span(shard: &Shard, info: &ClientInfo) -> (tracing::Span, tracing::Span) {
+    let span = tracing::info_span!("client", shard = shard.id, client = info.id);
+    (span.clone(), span)
+}
+
+/// The session is over: it leaves the shard's lists and the client count.
+fn unregister(shard: &Shard, info: &ClientInfo) {
+    shard.clients.borrow_mut().remove(&info.id);
+    shard.cancel_keys.borrow_mut().remove(&info.key);
+    shard.shared.client_count.fetch_sub(1, Ordering::AcqRel);
+}
+
+/// Creates the session's [`ClientInfo`] and lists it in `shard.clients`.
+fn register(shard: &Rc<Shard>, stream: &Stream) -> Rc<ClientInfo> {
     let id = shard.next_id();
     let info = Rc::new(ClientInfo {
         id,
         key: cancel::new_key(shard.id),
-        addr: rio::peer_addr(&stream),
-        local_addr: rio::local_addr(&stream),
+        addr: rio::peer_addr(stream),
+        local_addr: rio::local_addr(stream),
         connect_time: SystemTime::now(),
-        db: RefCell::default(),
-        user: RefCell::default(),
-        app_name: RefCell::default(),
+        db: RefCell::new("".into()),
+        user: RefCell::new("".into()),
+        app_name: RefCell::new("".into()),
         state: Cell::new(ClientState::Login),
         request_time: Cell::new(Instant::now()),
         linked: RefCell::new(None),
@@ -151,72 +194,49 @@ pub async fn serve(shard: Rc<Shard>, stream: Stream) {
         kill_reason: RefCell::new(None),
     });
     shard.clients.borrow_mut().insert(id, info.clone());
-    let span = tracing::info_span!("client", shard = shard.id, client = id);
-    run(&shard, &info, stream).instrument(span).await;
-    shard.clients.borrow_mut().remove(&id);
-    shard.cancel_keys.borrow_mut().remove(&info.key);
-    shard.shared.client_count.fetch_sub(1, Ordering::AcqRel);
+    info
 }
 
-async fn run(shard: &Rc<Shard>, info: &Rc<ClientInfo>, mut stream: Stream) {
-    // Login and the console are boxed: an async fn's state is as large as
-    // its largest phase, and every idle client would otherwise carry the
-    // login machinery's footprint for its whole life.
-    let logged_in = match boxed(login::login(shard, info, &mut stream)).await {
+/// Logs the client in. A pool client comes back as its [`Session`]; an
+/// admin console session is served here to its end, as is a failed login.
+async fn login_phase(
+    shard: &Rc<Shard>,
+    info: &Rc<ClientInfo>,
+    stream: &mut Stream,
+) -> Option<Session> {
+    let logged_in = match login::login(shard, info, stream).await {
         Ok(Some(l)) => l,
-        Ok(None) => return,
-        Err(e) => return goodbye(shard, info, &mut stream, &e).await,
+        Ok(None) => return None,
+        Err(e) => {
+            goodbye(shard, info, stream, e).await;
+            return None;
+        }
     };
     shard
         .cancel_keys
         .borrow_mut()
         .insert(info.key, info.clone());
     info.state.set(ClientState::Idle);
-    let result = match logged_in {
+    match logged_in {
         login::LoggedIn::Admin { is_admin } => {
-            boxed(crate::admin::console::serve(
-                shard,
-                info,
-                &mut stream,
-                is_admin,
-            ))
-            .await
+            // Boxed: its ~4 KB would otherwise be in every login's box.
+            let console = crate::admin::console::serve(shard, info, stream, is_admin);
+            let result = boxed(console).await;
+            match result {
+                Ok(()) => debug!("client closed"),
+                Err(e) => goodbye(shard, info, stream, e).await,
+            }
+            None
         }
         login::LoggedIn::Pool {
             pool,
             params,
             slots,
-        } => {
-            let config = shard.config();
-            let user = info.user.borrow().clone();
-            let mut session = Session {
-                shard: shard.clone(),
-                info: info.clone(),
-                pool,
-                params,
-                max_packet: config.general.max_packet_size,
-                limits: relay::Limits {
-                    query: config.query_timeout(&user).duration(),
-                    idle_in_transaction: config.idle_transaction_timeout(&user).duration(),
-                    transaction: config.transaction_timeout(&user).duration(),
-                },
-                client_idle_timeout: config.client_idle_timeout(&user).duration(),
-                _slots: slots,
-                prepared: crate::prepared::ClientStatements::new(
-                    config.general.max_prepared_statements as usize,
-                ),
-            };
-            session.run(&mut stream).await
-        }
-    };
-    if let Err(e) = result {
-        goodbye(shard, info, &mut stream, &e).await;
-    } else {
-        debug!("client closed");
+        } => Some(Session::new(shard, info, pool, params, slots)),
     }
 }
 
-/// Moves a future to the heap (see `run`): a plain function, so the caller's
+/// Moves a future to the heap (see `serve`): a plain function, so the caller's
 /// state machine holds only the box, never the future's own storage.
 fn boxed<'a, T>(
     fut: impl std::future::Future<Output = T> + 'a,
@@ -225,7 +245,10 @@ fn boxed<'a, T>(
 }
 
 /// Sends the client its final ErrorResponse, if it can still hear one.
-async fn goodbye(shard: &Rc<Shard>, info: &ClientInfo, stream: &mut Stream, e: &Error) {
+/// Takes the error by value so that it lives in the (boxed) goodbye, not in
+/// the session's state.
+async fn goodbye(shard: &Rc<Shard>, info: &ClientInfo, stream: &mut Stream, e: Error) {
+    let e = &e;
     let reason = info.kill_reason();
     let pg = match (&reason, e) {
         (Some(r), _) => Some(crate::error::PgError::fatal(
@@ -262,6 +285,36 @@ fn log_reason(e: &Error) -> String {
     }
 }
 
+/// The user's timeouts as configured when it logged in. Kept as `Seconds`,
+/// half the size of `Duration`s (every idle client carries them), and made
+/// `Duration`s where they are used.
+#[derive(Clone, Copy)]
+struct Timeouts {
+    query: Seconds,
+    idle_in_transaction: Seconds,
+    transaction: Seconds,
+    client_idle: Seconds,
+}
+
+impl Timeouts {
+    fn for_user(config: &Config, user: &str) -> Timeouts {
+        Timeouts {
+            query: config.query_timeout(user),
+            idle_in_transaction: config.idle_transaction_timeout(user),
+            transaction: config.transaction_timeout(user),
+            client_idle: config.client_idle_timeout(user),
+        }
+    }
+
+    fn relay_limits(self) -> relay::Limits {
+        relay::Limits {
+            query: self.query.duration(),
+            idle_in_transaction: self.idle_in_transaction.duration(),
+            transaction: self.transaction.duration(),
+        }
+    }
+}
+
 /// A logged-in client of a normal pool.
 struct Session {
     shard: Rc<Shard>,
@@ -269,18 +322,65 @@ struct Session {
     pool: Rc<Pool>,
     params: ClientParams,
     max_packet: u32,
-    limits: relay::Limits,
-    client_idle_timeout: std::time::Duration,
+    timeouts: Timeouts,
     _slots: login::ClientSlots,
     /// The client's prepared statement names (transaction pooling).
     prepared: crate::prepared::ClientStatements,
 }
 
 impl Session {
-    async fn run(&mut self, stream: &mut Stream) -> Result<()> {
+    fn new(
+        shard: &Rc<Shard>,
+        info: &Rc<ClientInfo>,
+        pool: Rc<Pool>,
+        params: ClientParams,
+        slots: login::ClientSlots,
+    ) -> Session {
+        let config = shard.config();
+        let user = info.user.borrow();
+        Session {
+            shard: shard.clone(),
+            info: info.clone(),
+            pool,
+            params,
+            max_packet: config.general.max_packet_size,
+            timeouts: Timeouts::for_user(&config, &user),
+            _slots: slots,
+            prepared: crate::prepared::ClientStatements::new(
+                config.general.max_prepared_statements as usize,
+            ),
+        }
+    }
+
+    /// Serves the logged-in client to its end. It consumes the session so
+    /// that the session lives in this future alone (an async block: no
+    /// second copy of `self`, see `serve`), and is dropped, giving back its
+    /// slots and pool, before the goodbye.
+    #[allow(clippy::manual_async_fn)] // deliberately not an async fn: see above
+    fn serve(mut self, stream: &mut Stream) -> impl std::future::Future<Output = ()> + '_ {
+        async move {
+            let result = self.run(stream).await;
+            let (shard, info) = (self.shard.clone(), self.info.clone());
+            drop(self);
+            match result {
+                Ok(()) => debug!("client closed"),
+                // Boxed: an error path should not size the idle state.
+                Err(e) => boxed(goodbye(&shard, &info, stream, *e)).await,
+            }
+        }
+    }
+
+    /// The request loop; it only ends with an error (a client that leaves
+    /// is `ClientClosed`). The error comes boxed: `serve` reserves room for
+    /// this future's output beside the future itself for the whole session
+    /// (rustc does not overlap the two), 8 bytes instead of an inline Error.
+    async fn run(&mut self, stream: &mut Stream) -> std::result::Result<(), Box<Error>> {
+        // Bytes of the next request that came with the last transaction.
+        // Matched in place (not `take()`n into a temporary), so the idle
+        // wait holds one Option<Buf>, not two.
         let mut pending: Option<Buf> = None;
         loop {
-            let cbuf = match pending.take() {
+            let cbuf = match pending {
                 Some(b) => b,
                 None => self.next_request(stream).await?,
             };
@@ -296,10 +396,13 @@ impl Session {
     async fn next_request(&self, stream: &mut Stream) -> Result<Buf> {
         self.info.state.set(ClientState::Idle);
         let read = self.shard.bufs.read(stream);
-        let read = if self.client_idle_timeout.is_zero() {
+        let idle_timeout = self.timeouts.client_idle.duration();
+        let read = if idle_timeout.is_zero() {
             read.await
         } else {
-            rio::timeout(self.client_idle_timeout, read)
+            // Boxed: the timer is most of this wait's state, and without
+            // client_idle_timeout (the default) no idle client should hold it.
+            boxed(rio::timeout(idle_timeout, read))
                 .await
                 .ok_or_else(|| {
                     Error::refuse(
@@ -379,7 +482,7 @@ impl Session {
             self.shard.bufs.take(),
             mode,
             self.max_packet,
-            self.limits,
+            self.timeouts.relay_limits(),
         );
         let end = relay::run(
             &mut link,

@@ -48,7 +48,7 @@ pub use upkeep::evict_idle;
 use crate::config::{Config, PoolMode};
 use crate::error::{sqlstate, Error, PgError, Result};
 use crate::runtime::Shard;
-use crate::server::{self, ServerConn, ServerCredentials};
+use crate::server::{self, BaseParams, ServerConn, ServerCredentials};
 
 /// The ParameterStatus set clients of a pool are greeted with.
 pub type Welcome = Rc<Vec<(String, String)>>;
@@ -104,8 +104,14 @@ pub struct Pool {
     active: Cell<u32>,
     opening: Cell<u32>,
     welcome: RefCell<Option<Welcome>>,
+    /// The welcome's tracked part, shared by this slice's clients.
+    client_base: RefCell<Option<Rc<BaseParams>>>,
     shard_id: usize,
     validated: RefCell<std::collections::HashSet<(String, String)>>,
+    /// Startup parameter names and values, one shared copy each for the
+    /// clients that send them. Grows like `validated`: by distinct strings
+    /// seen in startup packets of this pool slice.
+    startup_strings: RefCell<std::collections::HashSet<Rc<str>>>,
     /// Longest current wait start, for SHOW POOLS maxwait.
     pub stats: crate::stats::PoolStats,
 }
@@ -125,8 +131,10 @@ impl Pool {
             active: Cell::new(0),
             opening: Cell::new(0),
             welcome: RefCell::new(None),
+            client_base: RefCell::new(None),
             shard_id: shard.id,
             validated: RefCell::default(),
+            startup_strings: RefCell::default(),
             stats: Default::default(),
         }
     }
@@ -190,6 +198,22 @@ impl Pool {
         self.welcome.borrow().clone()
     }
 
+    /// The defaults every client of this slice starts from: the tracked
+    /// part of the welcome, built once and shared (rebuilt only if RELOAD
+    /// changed the tracked names). Empty and unshared before a welcome.
+    pub fn client_base(&self, tracked: &[String]) -> Rc<BaseParams> {
+        let Some(welcome) = self.welcome() else {
+            return Rc::default();
+        };
+        let mut cached = self.client_base.borrow_mut();
+        match cached.as_ref().filter(|b| b.tracks(tracked)) {
+            Some(base) => base.clone(),
+            None => cached
+                .insert(Rc::new(BaseParams::from_welcome(&welcome, tracked)))
+                .clone(),
+        }
+    }
+
     /// The first server this shard sees (opened here or handed over)
     /// tells what new clients are greeted with.
     fn learn_welcome(&self, server: &ServerConn) {
@@ -204,6 +228,17 @@ impl Pool {
         self.validated
             .borrow_mut()
             .insert((name.to_ascii_lowercase(), value.to_owned()))
+    }
+
+    /// The pool's shared copy of a startup parameter name or value.
+    pub fn intern(&self, s: &str) -> Rc<str> {
+        let mut strings = self.startup_strings.borrow_mut();
+        if let Some(shared) = strings.get(s) {
+            return shared.clone();
+        }
+        let shared: Rc<str> = s.into();
+        strings.insert(shared.clone());
+        shared
     }
 
     fn set_idle_counter(&self) {

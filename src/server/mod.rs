@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info};
 
-pub use params::{ClientParams, ServerParams};
+pub use params::{BaseParams, ClientParams, ServerParams};
 
 use crate::auth::{md5, scram};
 use crate::config::Config;

@@ -13,6 +13,7 @@
 //! parameter would be parsed (lists such as `search_path=a,b` included).
 
 use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
 
 /// Lower-cased parameter name.
 fn norm(name: &str) -> String {
@@ -72,13 +73,13 @@ impl ServerParams {
     pub fn sync_query(&self, wants: &ClientParams) -> Option<String> {
         let mut resets = String::new();
         for extra in &self.extras {
-            if !wants.values.contains_key(extra) {
+            if wants.get(extra).is_none() {
                 resets.push_str(&format!("RESET {};", quote_ident(extra)));
             }
         }
         let mut sets = Vec::new();
-        for (k, v) in &wants.values {
-            if self.values.get(k) != Some(v) {
+        for (k, v) in wants.iter() {
+            if self.values.get(k).map(String::as_str) != Some(v) {
                 sets.push(format!(
                     "pg_catalog.set_config({}, {}, false)",
                     quote_lit(k),
@@ -102,17 +103,17 @@ impl ServerParams {
         let stale: Vec<String> = self
             .extras
             .iter()
-            .filter(|e| !wants.values.contains_key(*e))
+            .filter(|e| wants.get(e).is_none())
             .cloned()
             .collect();
         for e in stale {
             self.extras.remove(&e);
             self.values.remove(&e);
         }
-        for (k, v) in &wants.values {
+        for (k, v) in wants.iter() {
             if !self.is_reported(k) {
-                self.extras.insert(k.clone());
-                self.values.insert(k.clone(), v.clone());
+                self.extras.insert(k.to_owned());
+                self.values.insert(k.to_owned(), v.to_owned());
             }
         }
     }
@@ -123,45 +124,121 @@ impl ServerParams {
     }
 }
 
+/// What every client of a pool starts from: the tracked part of the pool's
+/// welcome (lower-cased names). Built once per pool slice and shared behind
+/// an `Rc`, so that an idle client holds only what it changed, not its own
+/// copy of the defaults (issue 6: memory per idle client).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct BaseParams {
+    /// The tracked names this set was built for (a RELOAD may change them).
+    tracked: Vec<String>,
+    values: Vec<(Box<str>, Box<str>)>,
+}
+
+impl BaseParams {
+    /// The tracked parameters of a pool's welcome set.
+    pub fn from_welcome(welcome: &[(String, String)], tracked: &[String]) -> Self {
+        let wanted: HashSet<String> = tracked.iter().map(|t| norm(t)).collect();
+        let mut values: Vec<(Box<str>, Box<str>)> = Vec::new();
+        for (n, v) in welcome {
+            let key = norm(n);
+            if wanted.contains(&key) && !values.iter().any(|(k, _)| **k == *key) {
+                values.push((key.into(), v.as_str().into()));
+            }
+        }
+        BaseParams {
+            tracked: tracked.to_vec(),
+            values,
+        }
+    }
+
+    /// Was this set built for exactly these tracked names?
+    pub fn tracks(&self, tracked: &[String]) -> bool {
+        self.tracked == tracked
+    }
+
+    fn get(&self, key: &str) -> Option<&str> {
+        self.values
+            .iter()
+            .find(|(k, _)| **k == *key)
+            .map(|(_, v)| &**v)
+    }
+}
+
 /// What a client wants its server to look like: every reported parameter
 /// (from its welcome, overridden by its startup packet and its own SETs)
 /// plus the unreported ones it asked for at startup.
+///
+/// Stored as the pool's shared [`BaseParams`] plus the client's own values
+/// where they differ; a value set back to the default drops its override.
 #[derive(Debug, Clone, Default)]
 pub struct ClientParams {
-    values: HashMap<String, String>,
+    base: Rc<BaseParams>,
+    /// lower name → value, only where the client differs from `base`.
+    own: Vec<(Rc<str>, Rc<str>)>,
 }
 
 impl ClientParams {
-    /// Starts from a pool's welcome set.
-    pub fn from_welcome(welcome: &[(String, String)], tracked: &[String]) -> Self {
-        let tracked: HashSet<String> = tracked.iter().map(|t| norm(t)).collect();
-        let values = welcome
-            .iter()
-            .filter(|(n, _)| tracked.contains(&norm(n)))
-            .map(|(n, v)| (norm(n), v.clone()))
-            .collect();
-        ClientParams { values }
+    /// Starts from a pool's shared defaults.
+    pub fn new(base: Rc<BaseParams>) -> Self {
+        ClientParams {
+            base,
+            own: Vec::new(),
+        }
     }
 
     /// Sets a wanted value (startup parameter, or the server reported the
     /// client's own SET).
     pub fn set(&mut self, name: &str, value: &str) {
-        self.values.insert(norm(name), value.to_owned());
+        self.set_with(name, value, |s| s.into());
+    }
+
+    /// As [`set`](Self::set), with the stored strings made by `intern` (a
+    /// pool shares one copy of its clients' startup values).
+    pub fn set_with(&mut self, name: &str, value: &str, intern: impl Fn(&str) -> Rc<str>) {
+        let key = norm(name);
+        let slot = self.own.iter().position(|(k, _)| **k == *key);
+        match (slot, self.base.get(&key) == Some(value)) {
+            (Some(i), true) => {
+                self.own.swap_remove(i);
+            }
+            (Some(i), false) => self.own[i].1 = intern(value),
+            (None, true) => {}
+            (None, false) => {
+                // Overrides are few and rarely change: grow exactly, so an
+                // idle client carries no spare capacity.
+                self.own.reserve_exact(1);
+                self.own.push((intern(&key), intern(value)));
+            }
+        }
     }
 
     /// Updates a value only if the client tracks it (ParameterStatus seen
     /// while linked).
     pub fn on_status(&mut self, name: &str, value: &str) {
-        if let Some(v) = self.values.get_mut(&norm(name)) {
-            if v != value {
-                *v = value.to_owned();
-            }
+        if self.get(name).is_some_and(|v| v != value) {
+            self.set(name, value);
         }
     }
 
     /// The wanted value of `name`.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.values.get(&norm(name)).map(String::as_str)
+        let key = norm(name);
+        match self.own.iter().find(|(k, _)| **k == *key) {
+            Some((_, v)) => Some(v),
+            None => self.base.get(&key),
+        }
+    }
+
+    /// Every wanted value, lower-cased names.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        let own = self.own.iter().map(|(k, v)| (&**k, &**v));
+        let base = self.base.values.iter().filter(|(k, _)| !self.overrides(k));
+        own.chain(base.map(|(k, v)| (&**k, &**v)))
+    }
+
+    fn overrides(&self, key: &str) -> bool {
+        self.own.iter().any(|(k, _)| **k == *key)
     }
 }
 
@@ -190,6 +267,11 @@ pub fn quote_ident(s: &str) -> String {
 mod tests {
     use super::*;
 
+    fn client(welcome: &[(String, String)], tracked: &[&str]) -> ClientParams {
+        let tracked: Vec<String> = tracked.iter().map(|t| t.to_string()).collect();
+        ClientParams::new(Rc::new(BaseParams::from_welcome(welcome, &tracked)))
+    }
+
     fn server() -> ServerParams {
         let mut s = ServerParams::default();
         s.on_status("TimeZone", "UTC");
@@ -200,17 +282,14 @@ mod tests {
     #[test]
     fn matching_server_needs_no_query() {
         let s = server();
-        let c = ClientParams::from_welcome(
-            &s.reported(),
-            &["TimeZone".into(), "client_encoding".into()],
-        );
+        let c = client(&s.reported(), &["TimeZone", "client_encoding"]);
         assert_eq!(s.sync_query(&c), None);
     }
 
     #[test]
     fn differing_and_extra_values_are_set_then_reset() {
         let mut s = server();
-        let mut c = ClientParams::from_welcome(&s.reported(), &["TimeZone".into()]);
+        let mut c = client(&s.reported(), &["TimeZone"]);
         c.set("timezone", "Europe/Paris");
         c.set("search_path", "a,b");
         let q = s.sync_query(&c).unwrap();
@@ -220,11 +299,36 @@ mod tests {
         s.on_status("TimeZone", "Europe/Paris");
         s.synced(&c);
         assert_eq!(s.sync_query(&c), None);
-        let plain = ClientParams::from_welcome(
-            &[("TimeZone".into(), "Europe/Paris".into())],
-            &["TimeZone".into()],
-        );
+        let plain = client(&[("TimeZone".into(), "Europe/Paris".into())], &["TimeZone"]);
         assert_eq!(s.sync_query(&plain).unwrap(), "RESET \"search_path\";");
+    }
+
+    #[test]
+    fn client_keeps_only_what_differs_from_the_shared_base() {
+        let c = client(&server().reported(), &["TimeZone", "client_encoding"]);
+        let mut c2 = c.clone();
+        c2.set("TimeZone", "Europe/Paris");
+        c2.set("search_path", "a");
+        assert_eq!(c2.own.len(), 2);
+        assert_eq!(c2.get("timezone"), Some("Europe/Paris"));
+        assert_eq!(c.get("TimeZone"), Some("UTC"));
+        // A ParameterStatus back to the default drops the override; an
+        // untracked name is ignored.
+        c2.on_status("TimeZone", "UTC");
+        c2.on_status("DateStyle", "ISO");
+        assert_eq!(c2.own.len(), 1);
+        assert_eq!(c2.get("DateStyle"), None);
+        let mut all: Vec<_> = c2.iter().collect();
+        all.sort();
+        assert_eq!(
+            all,
+            [
+                ("client_encoding", "UTF8"),
+                ("search_path", "a"),
+                ("timezone", "UTC")
+            ]
+        );
+        assert!(Rc::ptr_eq(&c.base, &c2.base));
     }
 
     #[test]
