@@ -32,11 +32,23 @@ pub struct ServerParams {
     /// What the server reported at login, before anyone changed anything:
     /// the defaults a client that asks for nothing must see.
     login: Vec<(String, String)>,
+    /// The client parameter set these values were last checked or made to match, so that the
+    /// next lease by a client with the same set skips the comparison (one per transaction).
+    /// Any ParameterStatus forgets it.
+    matched: Option<Matched>,
+}
+
+/// A client parameter set, by identity: its pool's shared defaults (by id) and its overrides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Matched {
+    base: u64,
+    own: Vec<(Box<str>, Box<str>)>,
 }
 
 impl ServerParams {
     /// Records a ParameterStatus from the server.
     pub fn on_status(&mut self, name: &str, value: &str) {
+        self.matched = None;
         let key = norm(name);
         match self.reported.iter_mut().find(|(n, _)| norm(n) == key) {
             Some(entry) => entry.1 = value.to_owned(),
@@ -70,7 +82,10 @@ impl ServerParams {
 
     /// Builds the query that makes this server match `wants`, or `None`
     /// when it already does.
-    pub fn sync_query(&self, wants: &ClientParams) -> Option<String> {
+    pub fn sync_query(&mut self, wants: &ClientParams) -> Option<String> {
+        if self.matched.as_ref().is_some_and(|m| wants.is(m)) {
+            return None;
+        }
         let mut resets = String::new();
         for extra in &self.extras {
             if wants.get(extra).is_none() {
@@ -88,6 +103,7 @@ impl ServerParams {
             }
         }
         if resets.is_empty() && sets.is_empty() {
+            self.matched = wants.identity();
             return None;
         }
         if !sets.is_empty() {
@@ -116,6 +132,7 @@ impl ServerParams {
                 self.values.insert(k.to_owned(), v.to_owned());
             }
         }
+        self.matched = wants.identity();
     }
 
     /// Number of parameters pgring set beyond the reported ones.
@@ -130,6 +147,8 @@ impl ServerParams {
 /// copy of the defaults (issue 6: memory per idle client).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct BaseParams {
+    /// Unique per set built (0: none), so a server can remember which set it matches.
+    id: u64,
     /// The tracked names this set was built for (a RELOAD may change them).
     tracked: Vec<String>,
     values: Vec<(Box<str>, Box<str>)>,
@@ -146,7 +165,9 @@ impl BaseParams {
                 values.push((key.into(), v.as_str().into()));
             }
         }
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         BaseParams {
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             tracked: tracked.to_vec(),
             values,
         }
@@ -237,6 +258,28 @@ impl ClientParams {
         own.chain(base.map(|(k, v)| (&**k, &**v)))
     }
 
+    /// This set's identity, for [`ServerParams`] to remember (`None` for an unnamed base).
+    fn identity(&self) -> Option<Matched> {
+        (self.base.id != 0).then(|| Matched {
+            base: self.base.id,
+            own: self
+                .own
+                .iter()
+                .map(|(k, v)| (Box::from(&**k), Box::from(&**v)))
+                .collect(),
+        })
+    }
+
+    /// Is this set the one `m` remembers?
+    fn is(&self, m: &Matched) -> bool {
+        m.base == self.base.id
+            && m.own.len() == self.own.len()
+            && m.own
+                .iter()
+                .zip(&self.own)
+                .all(|((k1, v1), (k2, v2))| **k1 == **k2 && **v1 == **v2)
+    }
+
     fn overrides(&self, key: &str) -> bool {
         self.own.iter().any(|(k, _)| **k == *key)
     }
@@ -281,9 +324,29 @@ mod tests {
 
     #[test]
     fn matching_server_needs_no_query() {
-        let s = server();
+        let mut s = server();
         let c = client(&s.reported(), &["TimeZone", "client_encoding"]);
         assert_eq!(s.sync_query(&c), None);
+    }
+
+    #[test]
+    fn a_remembered_match_is_forgotten_on_parameter_status_and_other_overrides() {
+        let mut s = server();
+        let mut c = client(&s.reported(), &["TimeZone", "client_encoding"]);
+        assert_eq!(s.sync_query(&c), None);
+        assert!(s.matched.is_some(), "a match is remembered");
+        assert_eq!(s.sync_query(&c), None, "and reused");
+        // Another client's SET reported while it held the server.
+        s.on_status("TimeZone", "Asia/Tokyo");
+        assert!(s.matched.is_none());
+        let q = s.sync_query(&c).expect("TimeZone differs now");
+        assert!(q.contains("'timezone', E'UTC'"), "{q}");
+        s.on_status("TimeZone", "UTC");
+        s.synced(&c);
+        assert_eq!(s.sync_query(&c), None);
+        // Same defaults, but this client overrides one: compared, not assumed.
+        c.set("TimeZone", "Europe/Paris");
+        assert!(s.sync_query(&c).is_some());
     }
 
     #[test]
