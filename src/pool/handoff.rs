@@ -29,13 +29,14 @@ impl Pool {
     }
 
     /// Under load every shard has waiters and none would ever give a server away, so the
-    /// shards that first took the budget would keep it and clients on a shard that came late
-    /// would starve; per-shard FIFOs would also drift apart, which is what p99 sees. So on
-    /// release a server goes to the shard whose longest-waiting client has waited longest,
-    /// when that client has waited clearly longer than ours (1 ms plus an eighth of our wait,
-    /// so equal queues do not trade servers back and forth): the shards together approximate
-    /// PgBouncer's single FIFO. Only other shards' published stamps are read, one relaxed load
-    /// per shard, and only when another shard has waiters.
+    /// shards that first took the budget would keep it: clients on a shard that came late
+    /// would starve, and per-shard FIFOs drift apart (what p99 sees). So at each janitor tick
+    /// a shard picks the shard whose longest-waiting client has waited clearly longer than
+    /// its own (2 ms plus a quarter of its own wait), and its next released server goes there.
+    /// Deciding per tick, not per release, bounds the moves to ten a second per pool and
+    /// shard: measured at 50 clients, deciding at every release moved a server on a quarter
+    /// of all transactions and cost a third of the throughput. Only other shards' published
+    /// stamps are read, one relaxed load per shard.
     pub(super) fn rebalance_target(&self, me: usize, now: std::time::Instant) -> Option<usize> {
         let shards = self.global.shards.len();
         if shards < 2 {
@@ -54,7 +55,7 @@ impl Pool {
                 continue;
             }
             let waited = now.saturating_sub(since);
-            if waited > mine + 1_000 + mine / 8 && best.is_none_or(|(_, b)| waited > b) {
+            if waited > mine + 2_000 + mine / 4 && best.is_none_or(|(_, b)| waited > b) {
                 best = Some((t, waited));
             }
         }

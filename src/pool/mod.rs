@@ -103,6 +103,9 @@ pub struct Pool {
     waiters: RefCell<VecDeque<Rc<Waiter>>>,
     active: Cell<u32>,
     opening: Cell<u32>,
+    /// The shard the next released server goes to (decided each janitor tick, see
+    /// `rebalance_target`), instead of a local waiter.
+    give_to: Cell<Option<usize>>,
     welcome: RefCell<Option<Welcome>>,
     /// The welcome's tracked part, shared by this slice's clients.
     client_base: RefCell<Option<Rc<BaseParams>>>,
@@ -130,6 +133,7 @@ impl Pool {
             waiters: RefCell::new(VecDeque::new()),
             active: Cell::new(0),
             opening: Cell::new(0),
+            give_to: Cell::new(None),
             welcome: RefCell::new(None),
             client_base: RefCell::new(None),
             shard_id: shard.id,
@@ -446,20 +450,17 @@ impl Pool {
             self.close(shard, server, reason);
             return;
         }
-        self.place_at(shard, server, now);
+        self.place(shard, server);
     }
 
-    /// Gives an unleased server to an under-served shard, a local waiter,
-    /// another shard's waiter, or the idle list, in that order.
+    /// Gives an unleased server to a shard the janitor found short of servers, a local
+    /// waiter, another shard's waiter, or the idle list, in that order.
     fn place(self: &Rc<Self>, shard: &Rc<Shard>, server: ServerConn) {
-        self.place_at(shard, server, Instant::now());
-    }
-
-    /// [`Pool::place`] with the current time already at hand.
-    fn place_at(self: &Rc<Self>, shard: &Rc<Shard>, server: ServerConn, now: Instant) {
-        if let Some(to) = self.rebalance_target(shard.id, now) {
-            self.send_to(shard, to, server);
-            return;
+        if let Some(to) = self.give_to.take() {
+            if self.global.shard(to).waiting.load(Ordering::Relaxed) > 0 {
+                self.send_to(shard, to, server);
+                return;
+            }
         }
         self.place_here(shard, server);
     }
