@@ -386,7 +386,7 @@ impl Session {
             };
             self.wait_while_paused().await;
             // Boxed for the same reason as login: the lease machinery (wait,
-            // parameter sync, relay, cleanup) is ~4 KB of future state that an
+            // parameter sync, relay, cleanup) is ~1.9 KB of future state that an
             // idle client should not carry; one allocation per transaction.
             pending = boxed(self.transaction(stream, cbuf)).await?;
         }
@@ -508,12 +508,12 @@ impl Session {
             }
             Ok(End::ClientGone(state)) => {
                 self.shard.bufs.give(cbuf);
-                self.finish_server(server, state).await;
+                boxed(self.finish_server(server, state)).await;
                 Err(self.closed())
             }
             Ok(End::Abort(e, state)) => {
                 self.shard.bufs.give(cbuf);
-                self.finish_server(server, state).await;
+                boxed(self.finish_server(server, state)).await;
                 Err(Error::Refused(e))
             }
             Err(e) => {
@@ -523,7 +523,7 @@ impl Session {
                         self.pool
                             .close_leased(&self.shard, server, "server conn crashed?")
                     }
-                    _ => self.finish_server(server, relay::LinkState::busy()).await,
+                    _ => boxed(self.finish_server(server, relay::LinkState::busy())).await,
                 }
                 Err(e)
             }
@@ -535,7 +535,8 @@ impl Session {
         self.info.unlink();
         let s = self.pool.settings();
         if s.reset_always && !s.reset_query.is_empty() {
-            if let Err(e) = server.simple_query(&s.reset_query).await {
+            // Boxed: rare (session-mode reset), and it would size every transaction's lease.
+            if let Err(e) = boxed(server.simple_query(&s.reset_query)).await {
                 self.pool
                     .close_leased(&self.shard, server, &format!("reset query failed: {e}"));
                 return;

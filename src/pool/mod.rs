@@ -279,7 +279,9 @@ impl Pool {
             self.fail_fast()?;
             let caps = self.settings.borrow().caps(false);
             match self.global.try_open_why(caps) {
-                Ok(()) => return self.open(shard).await,
+                // Boxed: opening a server is rare and its future (connect + login, ~1.8 KB)
+                // would otherwise size every lease, which is allocated per transaction.
+                Ok(()) => return Box::pin(self.open(shard)).await,
                 Err(Full::Pool) => {}
                 Err(by) => {
                     if self.evict_elsewhere(shard, by) {
@@ -295,7 +297,7 @@ impl Pool {
                         self.global.closed();
                         return Err(e);
                     }
-                    return self.open(shard).await;
+                    return Box::pin(self.open(shard)).await;
                 }
                 Grant::Fail(e) => return Err(Error::Refused(e)),
             }
@@ -329,7 +331,10 @@ impl Pool {
             (s.check_delay, s.check_query.clone())
         };
         if let Some(q) = query {
-            if server.meta.last_used.elapsed() >= delay && server.simple_query(&q).await.is_err() {
+            // Boxed: rare, and it would size every lease.
+            if server.meta.last_used.elapsed() >= delay
+                && Box::pin(server.simple_query(&q)).await.is_err()
+            {
                 return Some("server check query failed");
             }
         }
