@@ -32,7 +32,7 @@ impl Pool {
     /// shards that first took the budget would keep it: clients on a shard that came late
     /// would starve, and per-shard FIFOs drift apart (what p99 sees). So at each janitor tick
     /// a shard picks the shard whose longest-waiting client has waited clearly longer than
-    /// its own (2 ms plus a quarter of its own wait), and its next released server goes there.
+    /// its own (1 ms plus a sixteenth of its own wait), and its next released server goes there.
     /// Deciding per tick, not per release, bounds the moves to ten a second per pool and
     /// shard: measured at 50 clients, deciding at every release moved a server on a quarter
     /// of all transactions and cost a third of the throughput. Only other shards' published
@@ -55,7 +55,7 @@ impl Pool {
                 continue;
             }
             let waited = now.saturating_sub(since);
-            if waited > mine + 2_000 + mine / 4 && best.is_none_or(|(_, b)| waited > b) {
+            if waited > mine + 1_000 + mine / 16 && best.is_none_or(|(_, b)| waited > b) {
                 best = Some((t, waited));
             }
         }
