@@ -9,10 +9,13 @@
 //! only when that shard is asleep. The rest of pgring sees the same vocabulary as before
 //! ([`spawn`], [`sleep`], the `io` module's streams).
 //!
-//! Tasks live in a slab indexed by a generation-tagged id. A [`Waker`] is an `Arc` holding the id
-//! and the owning shard's [`Home`]; waking on the owning thread pushes onto the local run queue,
-//! waking from another thread pushes onto the home's remote queue and writes its eventfd if the
-//! shard is parked (a store/fence/load pair on each side, so no wake-up is lost).
+//! Tasks live in a slab indexed by a generation-tagged id. A [`Waker`] is that id plus the number
+//! of the owning shard's [`Home`], packed into the waker's data word: no allocation per task, no
+//! reference count per clone. Waking on the owning thread pushes onto the local run queue;
+//! waking from another thread finds the home in a process-wide table, pushes onto its remote
+//! queue and writes its eventfd if the shard is parked (a store/fence/load pair on each side, so
+//! no wake-up is lost). A stale waker (its task finished, the slot reused) at worst polls the
+//! slot's new task once more, which futures allow.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
@@ -21,9 +24,9 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, RawWaker, Wake, Waker};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
 use std::time::{Duration, Instant};
 
 use super::reactor::Reactor;
@@ -76,46 +79,63 @@ impl Home {
     }
 }
 
-struct TaskWaker {
-    id: u64,
-    home: Arc<Home>,
+/// Homes by number, for wakers used on other threads. Filled once per executor, never emptied.
+static HOMES: [OnceLock<Arc<Home>>; MAX_HOMES] = [const { OnceLock::new() }; MAX_HOMES];
+static NEXT_HOME: AtomicUsize = AtomicUsize::new(0);
+const MAX_HOMES: usize = 1024;
+
+/// A waker's data word: home number (16 bits), slot generation (16), slot index (32).
+fn waker_word(home: usize, id: u64) -> usize {
+    (home << 48) | (id as usize & 0xffff_ffff_ffff)
 }
 
-impl Wake for TaskWaker {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        let local = CURRENT
-            .try_with(|c| match c.get() {
-                Some(ex) if Arc::ptr_eq(&ex.home, &self.home) => {
-                    ex.schedule(self.id);
-                    true
-                }
-                _ => false,
-            })
-            .unwrap_or(false);
-        if !local {
-            self.home.remote_wake(self.id);
+fn wake_word(word: usize) {
+    let home = word >> 48;
+    let id = (word & 0xffff_ffff_ffff) as u64;
+    let local = CURRENT
+        .try_with(|c| match c.get() {
+            Some(ex) if ex.home_no == home => {
+                ex.schedule(id);
+                true
+            }
+            _ => false,
+        })
+        .unwrap_or(false);
+    if !local {
+        if let Some(h) = HOMES.get(home).and_then(OnceLock::get) {
+            h.remote_wake(id);
         }
     }
+}
+
+static VTABLE: RawWakerVTable = RawWakerVTable::new(
+    |data| RawWaker::new(data, &VTABLE),
+    |data| wake_word(data as usize),
+    |data| wake_word(data as usize),
+    |_| {},
+);
+
+fn task_waker(home: usize, id: u64) -> Waker {
+    // SAFETY: the data word is a plain number that the vtable's functions never dereference;
+    // they are thread-safe (the remote path takes the home's mutex), as Waker requires.
+    unsafe { Waker::from_raw(RawWaker::new(waker_word(home, id) as *const (), &VTABLE)) }
 }
 
 struct Task {
     fut: Option<BoxFuture>,
     queued: bool,
-    waker: Waker,
 }
 
 struct Slot {
-    gen: u32,
+    gen: u16,
     task: Option<Task>,
 }
 
 /// A shard's executor. One per shard thread, reached through [`current`].
 pub(crate) struct Executor {
     home: Arc<Home>,
+    /// This executor's number in [`HOMES`].
+    home_no: usize,
     slots: RefCell<Vec<Slot>>,
     free: RefCell<Vec<u32>>,
     queue: RefCell<VecDeque<u64>>,
@@ -142,8 +162,8 @@ pub(crate) fn try_current() -> Option<&'static Executor> {
     CURRENT.try_with(|c| c.get()).ok().flatten()
 }
 
-fn split(id: u64) -> (usize, u32) {
-    ((id & 0xffff_ffff) as usize, (id >> 32) as u32)
+fn split(id: u64) -> (usize, u16) {
+    ((id & 0xffff_ffff) as usize, (id >> 32) as u16)
 }
 
 impl Executor {
@@ -175,14 +195,9 @@ impl Executor {
         };
         let slot = &mut slots[index];
         let id = ((slot.gen as u64) << 32) | index as u64;
-        let waker = Waker::from(Arc::new(TaskWaker {
-            id,
-            home: self.home.clone(),
-        }));
         slot.task = Some(Task {
             fut: Some(fut),
             queued: true,
-            waker,
         });
         self.queue.borrow_mut().push_back(id);
         id
@@ -204,12 +219,7 @@ impl Executor {
             let Some(fut) = task.fut.take() else {
                 return;
             };
-            // SAFETY: an uncounted alias of the task's own waker, never dropped (ManuallyDrop).
-            // The Arc it points to is kept alive by the slot until after this poll: a slot is
-            // only emptied below, once the poll has returned (or at shutdown, when nothing runs).
-            let alias =
-                unsafe { Waker::from_raw(RawWaker::new(task.waker.data(), task.waker.vtable())) };
-            (fut, std::mem::ManuallyDrop::new(alias))
+            (fut, task_waker(self.home_no, id))
         };
         let done = fut
             .as_mut()
@@ -315,11 +325,16 @@ pub fn block_on(
     spin: Duration,
 ) -> io::Result<()> {
     let home = Arc::new(Home::new()?);
+    let home_no = NEXT_HOME.fetch_add(1, Ordering::Relaxed);
+    if home_no >= MAX_HOMES || HOMES[home_no].set(home.clone()).is_err() {
+        return Err(io::Error::other("too many executors in one process"));
+    }
     let reactor = Reactor::new(ring_entries, &home)?;
     // One executor per shard thread, alive until the process ends: leaking it gives the
     // `'static` borrow that `current()` hands out without reference counting on the hot path.
     let ex: &'static Executor = Box::leak(Box::new(Executor {
         home,
+        home_no,
         slots: RefCell::new(Vec::new()),
         free: RefCell::new(Vec::new()),
         queue: RefCell::new(VecDeque::new()),

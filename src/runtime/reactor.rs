@@ -29,13 +29,12 @@ pub(crate) enum Dir {
 }
 
 /// Readiness of one direction of one fd.
-#[derive(Debug)]
 pub(crate) struct DirState {
     /// Worth trying the syscall: set by a poll completion, cleared by EAGAIN or a short read.
     ready: Cell<bool>,
     /// The armed poll's op id + 1 (0: none).
     armed: Cell<u64>,
-    waker: RefCell<Option<Waker>>,
+    waker: Cell<Option<Waker>>,
 }
 
 impl DirState {
@@ -43,15 +42,14 @@ impl DirState {
         DirState {
             ready: Cell::new(true),
             armed: Cell::new(0),
-            waker: RefCell::new(None),
+            waker: Cell::new(None),
         }
     }
 
     /// Something happened (data, end of stream, error, room to write): worth a syscall.
     fn fire(&self) {
         self.ready.set(true);
-        let w = self.waker.borrow_mut().take();
-        if let Some(w) = w {
+        if let Some(w) = self.waker.take() {
             w.wake();
         }
     }
@@ -59,11 +57,16 @@ impl DirState {
 
 /// The reactor's view of one fd: both directions' readiness. Shared (`Rc`) between the owning
 /// stream and the reactor's table while a poll is in flight.
-#[derive(Debug)]
 pub(crate) struct IoState {
     fd: RawFd,
     read: DirState,
     write: DirState,
+}
+
+impl std::fmt::Debug for IoState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IoState").field("fd", &self.fd).finish()
+    }
 }
 
 impl IoState {
@@ -227,13 +230,11 @@ impl Reactor {
         if d.ready.get() {
             return Poll::Ready(());
         }
-        {
-            let mut w = d.waker.borrow_mut();
-            match &*w {
-                Some(old) if old.will_wake(cx.waker()) => {}
-                _ => *w = Some(cx.waker().clone()),
-            }
-        }
+        let w = match d.waker.take() {
+            Some(old) if old.will_wake(cx.waker()) => old,
+            _ => cx.waker().clone(),
+        };
+        d.waker.set(Some(w));
         self.arm(io, dir);
         Poll::Pending
     }
@@ -275,7 +276,7 @@ impl Reactor {
                         .user_data(CANCEL_TAG),
                 );
             }
-            d.waker.borrow_mut().take();
+            d.waker.take();
         }
     }
 
