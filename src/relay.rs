@@ -160,7 +160,7 @@ pub struct Link {
 impl Link {
     /// Starts a link with the client's first bytes in `cbuf`.
     pub fn new(cbuf: Buf, sbuf: Buf, mode: PoolMode, max_packet: u32, limits: Limits) -> Self {
-        let now = Instant::now();
+        let now = rio::now();
         Link {
             cbuf,
             sbuf,
@@ -246,7 +246,7 @@ impl Link {
                 Action::Took(n) => n,
             };
             if self.state.on_request(t) {
-                self.query_start.get_or_insert_with(Instant::now);
+                self.query_start.get_or_insert_with(rio::now);
             }
             pos += took;
             self.state.cskip = total - took;
@@ -313,10 +313,10 @@ impl Link {
                 (_, Some(_)) if t == tag::READY_FOR_QUERY => {
                     self.state.status = status;
                     self.state.pending = self.state.pending.saturating_sub(1);
-                    self.last_ready = Instant::now();
+                    self.last_ready = rio::now();
                     if self.state.pending == 0 {
                         if let Some(start) = self.query_start.take() {
-                            stats.record_query(start.elapsed());
+                            stats.record_query(self.last_ready.saturating_duration_since(start));
                         }
                     }
                 }
@@ -385,7 +385,7 @@ pub async fn run(
         let ready = match deadline {
             None => read.await,
             Some((at, what)) => {
-                match rio::timeout(at.saturating_duration_since(Instant::now()), read).await {
+                match rio::timeout(at.saturating_duration_since(rio::now()), read).await {
                     Some(r) => r,
                     None => {
                         return Ok(End::Abort(

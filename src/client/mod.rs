@@ -454,7 +454,7 @@ impl Session {
     /// Returns bytes the client already sent for the next one, if any.
     async fn transaction(&mut self, stream: &mut Stream, cbuf: Buf) -> Result<Option<Buf>> {
         self.info.state.set(ClientState::Waiting);
-        self.info.request_time.set(Instant::now());
+        self.info.request_time.set(rio::now());
         let mut server = match self.pool.acquire(&self.shard).await {
             Ok(s) => s,
             Err(e) => {
@@ -475,7 +475,7 @@ impl Session {
             }
             return Err(e.into_fatal());
         }
-        let started = Instant::now();
+        let started = rio::now();
         let mode = self.pool.mode();
         let mut link = Link::new(
             cbuf,
@@ -494,7 +494,9 @@ impl Session {
         )
         .await;
         self.info.prepared_statements.set(self.prepared.len());
-        self.pool.stats.record_xact(started.elapsed());
+        self.pool
+            .stats
+            .record_xact(rio::now().saturating_duration_since(started));
         let (cbuf, sbuf) = link.into_bufs();
         self.shard.bufs.give(sbuf);
         match end {

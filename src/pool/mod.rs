@@ -412,7 +412,7 @@ impl Pool {
 
     async fn wait(self: &Rc<Self>, shard: &Rc<Shard>) -> Grant {
         let waiter = Rc::new(Waiter {
-            since: Instant::now(),
+            since: crate::runtime::io::now(),
             grant: RefCell::new(None),
             waker: RefCell::new(None),
         });
@@ -432,7 +432,8 @@ impl Pool {
         .await;
         guard.armed = None;
         if let Grant::Server(_) = grant {
-            self.stats.record_wait(waiter.since.elapsed());
+            self.stats
+                .record_wait(crate::runtime::io::now().saturating_duration_since(waiter.since));
         }
         grant
     }
@@ -440,7 +441,7 @@ impl Pool {
     /// Returns a clean server (ReadyForQuery `I`) from a client.
     pub fn release(self: &Rc<Self>, shard: &Rc<Shard>, mut server: ServerConn) {
         self.active.set(self.active.get().saturating_sub(1));
-        let now = Instant::now();
+        let now = crate::runtime::io::now();
         server.meta.last_used = now;
         // PgBouncer's reasons: RECONNECT marks a server "obsolete connection".
         let obsolete = shard.admin.take_close_needed(server.meta.id);
