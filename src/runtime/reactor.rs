@@ -207,10 +207,25 @@ impl Reactor {
             if unsafe { ring.submission().push(&sqe) }.is_ok() {
                 return;
             }
-            // Submission queue full: hand what is queued to the kernel and retry.
+            // Submission queue full: hand what is queued to the kernel and retry. If the
+            // kernel refuses because completions are backed up (EBUSY), move them out of its
+            // way; they are handled at the next turn like any other.
             if let Err(e) = ring.submit() {
-                if e.raw_os_error() != Some(libc::EBUSY) && e.raw_os_error() != Some(libc::EINTR) {
-                    tracing::error!(error = %e, "io_uring submit failed");
+                match e.raw_os_error() {
+                    Some(libc::EBUSY) => {
+                        let mut reaped = self.reaped.borrow_mut();
+                        for cqe in ring.completion() {
+                            reaped.push((cqe.user_data(), cqe.result(), cqe.flags()));
+                        }
+                    }
+                    Some(libc::EINTR) | Some(libc::EAGAIN) => {}
+                    _ => {
+                        tracing::error!(error = %e, "io_uring submit failed");
+                        // Nothing else can free a slot: drop this request rather than spin.
+                        // Its task waits for a completion that will not come; the janitor's
+                        // timeouts still end it.
+                        return;
+                    }
                 }
             }
         }
