@@ -17,6 +17,8 @@ pub mod mesh;
 mod reactor;
 pub mod shard;
 pub mod tcp;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,0 +1,198 @@
+//! The executor and reactor on their own: tasks, timers, wake-ups from another thread, and
+//! sockets (a socketpair stands in for a client or a server).
+
+use std::cell::RefCell;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+
+use super::executor::block_on;
+use super::io::{read_either, sleep, spawn, timeout, Buf, Either, Stream};
+
+fn run(main: impl std::future::Future<Output = ()> + 'static) {
+    block_on(main, 64, Duration::ZERO).expect("executor starts");
+}
+
+fn pair() -> (Stream, Stream) {
+    let mut fds = [0; 2];
+    // SAFETY: socketpair writes two new descriptors into `fds`.
+    let rc = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    assert_eq!(rc, 0, "socketpair: {}", std::io::Error::last_os_error());
+    // SAFETY: both descriptors are fresh and owned by nobody else.
+    let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    (
+        Stream::from_fd(a).expect("adopt a"),
+        Stream::from_fd(b).expect("adopt b"),
+    )
+}
+
+#[test]
+fn spawned_tasks_run_and_timers_fire_in_deadline_order() {
+    let order = Rc::new(RefCell::new(Vec::new()));
+    let seen = order.clone();
+    run(async move {
+        for (ms, tag) in [(30u64, "c"), (10, "a"), (20, "b")] {
+            let order = order.clone();
+            spawn(async move {
+                sleep(Duration::from_millis(ms)).await;
+                order.borrow_mut().push(tag);
+            });
+        }
+        sleep(Duration::from_millis(60)).await;
+    });
+    assert_eq!(*seen.borrow(), ["a", "b", "c"]);
+}
+
+#[test]
+fn timeout_gives_up_and_a_dropped_sleep_leaves_no_timer_behind() {
+    run(async {
+        let started = Instant::now();
+        let r = timeout(Duration::from_millis(20), sleep(Duration::from_secs(3600))).await;
+        assert!(r.is_none());
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert_eq!(
+            timeout(Duration::from_secs(5), async { 7 }).await,
+            Some(7),
+            "a ready future wins"
+        );
+    });
+}
+
+#[test]
+fn a_wake_from_another_thread_ends_a_park() {
+    let slot: Arc<Mutex<(bool, Option<Waker>)>> = Arc::default();
+    let remote = slot.clone();
+    let waker_thread = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        let mut s = remote.lock().unwrap();
+        s.0 = true;
+        if let Some(w) = s.1.take() {
+            w.wake();
+        }
+    });
+    let started = Instant::now();
+    run(async move {
+        std::future::poll_fn(|cx| {
+            let mut s = slot.lock().unwrap();
+            if s.0 {
+                Poll::Ready(())
+            } else {
+                s.1 = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await;
+    });
+    waker_thread.join().unwrap();
+    // The shard parks with a one-hour timeout when it has no timers: only the eventfd
+    // written by the other thread can have ended it this soon.
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn streams_carry_bytes_both_ways_and_report_end_of_stream() {
+    run(async {
+        let (mut a, mut b) = pair();
+        a.write_all(b"hello").await.unwrap();
+        let mut buf = [0u8; 16];
+        let n = b.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"hello");
+        b.write_all(b"back").await.unwrap();
+        let n = a.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"back");
+        drop(a);
+        assert_eq!(b.read(&mut buf).await.unwrap(), 0, "end of stream");
+    });
+}
+
+#[test]
+fn a_read_dropped_while_pending_loses_nothing() {
+    run(async {
+        let (mut a, mut b) = pair();
+        let mut buf = [0u8; 8];
+        // Nothing to read yet: give up after a moment, dropping the pending read.
+        assert!(timeout(Duration::from_millis(10), b.read(&mut buf))
+            .await
+            .is_none());
+        a.write_all(b"later").await.unwrap();
+        let n = b.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"later");
+    });
+}
+
+#[test]
+fn read_either_takes_whichever_side_has_data() {
+    run(async {
+        let (mut client, mut client_peer) = pair();
+        let (mut server, mut server_peer) = pair();
+        let (mut cbuf, mut sbuf) = (buf(), buf());
+        server_peer.write_all(b"Z").await.unwrap();
+        match read_either(&mut client, &mut cbuf, &mut server, &mut sbuf).await {
+            Either::Second(Ok(1)) => assert_eq!(sbuf.data(), b"Z"),
+            other => panic!("expected the server's byte, got {other:?}"),
+        }
+        client_peer.write_all(b"Q").await.unwrap();
+        match read_either(&mut client, &mut cbuf, &mut server, &mut sbuf).await {
+            Either::First(Ok(1)) => assert_eq!(cbuf.data(), b"Q"),
+            other => panic!("expected the client's byte, got {other:?}"),
+        }
+    });
+}
+
+#[test]
+fn a_write_larger_than_the_socket_buffer_waits_for_room() {
+    const LEN: usize = 8 << 20;
+    run(async {
+        let (mut a, mut b) = pair();
+        let reader = Rc::new(RefCell::new(0usize));
+        let got = reader.clone();
+        spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = b.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                *got.borrow_mut() += n;
+            }
+        });
+        let data = vec![7u8; LEN];
+        a.write_all(&data).await.unwrap();
+        drop(a);
+        while *reader.borrow() < LEN {
+            sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(*reader.borrow(), LEN);
+    });
+}
+
+#[test]
+fn connect_to_a_closed_port_fails_with_an_error() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    }; // closed again: nobody listens there now
+    run(async move {
+        let addr = format!("127.0.0.1:{port}").parse().unwrap();
+        let r = super::io::connect(addr, Duration::from_secs(2)).await;
+        assert!(r.is_err(), "connected to a closed port");
+    });
+}
+
+fn buf() -> Buf {
+    Buf {
+        bytes: vec![0; 1024],
+        filled: 0,
+    }
+}
