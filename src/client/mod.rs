@@ -69,8 +69,6 @@ pub struct ClientInfo {
     pub key: CancelKey,
     /// Peer address.
     pub addr: Option<SocketAddr>,
-    /// Our address.
-    pub local_addr: Option<SocketAddr>,
     /// Wall-clock connect time.
     pub connect_time: SystemTime,
     /// Database asked for; once logged in to a pool, the pool key's own
@@ -92,9 +90,23 @@ pub struct ClientInfo {
     pub is_admin: Cell<bool>,
     /// Prepared statements the client has (SHOW CLIENTS
     /// prepared_statements), updated after each transaction.
-    pub prepared_statements: Cell<usize>,
+    pub prepared_statements: Cell<u32>,
     fd: RawFd,
-    kill_reason: RefCell<Option<Box<str>>>,
+    kill_reason: KillReason,
+}
+
+/// Why the session was killed, if it was: a `Cell` (16 bytes, a `RefCell` would take 24), so
+/// it is read by taking it out and putting it back.
+#[derive(Default)]
+struct KillReason(Cell<Option<Box<str>>>);
+
+impl std::fmt::Debug for KillReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let reason = self.0.take();
+        let result = reason.fmt(f);
+        self.0.set(reason);
+        result
+    }
 }
 
 impl ClientInfo {
@@ -102,7 +114,7 @@ impl ClientInfo {
     /// whatever it awaits returns end-of-stream; the session then sends the
     /// reason as a FATAL error and cleans up its server as usual.
     pub fn kill(&self, reason: &str) {
-        *self.kill_reason.borrow_mut() = Some(reason.into());
+        self.kill_reason.0.set(Some(reason.into()));
         // SAFETY: shutdown on the session's fd, which is open for as long
         // as the session (and this info) is registered.
         unsafe {
@@ -112,7 +124,19 @@ impl ClientInfo {
 
     /// Why the session was killed, if it was.
     pub fn kill_reason(&self) -> Option<String> {
-        self.kill_reason.borrow().as_deref().map(str::to_owned)
+        let reason = self.kill_reason.0.take();
+        let copy = reason.as_deref().map(str::to_owned);
+        self.kill_reason.0.set(reason);
+        copy
+    }
+
+    /// Our address (SHOW CLIENTS `local_addr`), asked of the kernel: an idle client need not
+    /// carry it. `None` on the unix socket.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        // SAFETY: the session's fd is open for as long as the session (and this info) is
+        // registered, as in `kill`; the borrow ends with this call.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fd) };
+        socket2::SockRef::from(&fd).local_addr().ok()?.as_socket()
     }
 
     fn link(&self, server: &ServerConn) {
@@ -180,7 +204,6 @@ fn register(shard: &Rc<Shard>, stream: &Stream) -> Rc<ClientInfo> {
         id,
         key: cancel::new_key(shard.id),
         addr: rio::peer_addr(stream),
-        local_addr: rio::local_addr(stream),
         connect_time: SystemTime::now(),
         db: RefCell::new("".into()),
         user: RefCell::new("".into()),
@@ -191,7 +214,7 @@ fn register(shard: &Rc<Shard>, stream: &Stream) -> Rc<ClientInfo> {
         is_admin: Cell::new(false),
         prepared_statements: Cell::new(0),
         fd: stream.as_raw_fd(),
-        kill_reason: RefCell::new(None),
+        kill_reason: KillReason::default(),
     });
     shard.clients.borrow_mut().insert(id, info.clone());
     info
@@ -493,7 +516,8 @@ impl Session {
             &self.pool.stats,
         )
         .await;
-        self.info.prepared_statements.set(self.prepared.len());
+        let prepared = u32::try_from(self.prepared.len()).unwrap_or(u32::MAX);
+        self.info.prepared_statements.set(prepared);
         self.pool.stats.record_xact(started.elapsed());
         let (cbuf, sbuf) = link.into_bufs();
         self.shard.bufs.give(sbuf);
