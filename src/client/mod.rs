@@ -399,15 +399,22 @@ impl Session {
     /// (rustc does not overlap the two), 8 bytes instead of an inline Error.
     async fn run(&mut self, stream: &mut Stream) -> std::result::Result<(), Box<Error>> {
         // Bytes of the next request that came with the last transaction.
-        // Matched in place (not `take()`n into a temporary), so the idle
-        // wait holds one Option<Buf>, not two.
+        // Matched in place (not `take()`n into a temporary), and dropped
+        // (moved out) before the idle wait, so that wait holds no Option<Buf>.
         let mut pending: Option<Buf> = None;
         loop {
             let cbuf = match pending {
                 Some(b) => b,
-                None => self.next_request(stream).await?,
+                None => {
+                    drop(pending);
+                    self.next_request(stream).await?
+                }
             };
-            self.wait_while_paused().await;
+            // Boxed: a pause is rare, and its wait would otherwise size the
+            // session's state.
+            if crate::admin::is_paused(&self.shard, &self.pool) {
+                boxed(self.wait_while_paused()).await;
+            }
             // Boxed for the same reason as login: the lease machinery (wait,
             // parameter sync, relay, cleanup) is ~1.9 KB of future state that an
             // idle client should not carry; one allocation per transaction.
@@ -419,13 +426,14 @@ impl Session {
     async fn next_request(&self, stream: &mut Stream) -> Result<Buf> {
         self.info.state.set(ClientState::Idle);
         let read = self.shard.bufs.read(stream);
-        let idle_timeout = self.timeouts.client_idle.duration();
-        let read = if idle_timeout.is_zero() {
+        // The timeout is read twice rather than kept in a local, which would
+        // stay in the idle wait's state.
+        let read = if self.timeouts.client_idle.duration().is_zero() {
             read.await
         } else {
             // Boxed: the timer is most of this wait's state, and without
             // client_idle_timeout (the default) no idle client should hold it.
-            boxed(rio::timeout(idle_timeout, read))
+            boxed(rio::timeout(self.timeouts.client_idle.duration(), read))
                 .await
                 .ok_or_else(|| {
                     Error::refuse(
@@ -440,7 +448,23 @@ impl Session {
             return Err(self.closed());
         }
         // Lease only once a whole header is here, so a server is never
-        // linked to a client that has not started a message.
+        // linked to a client that has not started a message. Boxed: a header
+        // split over reads is rare, and its wait (a buffer and a read) would
+        // otherwise size the idle wait.
+        if buf.filled < crate::protocol::HEADER_LEN {
+            buf = boxed(self.read_header(stream, buf)).await?;
+        }
+        // A Terminate between transactions needs no server (PgBouncer does
+        // not lease one either): the session simply ends.
+        if buf.bytes[0] == crate::protocol::tag::TERMINATE {
+            self.shard.bufs.give(buf);
+            return Err(self.closed());
+        }
+        Ok(buf)
+    }
+
+    /// Reads until `buf` holds a whole message header.
+    async fn read_header(&self, stream: &mut Stream, mut buf: Buf) -> Result<Buf> {
         while buf.filled < crate::protocol::HEADER_LEN {
             if rio::read_into(stream, &mut buf)
                 .await
@@ -450,12 +474,6 @@ impl Session {
                 self.shard.bufs.give(buf);
                 return Err(self.closed());
             }
-        }
-        // A Terminate between transactions needs no server (PgBouncer does
-        // not lease one either): the session simply ends.
-        if buf.bytes[0] == crate::protocol::tag::TERMINATE {
-            self.shard.bufs.give(buf);
-            return Err(self.closed());
         }
         Ok(buf)
     }
