@@ -398,18 +398,8 @@ impl Session {
     /// this future's output beside the future itself for the whole session
     /// (rustc does not overlap the two), 8 bytes instead of an inline Error.
     async fn run(&mut self, stream: &mut Stream) -> std::result::Result<(), Box<Error>> {
-        // Bytes of the next request that came with the last transaction.
-        // Matched in place (not `take()`n into a temporary), and dropped
-        // (moved out) before the idle wait, so that wait holds no Option<Buf>.
-        let mut pending: Option<Buf> = None;
+        let mut cbuf = self.next_request(stream).await?;
         loop {
-            let cbuf = match pending {
-                Some(b) => b,
-                None => {
-                    drop(pending);
-                    self.next_request(stream).await?
-                }
-            };
             // Boxed: a pause is rare, and its wait would otherwise size the
             // session's state.
             if crate::admin::is_paused(&self.shard, &self.pool) {
@@ -418,7 +408,18 @@ impl Session {
             // Boxed for the same reason as login: the lease machinery (wait,
             // parameter sync, relay, cleanup) is ~1.9 KB of future state that an
             // idle client should not carry; one allocation per transaction.
-            pending = boxed(self.transaction(stream, cbuf)).await?;
+            let pending = boxed(self.transaction(stream, cbuf)).await?;
+            // Bytes of the next request that came with the transaction, or the
+            // idle wait for them. `pending` is matched in place (no `take()`n
+            // temporary) and moved out before the wait, so that no Option<Buf>
+            // stays in the idle state.
+            cbuf = match pending {
+                Some(b) => b,
+                None => {
+                    drop(pending);
+                    self.next_request(stream).await?
+                }
+            };
         }
     }
 
