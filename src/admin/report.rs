@@ -245,7 +245,7 @@ fn client_row(c: &ClientInfo) -> ConnRow {
         db: c.db.borrow().to_string(),
         state,
         addr: c.addr,
-        local: c.local_addr,
+        local: c.local_addr(),
         connect_time: Some(c.connect_time),
         request_time: Some(wall(c.request_time.get())),
         wait,
@@ -254,7 +254,7 @@ fn client_row(c: &ClientInfo) -> ConnRow {
         link: c.linked.borrow().as_ref().map(|l| l.server_id),
         remote_pid: 0,
         app_name: c.app_name.borrow().to_string(),
-        prepared: c.prepared_statements.get(),
+        prepared: c.prepared_statements.get() as usize,
     }
 }
 

@@ -69,8 +69,6 @@ pub struct ClientInfo {
     pub key: CancelKey,
     /// Peer address.
     pub addr: Option<SocketAddr>,
-    /// Our address.
-    pub local_addr: Option<SocketAddr>,
     /// Wall-clock connect time.
     pub connect_time: SystemTime,
     /// Database asked for; once logged in to a pool, the pool key's own
@@ -92,9 +90,23 @@ pub struct ClientInfo {
     pub is_admin: Cell<bool>,
     /// Prepared statements the client has (SHOW CLIENTS
     /// prepared_statements), updated after each transaction.
-    pub prepared_statements: Cell<usize>,
+    pub prepared_statements: Cell<u32>,
     fd: RawFd,
-    kill_reason: RefCell<Option<Box<str>>>,
+    kill_reason: KillReason,
+}
+
+/// Why the session was killed, if it was: a `Cell` (16 bytes, a `RefCell` would take 24), so
+/// it is read by taking it out and putting it back.
+#[derive(Default)]
+struct KillReason(Cell<Option<Box<str>>>);
+
+impl std::fmt::Debug for KillReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let reason = self.0.take();
+        let result = reason.fmt(f);
+        self.0.set(reason);
+        result
+    }
 }
 
 impl ClientInfo {
@@ -102,7 +114,7 @@ impl ClientInfo {
     /// whatever it awaits returns end-of-stream; the session then sends the
     /// reason as a FATAL error and cleans up its server as usual.
     pub fn kill(&self, reason: &str) {
-        *self.kill_reason.borrow_mut() = Some(reason.into());
+        self.kill_reason.0.set(Some(reason.into()));
         // SAFETY: shutdown on the session's fd, which is open for as long
         // as the session (and this info) is registered.
         unsafe {
@@ -112,7 +124,19 @@ impl ClientInfo {
 
     /// Why the session was killed, if it was.
     pub fn kill_reason(&self) -> Option<String> {
-        self.kill_reason.borrow().as_deref().map(str::to_owned)
+        let reason = self.kill_reason.0.take();
+        let copy = reason.as_deref().map(str::to_owned);
+        self.kill_reason.0.set(reason);
+        copy
+    }
+
+    /// Our address (SHOW CLIENTS `local_addr`), asked of the kernel: an idle client need not
+    /// carry it. `None` on the unix socket.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        // SAFETY: the session's fd is open for as long as the session (and this info) is
+        // registered, as in `kill`; the borrow ends with this call.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fd) };
+        socket2::SockRef::from(&fd).local_addr().ok()?.as_socket()
     }
 
     fn link(&self, server: &ServerConn) {
@@ -180,7 +204,6 @@ fn register(shard: &Rc<Shard>, stream: &Stream) -> Rc<ClientInfo> {
         id,
         key: cancel::new_key(shard.id),
         addr: rio::peer_addr(stream),
-        local_addr: rio::local_addr(stream),
         connect_time: SystemTime::now(),
         db: RefCell::new("".into()),
         user: RefCell::new("".into()),
@@ -191,7 +214,7 @@ fn register(shard: &Rc<Shard>, stream: &Stream) -> Rc<ClientInfo> {
         is_admin: Cell::new(false),
         prepared_statements: Cell::new(0),
         fd: stream.as_raw_fd(),
-        kill_reason: RefCell::new(None),
+        kill_reason: KillReason::default(),
     });
     shard.clients.borrow_mut().insert(id, info.clone());
     info
@@ -375,20 +398,28 @@ impl Session {
     /// this future's output beside the future itself for the whole session
     /// (rustc does not overlap the two), 8 bytes instead of an inline Error.
     async fn run(&mut self, stream: &mut Stream) -> std::result::Result<(), Box<Error>> {
-        // Bytes of the next request that came with the last transaction.
-        // Matched in place (not `take()`n into a temporary), so the idle
-        // wait holds one Option<Buf>, not two.
-        let mut pending: Option<Buf> = None;
+        let mut cbuf = self.next_request(stream).await?;
         loop {
-            let cbuf = match pending {
-                Some(b) => b,
-                None => self.next_request(stream).await?,
-            };
-            self.wait_while_paused().await;
+            // Boxed: a pause is rare, and its wait would otherwise size the
+            // session's state.
+            if crate::admin::is_paused(&self.shard, &self.pool) {
+                boxed(self.wait_while_paused()).await;
+            }
             // Boxed for the same reason as login: the lease machinery (wait,
             // parameter sync, relay, cleanup) is ~1.9 KB of future state that an
             // idle client should not carry; one allocation per transaction.
-            pending = boxed(self.transaction(stream, cbuf)).await?;
+            let pending = boxed(self.transaction(stream, cbuf)).await?;
+            // Bytes of the next request that came with the transaction, or the
+            // idle wait for them. `pending` is matched in place (no `take()`n
+            // temporary) and moved out before the wait, so that no Option<Buf>
+            // stays in the idle state.
+            cbuf = match pending {
+                Some(b) => b,
+                None => {
+                    drop(pending);
+                    self.next_request(stream).await?
+                }
+            };
         }
     }
 
@@ -396,13 +427,14 @@ impl Session {
     async fn next_request(&self, stream: &mut Stream) -> Result<Buf> {
         self.info.state.set(ClientState::Idle);
         let read = self.shard.bufs.read(stream);
-        let idle_timeout = self.timeouts.client_idle.duration();
-        let read = if idle_timeout.is_zero() {
+        // The timeout is read twice rather than kept in a local, which would
+        // stay in the idle wait's state.
+        let read = if self.timeouts.client_idle.duration().is_zero() {
             read.await
         } else {
             // Boxed: the timer is most of this wait's state, and without
             // client_idle_timeout (the default) no idle client should hold it.
-            boxed(rio::timeout(idle_timeout, read))
+            boxed(rio::timeout(self.timeouts.client_idle.duration(), read))
                 .await
                 .ok_or_else(|| {
                     Error::refuse(
@@ -417,7 +449,23 @@ impl Session {
             return Err(self.closed());
         }
         // Lease only once a whole header is here, so a server is never
-        // linked to a client that has not started a message.
+        // linked to a client that has not started a message. Boxed: a header
+        // split over reads is rare, and its wait (a buffer and a read) would
+        // otherwise size the idle wait.
+        if buf.filled < crate::protocol::HEADER_LEN {
+            buf = boxed(self.read_header(stream, buf)).await?;
+        }
+        // A Terminate between transactions needs no server (PgBouncer does
+        // not lease one either): the session simply ends.
+        if buf.bytes[0] == crate::protocol::tag::TERMINATE {
+            self.shard.bufs.give(buf);
+            return Err(self.closed());
+        }
+        Ok(buf)
+    }
+
+    /// Reads until `buf` holds a whole message header.
+    async fn read_header(&self, stream: &mut Stream, mut buf: Buf) -> Result<Buf> {
         while buf.filled < crate::protocol::HEADER_LEN {
             if rio::read_into(stream, &mut buf)
                 .await
@@ -427,12 +475,6 @@ impl Session {
                 self.shard.bufs.give(buf);
                 return Err(self.closed());
             }
-        }
-        // A Terminate between transactions needs no server (PgBouncer does
-        // not lease one either): the session simply ends.
-        if buf.bytes[0] == crate::protocol::tag::TERMINATE {
-            self.shard.bufs.give(buf);
-            return Err(self.closed());
         }
         Ok(buf)
     }
@@ -493,7 +535,8 @@ impl Session {
             &self.pool.stats,
         )
         .await;
-        self.info.prepared_statements.set(self.prepared.len());
+        let prepared = u32::try_from(self.prepared.len()).unwrap_or(u32::MAX);
+        self.info.prepared_statements.set(prepared);
         self.pool
             .stats
             .record_xact(rio::now().saturating_duration_since(started));

@@ -7,10 +7,15 @@ use std::rc::Rc;
 
 use super::{Statement, StatementId};
 
-/// The client's statement name → statement, and whether the feature is on.
+/// Client statement name → statement.
+type Names = HashMap<Box<[u8]>, Rc<Statement>>;
+
+/// The client's statement names, and whether the feature is on.
+/// The map is boxed and made at the first name: most sessions never prepare
+/// a named statement, and an empty inline map would cost each 48 bytes.
 #[derive(Debug, Default)]
 pub struct ClientStatements {
-    map: HashMap<Box<[u8]>, Rc<Statement>>,
+    map: Option<Box<Names>>,
     max: usize,
 }
 
@@ -18,10 +23,7 @@ impl ClientStatements {
     /// Support with a per-server cap of `max` statements (0 = off: every
     /// message passes through untouched).
     pub fn new(max: usize) -> Self {
-        ClientStatements {
-            map: HashMap::new(),
-            max,
-        }
+        ClientStatements { map: None, max }
     }
 
     /// The per-server cap (0 = off).
@@ -31,44 +33,44 @@ impl ClientStatements {
 
     /// Statements the client has prepared (SHOW CLIENTS prepared_statements).
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.map.as_ref().map_or(0, |m| m.len())
     }
 
     /// True when the client has none.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.len() == 0
     }
 
     /// The statement a client name refers to.
     pub fn get(&self, name: &[u8]) -> Option<&Rc<Statement>> {
-        self.map.get(name)
+        self.map.as_ref()?.get(name)
     }
 
     /// Is the name in use?
     pub fn contains(&self, name: &[u8]) -> bool {
-        self.map.contains_key(name)
+        self.get(name).is_some()
     }
 
     /// Maps a new name.
     pub fn insert(&mut self, name: &[u8], st: Rc<Statement>) {
-        self.map.insert(name.into(), st);
+        self.map.get_or_insert_default().insert(name.into(), st);
     }
 
     /// Forgets a name; true if it was mapped.
     pub fn remove(&mut self, name: &[u8]) -> bool {
-        self.map.remove(name).is_some()
+        self.map.as_mut().is_some_and(|m| m.remove(name).is_some())
     }
 
     /// Forgets a name only if it still means statement `id` (undoing a
     /// Parse that the server skipped or refused).
     pub fn unmap(&mut self, name: &[u8], id: StatementId) {
-        if self.map.get(name).is_some_and(|st| st.id == id) {
-            self.map.remove(name);
+        if self.get(name).is_some_and(|st| st.id == id) {
+            self.remove(name);
         }
     }
 
     /// DEALLOCATE ALL / DISCARD ALL.
     pub fn clear(&mut self) {
-        self.map.clear();
+        self.map = None;
     }
 }

@@ -121,14 +121,20 @@ fn task_waker(home: usize, id: u64) -> Waker {
     unsafe { Waker::from_raw(RawWaker::new(waker_word(home, id) as *const (), &VTABLE)) }
 }
 
-struct Task {
-    fut: Option<BoxFuture>,
-    queued: bool,
+/// Whether a slot holds a task, and whether that task is in the run queue.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TaskState {
+    Free,
+    Idle,
+    Queued,
 }
 
+/// One task of the slab: 24 bytes (an `Option<Task>` beside the generation took 32).
 struct Slot {
+    /// The task's future; `None` while it is being polled (or when free).
+    fut: Option<BoxFuture>,
     gen: u16,
-    task: Option<Task>,
+    state: TaskState,
 }
 
 /// A shard's executor. One per shard thread, reached through [`current`].
@@ -172,15 +178,11 @@ impl Executor {
     fn schedule(&self, id: u64) {
         let (index, gen) = split(id);
         let mut slots = self.slots.borrow_mut();
-        let Some(Slot {
-            gen: g,
-            task: Some(task),
-        }) = slots.get_mut(index)
-        else {
+        let Some(slot) = slots.get_mut(index) else {
             return;
         };
-        if *g == gen && !task.queued {
-            task.queued = true;
+        if slot.gen == gen && slot.state == TaskState::Idle {
+            slot.state = TaskState::Queued;
             self.queue.borrow_mut().push_back(id);
         }
     }
@@ -191,16 +193,18 @@ impl Executor {
         let index = match index {
             Some(i) => i as usize,
             None => {
-                slots.push(Slot { gen: 0, task: None });
+                slots.push(Slot {
+                    fut: None,
+                    gen: 0,
+                    state: TaskState::Free,
+                });
                 slots.len() - 1
             }
         };
         let slot = &mut slots[index];
         let id = ((slot.gen as u64) << 32) | index as u64;
-        slot.task = Some(Task {
-            fut: Some(fut),
-            queued: true,
-        });
+        slot.fut = Some(fut);
+        slot.state = TaskState::Queued;
         self.queue.borrow_mut().push_back(id);
         id
     }
@@ -214,11 +218,11 @@ impl Executor {
             let Some(slot) = slots.get_mut(index) else {
                 return;
             };
-            let Some(task) = slot.task.as_mut().filter(|_| slot.gen == gen) else {
+            if slot.gen != gen || slot.state == TaskState::Free {
                 return;
-            };
-            task.queued = false;
-            let Some(fut) = task.fut.take() else {
+            }
+            slot.state = TaskState::Idle;
+            let Some(fut) = slot.fut.take() else {
                 return;
             };
             (fut, task_waker(self.home_no, id))
@@ -228,17 +232,23 @@ impl Executor {
             .poll(&mut Context::from_waker(&waker))
             .is_ready();
         if done {
-            let task = {
+            {
                 let mut slots = self.slots.borrow_mut();
                 let slot = &mut slots[index];
                 slot.gen = slot.gen.wrapping_add(1);
-                slot.task.take()
-            };
+                slot.state = TaskState::Free;
+            }
             self.free.borrow_mut().push(index as u32);
             drop(fut);
-            drop(task);
-        } else if let Some(task) = self.slots.borrow_mut()[index].task.as_mut() {
-            task.fut = Some(fut);
+        } else {
+            let mut slots = self.slots.borrow_mut();
+            let slot = &mut slots[index];
+            if slot.state != TaskState::Free {
+                slot.fut = Some(fut);
+                return;
+            }
+            drop(slots);
+            drop(fut);
         }
     }
 
@@ -375,7 +385,7 @@ pub fn block_on(
         .slots
         .borrow_mut()
         .iter_mut()
-        .filter_map(|s| s.task.take().and_then(|t| t.fut))
+        .filter_map(|s| s.fut.take())
         .collect();
     drop(left);
     ex.timers.borrow_mut().clear();

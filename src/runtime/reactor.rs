@@ -28,39 +28,30 @@ pub(crate) enum Dir {
     Write,
 }
 
-/// Readiness of one direction of one fd.
-pub(crate) struct DirState {
-    /// Worth trying the syscall: set by a poll completion, cleared by EAGAIN or a short read.
-    ready: Cell<bool>,
-    /// The armed poll's op id + 1 (0: none).
-    armed: Cell<u64>,
-    waker: Cell<Option<Waker>>,
-}
-
-impl DirState {
-    fn new() -> DirState {
-        DirState {
-            ready: Cell::new(true),
-            armed: Cell::new(0),
-            waker: Cell::new(None),
-        }
-    }
-
-    /// Something happened (data, end of stream, error, room to write): worth a syscall.
-    fn fire(&self) {
-        self.ready.set(true);
-        if let Some(w) = self.waker.take() {
-            w.wake();
-        }
-    }
-}
-
-/// The reactor's view of one fd: both directions' readiness. Shared (`Rc`) between the owning
-/// stream and the reactor's table while a poll is in flight.
+/// The reactor's view of one fd: both directions' readiness and waiting task. Shared (`Rc`)
+/// between the owning stream and each in-flight poll, whose io_uring `user_data` is a strong
+/// reference to it (see [`poll_tag`]). An idle client keeps one of these (64 bytes with `Rc`'s
+/// counts) and a multishot read poll, and no other reactor state.
 pub(crate) struct IoState {
     fd: RawFd,
-    read: DirState,
-    write: DirState,
+    /// [`READY`] and [`ARMED`] bits, shifted by [`Dir::shift`].
+    flags: Cell<u8>,
+    read_waker: Cell<Option<Waker>>,
+    write_waker: Cell<Option<Waker>>,
+}
+
+/// Worth trying the syscall: set by a poll completion, cleared by EAGAIN or a short read.
+const READY: u8 = 1;
+/// A poll is in flight for this direction and not cancelled.
+const ARMED: u8 = 2;
+
+impl Dir {
+    fn shift(self) -> u8 {
+        match self {
+            Dir::Read => 0,
+            Dir::Write => 2,
+        }
+    }
 }
 
 impl std::fmt::Debug for IoState {
@@ -73,48 +64,72 @@ impl IoState {
     pub(crate) fn new(fd: RawFd) -> Rc<IoState> {
         Rc::new(IoState {
             fd,
-            read: DirState::new(),
-            write: DirState::new(),
+            flags: Cell::new((READY << Dir::Read.shift()) | (READY << Dir::Write.shift())),
+            read_waker: Cell::new(None),
+            write_waker: Cell::new(None),
         })
     }
 
-    fn dir(&self, dir: Dir) -> &DirState {
+    fn has(&self, dir: Dir, bit: u8) -> bool {
+        self.flags.get() & (bit << dir.shift()) != 0
+    }
+
+    /// Sets or clears `bit` in direction `dir`; returns whether it was set before.
+    fn set(&self, dir: Dir, bit: u8, on: bool) -> bool {
+        let mask = bit << dir.shift();
+        let old = self.flags.get();
+        self.flags.set(if on { old | mask } else { old & !mask });
+        old & mask != 0
+    }
+
+    fn waker(&self, dir: Dir) -> &Cell<Option<Waker>> {
         match dir {
-            Dir::Read => &self.read,
-            Dir::Write => &self.write,
+            Dir::Read => &self.read_waker,
+            Dir::Write => &self.write_waker,
+        }
+    }
+
+    /// Something happened (data, end of stream, error, room to write): worth a syscall.
+    fn fire(&self, dir: Dir) {
+        self.set(dir, READY, true);
+        if let Some(w) = self.waker(dir).take() {
+            w.wake();
         }
     }
 
     /// A poll is armed in direction `dir` and has not fired: nothing happened on the socket since
     /// it was armed (no data, no end of stream, no error).
     pub(crate) fn is_quiet(&self, dir: Dir) -> bool {
-        let d = self.dir(dir);
-        d.armed.get() != 0 && !d.ready.get()
+        self.has(dir, ARMED) && !self.has(dir, READY)
     }
 
     /// The last syscall found nothing (EAGAIN) or all there was: wait for a poll next time.
     pub(crate) fn clear_ready(&self, dir: Dir) {
-        self.dir(dir).ready.set(false);
+        self.set(dir, READY, false);
     }
 }
 
-enum Op {
-    Poll(Rc<IoState>, Dir),
-    Eventfd,
+/// The `user_data` of a poll on `io` in direction `dir`: the `IoState`'s address (8-aligned, so
+/// its low bit is free) with the direction in bit 0. At most one poll per direction is in flight
+/// ([`ARMED`]), and a stream is dropped right after [`Reactor::forget`], so a tag names one
+/// operation.
+fn poll_tag(io: *const IoState, dir: Dir) -> u64 {
+    io as usize as u64 | (dir == Dir::Write) as u64
 }
 
-struct OpSlot {
-    gen: u32,
-    op: Option<Op>,
+/// The state and direction a poll tag names.
+fn untag(tag: u64) -> (*const IoState, Dir) {
+    let dir = if tag & 1 == 1 { Dir::Write } else { Dir::Read };
+    ((tag & !1) as usize as *const IoState, dir)
 }
 
 /// user_data of cancel requests, whose completions carry nothing we need.
 const CANCEL_TAG: u64 = u64::MAX;
+/// user_data of the eventfd read (no user-space address, so never a poll's tag).
+const EVENTFD_TAG: u64 = u64::MAX - 2;
 
 pub(crate) struct Reactor {
     ring: RefCell<IoUring>,
-    ops: RefCell<Vec<OpSlot>>,
-    free: RefCell<Vec<u32>>,
     /// Completions copied out of the ring, so wakers run with the ring unborrowed.
     reaped: RefCell<Vec<(u64, i32, u32)>>,
     eventfd: RawFd,
@@ -152,51 +167,12 @@ impl Reactor {
     pub(crate) fn new(entries: u32, home: &Home) -> io::Result<Reactor> {
         let r = Reactor {
             ring: RefCell::new(build_ring(entries.max(64))?),
-            ops: RefCell::new(Vec::new()),
-            free: RefCell::new(Vec::new()),
             reaped: RefCell::new(Vec::new()),
             eventfd: home.eventfd.as_raw_fd(),
             eventfd_buf: Box::new(UnsafeCell::new(0)),
         };
         r.arm_eventfd();
         Ok(r)
-    }
-
-    fn add_op(&self, op: Op) -> u64 {
-        let index = self.free.borrow_mut().pop();
-        let mut ops = self.ops.borrow_mut();
-        let index = match index {
-            Some(i) => i as usize,
-            None => {
-                ops.push(OpSlot { gen: 0, op: None });
-                ops.len() - 1
-            }
-        };
-        ops[index].op = Some(op);
-        ((ops[index].gen as u64) << 32) | index as u64
-    }
-
-    /// The shared state of a live poll whose operation goes on (multishot).
-    fn peek_poll(&self, id: u64) -> Option<(Rc<IoState>, Dir)> {
-        let ops = self.ops.borrow();
-        let slot = ops.get((id & 0xffff_ffff) as usize)?;
-        match &slot.op {
-            Some(Op::Poll(io, dir)) if slot.gen == (id >> 32) as u32 => Some((io.clone(), *dir)),
-            _ => None,
-        }
-    }
-
-    fn take_op(&self, id: u64) -> Option<Op> {
-        let index = (id & 0xffff_ffff) as usize;
-        let mut ops = self.ops.borrow_mut();
-        let slot = ops.get_mut(index)?;
-        if slot.gen != (id >> 32) as u32 {
-            return None;
-        }
-        let op = slot.op.take()?;
-        slot.gen = slot.gen.wrapping_add(1);
-        self.free.borrow_mut().push(index as u32);
-        Some(op)
     }
 
     fn push(&self, sqe: squeue::Entry) {
@@ -232,24 +208,23 @@ impl Reactor {
     }
 
     fn arm_eventfd(&self) {
-        let id = self.add_op(Op::Eventfd);
         let sqe = opcode::Read::new(types::Fd(self.eventfd), self.eventfd_buf.get().cast(), 8)
             .build()
-            .user_data(id);
+            .user_data(EVENTFD_TAG);
         self.push(sqe);
     }
 
     /// Ready to try the syscall in direction `dir`, or registers the task and arms a poll.
     pub(crate) fn poll_ready(&self, io: &Rc<IoState>, dir: Dir, cx: &mut Context<'_>) -> Poll<()> {
-        let d = io.dir(dir);
-        if d.ready.get() {
+        if io.has(dir, READY) {
             return Poll::Ready(());
         }
-        let w = match d.waker.take() {
+        let slot = io.waker(dir);
+        let w = match slot.take() {
             Some(old) if old.will_wake(cx.waker()) => old,
             _ => cx.waker().clone(),
         };
-        d.waker.set(Some(w));
+        slot.set(Some(w));
         self.arm(io, dir);
         Poll::Pending
     }
@@ -257,41 +232,43 @@ impl Reactor {
     /// Arms a poll in direction `dir` unless one is armed or the direction is already ready;
     /// a completion with no task waiting only marks the direction ready.
     pub(crate) fn arm(&self, io: &Rc<IoState>, dir: Dir) {
-        let d = io.dir(dir);
-        if d.armed.get() == 0 && !d.ready.get() {
-            let id = self.add_op(Op::Poll(io.clone(), dir));
-            // Reads arm a multishot poll: it stays armed for the socket's life and posts a
-            // completion at each arrival, so a busy connection costs no re-arm per message
-            // (epoll's registered-once model). Writes arm one-shot: POLLOUT would fire at every
-            // ACK while there is room.
-            let sqe = match dir {
-                Dir::Read => {
-                    opcode::PollAdd::new(types::Fd(io.fd), (libc::POLLIN | libc::POLLRDHUP) as u32)
-                        .multi(true)
-                }
-                Dir::Write => opcode::PollAdd::new(types::Fd(io.fd), libc::POLLOUT as u32),
-            }
-            .build()
-            .user_data(id);
-            self.push(sqe);
-            d.armed.set(id + 1);
+        if io.has(dir, ARMED) || io.has(dir, READY) {
+            return;
         }
+        // The operation owns a strong reference until its last completion (or cancellation)
+        // is reaped, so the tag's pointer stays valid while the kernel may still report it.
+        let tag = poll_tag(Rc::into_raw(io.clone()), dir);
+        // Reads arm a multishot poll: it stays armed for the socket's life and posts a
+        // completion at each arrival, so a busy connection costs no re-arm per message
+        // (epoll's registered-once model). Writes arm one-shot: POLLOUT would fire at every
+        // ACK while there is room.
+        let sqe = match dir {
+            Dir::Read => {
+                opcode::PollAdd::new(types::Fd(io.fd), (libc::POLLIN | libc::POLLRDHUP) as u32)
+                    .multi(true)
+            }
+            Dir::Write => opcode::PollAdd::new(types::Fd(io.fd), libc::POLLOUT as u32),
+        }
+        .build()
+        .user_data(tag);
+        self.push(sqe);
+        io.set(dir, ARMED, true);
     }
 
     /// The fd is going away: cancel its in-flight polls (their completions then just drop the
     /// shared state). The fd may be closed right after; the kernel holds the file until the
-    /// cancel lands, and the cancel names the operation, not the fd number.
+    /// cancel lands, and the cancel names the operation, not the fd number. The stream must not
+    /// arm again (it is dropped or handed to another shard right after).
     pub(crate) fn forget(&self, io: &IoState) {
-        for d in [&io.read, &io.write] {
-            let armed = d.armed.replace(0);
-            if armed != 0 {
+        for dir in [Dir::Read, Dir::Write] {
+            if io.set(dir, ARMED, false) {
                 self.push(
-                    opcode::AsyncCancel::new(armed - 1)
+                    opcode::AsyncCancel::new(poll_tag(io, dir))
                         .build()
                         .user_data(CANCEL_TAG),
                 );
             }
-            d.waker.take();
+            io.waker(dir).take();
         }
     }
 
@@ -331,30 +308,35 @@ impl Reactor {
             }
         }
         let batch = std::mem::take(&mut *self.reaped.borrow_mut());
-        for &(id, result, flags) in &batch {
-            if id == CANCEL_TAG {
-                continue;
+        for &(tag, result, flags) in &batch {
+            match tag {
+                CANCEL_TAG => continue,
+                EVENTFD_TAG => {
+                    self.arm_eventfd();
+                    continue;
+                }
+                _ => {}
             }
+            let (ptr, dir) = untag(tag);
             if cqueue::more(flags) {
                 // A multishot poll reporting an arrival; it stays armed.
-                if let Some((io, dir)) = self.peek_poll(id) {
-                    io.dir(dir).fire();
+                // SAFETY: `ptr` came from `Rc::into_raw` in `arm`, and that strong reference is
+                // released only at the operation's last completion (one without MORE), below.
+                let io = unsafe { &*ptr };
+                if io.has(dir, ARMED) {
+                    io.fire(dir);
                 }
                 continue;
             }
-            match self.take_op(id) {
-                Some(Op::Poll(io, dir)) => {
-                    let d = io.dir(dir);
-                    if d.armed.get() != id + 1 {
-                        continue; // cancelled: the stream is gone
-                    }
-                    d.armed.set(0);
-                    if result != -libc::ECANCELED {
-                        d.fire();
-                    }
-                }
-                Some(Op::Eventfd) => self.arm_eventfd(),
-                None => {}
+            // The operation's last completion: take back the reference `arm` leaked into it.
+            // SAFETY: `ptr` came from `Rc::into_raw` in `arm`; the kernel posts exactly one
+            // completion without MORE per operation, so this runs once per `into_raw`.
+            let io = unsafe { Rc::from_raw(ptr) };
+            if !io.set(dir, ARMED, false) {
+                continue; // cancelled: the stream is gone
+            }
+            if result != -libc::ECANCELED {
+                io.fire(dir);
             }
         }
         let mut batch = batch;
