@@ -503,22 +503,20 @@ pub async fn read_either(a: &mut Stream, abuf: &mut Buf, b: &mut Stream, bbuf: &
 /// The peer address of a TCP stream; `None` on the unix socket, which SHOW CLIENTS prints as
 /// PgBouncer does: addr `unix`, port = `listen_port` (see [`Stream::is_unix`]).
 pub fn peer_addr(stream: &Stream) -> Option<SocketAddr> {
-    if stream.unix {
-        return None;
-    }
-    socket2::SockRef::from(&stream.fd)
-        .peer_addr()
-        .ok()?
-        .as_socket()
+    inet_addr(stream, socket2::Socket::peer_addr)
 }
 
 /// The local address of a TCP stream; `None` on the unix socket.
 pub fn local_addr(stream: &Stream) -> Option<SocketAddr> {
+    inet_addr(stream, socket2::Socket::local_addr)
+}
+
+fn inet_addr(
+    stream: &Stream,
+    ask: impl Fn(&socket2::Socket) -> io::Result<socket2::SockAddr>,
+) -> Option<SocketAddr> {
     if stream.unix {
         return None;
     }
-    socket2::SockRef::from(&stream.fd)
-        .local_addr()
-        .ok()?
-        .as_socket()
+    ask(&socket2::SockRef::from(&stream.fd)).ok()?.as_socket()
 }

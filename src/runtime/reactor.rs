@@ -138,29 +138,30 @@ pub(crate) struct Reactor {
 }
 
 fn build_ring(entries: u32) -> io::Result<IoUring> {
-    let cq = entries.saturating_mul(8);
+    #[derive(Clone, Copy)]
+    enum TaskRun {
+        Deferred,
+        Cooperative,
+        Default,
+    }
+    let build = |mode| {
+        let mut b = IoUring::builder();
+        match mode {
+            TaskRun::Deferred => b
+                .setup_single_issuer()
+                .setup_defer_taskrun()
+                .setup_taskrun_flag(),
+            TaskRun::Cooperative => b.setup_coop_taskrun().setup_taskrun_flag(),
+            TaskRun::Default => &mut b,
+        };
+        b.setup_cqsize(entries.saturating_mul(8))
+            .setup_clamp()
+            .build(entries)
+    };
     // Deferred task work (6.1+) first, then cooperative task running (5.19+), then plain.
-    IoUring::builder()
-        .setup_single_issuer()
-        .setup_defer_taskrun()
-        .setup_taskrun_flag()
-        .setup_cqsize(cq)
-        .setup_clamp()
-        .build(entries)
-        .or_else(|_| {
-            IoUring::builder()
-                .setup_coop_taskrun()
-                .setup_taskrun_flag()
-                .setup_cqsize(cq)
-                .setup_clamp()
-                .build(entries)
-        })
-        .or_else(|_| {
-            IoUring::builder()
-                .setup_cqsize(cq)
-                .setup_clamp()
-                .build(entries)
-        })
+    build(TaskRun::Deferred)
+        .or_else(|_| build(TaskRun::Cooperative))
+        .or_else(|_| build(TaskRun::Default))
 }
 
 impl Reactor {
