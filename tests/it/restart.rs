@@ -26,13 +26,20 @@ const WORKERS: u32 = 2;
 /// reset. Without it a connect that lands in that queue in the last microseconds is reset (seen
 /// about once in ten runs here). Set when we may (root, as in CI); otherwise the test runs as the
 /// host is and says so.
-fn migrate_queued_connections() {
+fn migrate_queued_connections() -> bool {
     const KNOB: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
     if std::fs::read_to_string(KNOB).is_ok_and(|v| v.trim() == "1") {
-        return;
+        return true;
     }
-    if let Err(e) = std::fs::write(KNOB, "1") {
-        println!("note: could not set {KNOB} ({e}); a connect at the very moment of the switch may be reset");
+    match std::fs::write(KNOB, "1") {
+        Ok(()) => true,
+        Err(e) => {
+            println!(
+                "note: could not set {KNOB} ({e}); a connect queued on the old listener at the \
+                 moment it closes may be reset (one such reset is tolerated below)"
+            );
+            false
+        }
     }
 }
 
@@ -65,7 +72,7 @@ impl Probes {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn online_restart_under_pgbench_loses_nothing() {
     let _heavy = common::heavy().await;
-    migrate_queued_connections();
+    let migrating = migrate_queued_connections();
     let user = pg().fresh_user("restart");
     let toml = config_for("transaction", 10, WORKERS, "");
     let mut old = Pgring::start(&toml);
@@ -137,8 +144,13 @@ async fn online_restart_under_pgbench_loses_nothing() {
     assert!(output.status.success(), "{report}");
     assert_eq!(failed_transactions(&stdout), Some(0), "{report}");
     assert!(status.success(), "{report}\nold log:\n{}", old.log());
+    // Without the host setting the kernel resets what sits in the closing listener's queue:
+    // at most one such connect, refused by a reset, is the kernel's doing, not pgring's.
+    let kernel_resets = !migrating
+        && failed.len() <= 1
+        && failed.iter().all(|(_, e)| e.contains("ConnectionReset"));
     assert!(
-        failed.is_empty(),
+        failed.is_empty() || kernel_resets,
         "{report}\nold log:\n{}\nnew log:\n{}",
         old.log(),
         new.log()
