@@ -189,7 +189,8 @@ pub fn remove_unix(path: &Path) {
 
 type AcceptLoop = Pin<Box<dyn Future<Output = ()>>>;
 
-/// Accepts on every listener of this shard until the shard stops (the caller drops this).
+/// Accepts on every listener of this shard until the shard stops; then takes what is already
+/// queued on each listener and closes it (see [`accept_loop`]).
 pub async fn serve(shard: Rc<Shard>, tcp: Vec<TcpListener>, unix: Option<UnixListener>) {
     info!(
         shard = shard.id,
@@ -202,15 +203,21 @@ pub async fn serve(shard: Rc<Shard>, tcp: Vec<TcpListener>, unix: Option<UnixLis
         .map(|l| Box::pin(accept_tcp(shard.clone(), l)) as AcceptLoop)
         .collect();
     loops.extend(unix.map(|l| Box::pin(accept_unix(shard.clone(), l)) as AcceptLoop));
-    // The loops never end; a shard with no listener (unix-only config, shards 1..) still
-    // serves handoffs and the mesh, so this waits forever rather than returning.
-    std::future::poll_fn(|cx| {
-        for l in &mut loops {
-            if l.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(());
-            }
+    // A shard with no listener (unix-only config, shards 1..) still serves handoffs and the
+    // mesh: it waits for the stop like the others.
+    if loops.is_empty() {
+        while !shard.is_stopping() {
+            crate::runtime::sleep(crate::runtime::shard::TICK).await;
         }
-        Poll::Pending
+        return;
+    }
+    std::future::poll_fn(|cx| {
+        loops.retain_mut(|l| l.as_mut().poll(cx).is_pending());
+        if loops.is_empty() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     })
     .await
 }
@@ -228,13 +235,30 @@ async fn accept_loop(shard: Rc<Shard>, fd: OwnedFd) {
         Ok(l) => l,
         Err(e) => {
             error!(shard = shard.id, error = %e, "cannot serve a listener");
-            return std::future::pending().await;
+            return;
         }
     };
+    let tick = crate::runtime::shard::TICK;
     loop {
-        match listener.accept().await {
-            Ok(stream) => admit(&shard, stream),
-            Err(e) => accept_failed(&shard, &e).await,
+        if shard.is_stopping() {
+            // Connections the kernel already queued on this listener would be reset when it
+            // closes (unless net.ipv4.tcp_migrate_req moves them to a sibling listener, such
+            // as a new pgring's during an online restart): take them and serve them first.
+            loop {
+                match listener.try_accept() {
+                    Ok(Some(stream)) => admit(&shard, stream),
+                    Ok(None) => return,
+                    Err(e) => {
+                        warn!(shard = shard.id, error = %e, "accept failed while closing");
+                        return;
+                    }
+                }
+            }
+        }
+        match crate::runtime::io::timeout(tick, listener.accept()).await {
+            None => {} // look at the stop flag again
+            Some(Ok(stream)) => admit(&shard, stream),
+            Some(Err(e)) => accept_failed(&shard, &e).await,
         }
     }
 }

@@ -300,6 +300,30 @@ impl Listener {
         })
     }
 
+    /// A connection already waiting, without waiting for one (`None`: the queue is empty).
+    pub fn try_accept(&self) -> io::Result<Option<Stream>> {
+        // SAFETY: accept4 with null address pointers returns a new fd or -1.
+        let fd = unsafe {
+            libc::accept4(
+                self.fd.as_raw_fd(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::EAGAIN) => Ok(None),
+                _ => Err(e),
+            };
+        }
+        // SAFETY: a fresh, connected socket owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let unix = is_unix_socket(fd.as_raw_fd());
+        Ok(Some(Stream::adopt(fd, unix)))
+    }
+
     /// The bound address (TCP).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         socket2::SockRef::from(&self.fd)

@@ -347,13 +347,12 @@ pub async fn run_shard(
     crate::janitor::start(&shard);
     crate::stats::period::start(&shard);
     let accept = crate::listener::serve(shard.clone(), listeners, unix);
+    // The tick never ends: the accept loops end once they see the stop and have taken what
+    // their listeners had queued.
     let tick = async {
         loop {
             super::sleep(TICK).await;
             shard.poll_controls(&control_rx);
-            if shard.is_stopping() {
-                break;
-            }
         }
     };
     futures_lite::future::or(accept, tick).await;
