@@ -1,6 +1,6 @@
 //! What the shards share about a pool: lock-free counters with caps
 //! (`pool_size`, `reserve_pool_size`, `max_db_connections`,
-//! `max_user_connections`), each shard's idle/waiting/owned counts (written
+//! `max_user_connections`), each shard's idle/waiting counts and oldest wait (written
 //! only by that shard, read by the others when they run out), and the last
 //! failed login (fail-fast across shards). Touched when a server opens or
 //! closes, never per transaction.
@@ -20,8 +20,6 @@ pub struct ShardCounts {
     pub idle: AtomicU32,
     /// Clients waiting on that shard.
     pub waiting: AtomicU32,
-    /// Servers that shard holds (leased + idle).
-    pub owned: AtomicU32,
     /// When that shard's longest-waiting client started waiting, in µs since [`epoch`] plus
     /// one; 0 when nobody waits there. Servers move towards the oldest wait.
     pub oldest_wait: AtomicU64,

@@ -62,18 +62,7 @@ impl Pool {
         best.map(|(t, _)| t)
     }
 
-    /// Publishes how many servers this shard holds (on open, close and
-    /// handoff only: lease and release do not change it).
-    pub(super) fn publish_owned(&self) {
-        let n = self.active.get() + self.idle.borrow().len() as u32;
-        self.global
-            .shard(self.shard_id)
-            .owned
-            .store(n, Ordering::Relaxed);
-    }
-
     pub(super) fn send_to(&self, shard: &Shard, to: usize, server: ServerConn) {
-        self.publish_owned();
         match server.detach() {
             Ok(detached) => shard.mesh.send(
                 to,
@@ -106,7 +95,6 @@ impl Pool {
             Ok(server) => {
                 self.learn_welcome(&server);
                 self.place_here(shard, server);
-                self.publish_owned();
             }
             Err(e) => {
                 warn!(error = %e, "could not adopt a handed-over server");

@@ -317,7 +317,7 @@ impl Pool {
     /// with a non-blocking peek, one cheap syscall), or failing
     /// `server_check_query` after `server_check_delay` of idleness.
     async fn unusable(&self, server: &mut ServerConn) -> Option<&'static str> {
-        if self.is_expired(server) {
+        if self.is_expired(server, crate::runtime::io::now()) {
             return Some("server lifetime over");
         }
         // Only servers taken from the idle list are checked, and one watched since it went
@@ -341,9 +341,9 @@ impl Pool {
         None
     }
 
-    fn is_expired(&self, server: &ServerConn) -> bool {
+    fn is_expired(&self, server: &ServerConn, now: Instant) -> bool {
         let lifetime = self.settings.borrow().lifetime;
-        !lifetime.is_zero() && server.meta.created.elapsed() > lifetime
+        !lifetime.is_zero() && now.saturating_duration_since(server.meta.created) > lifetime
     }
 
     /// While PostgreSQL is unreachable (a recent connect failed and nothing
@@ -376,7 +376,6 @@ impl Pool {
                 self.global.failure.clear();
                 self.learn_welcome(&server);
                 self.active.set(self.active.get() + 1);
-                self.publish_owned();
                 Ok(server)
             }
             Err(e) => {
@@ -445,9 +444,7 @@ impl Pool {
         server.meta.last_used = now;
         // PgBouncer's reasons: RECONNECT marks a server "obsolete connection".
         let obsolete = shard.admin.take_close_needed(server.meta.id);
-        let lifetime = self.settings.borrow().lifetime;
-        let expired = !lifetime.is_zero() && now - server.meta.created > lifetime;
-        if obsolete || expired {
+        if obsolete || self.is_expired(&server, now) {
             let reason = if obsolete {
                 "obsolete connection"
             } else {
@@ -501,7 +498,6 @@ impl Pool {
         self.log_close(&server.meta, reason);
         drop(server);
         self.global.closed();
-        self.publish_owned();
         self.grant_budget();
     }
 
@@ -536,7 +532,6 @@ impl Pool {
             drop(s);
             self.global.closed();
         }
-        self.publish_owned();
     }
 
     /// Removes a waiter whose client went away, returning what it was given.

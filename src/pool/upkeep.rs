@@ -130,7 +130,6 @@ impl Pool {
         drop(idle);
         if closed > 0 {
             self.set_idle_counter();
-            self.publish_owned();
         }
     }
 

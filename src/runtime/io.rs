@@ -187,21 +187,6 @@ impl AsRawFd for Stream {
     }
 }
 
-/// Adopts a connected socket (a server moved between shards, a freshly accepted client).
-impl FromRawFd for Stream {
-    unsafe fn from_raw_fd(fd: RawFd) -> Self {
-        // SAFETY: the caller hands over ownership of an open, connected socket.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let unix = is_unix_socket(fd.as_raw_fd());
-        let _ = set_nonblocking(fd.as_raw_fd());
-        Stream {
-            io: IoState::new(fd.as_raw_fd()),
-            fd,
-            unix,
-        }
-    }
-}
-
 impl AsyncRead for Stream {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -275,53 +260,48 @@ impl Listener {
 
     /// The next connection.
     pub async fn accept(&self) -> io::Result<Stream> {
-        let fd = self.fd.as_raw_fd();
-        let n = std::future::poll_fn(|cx| {
-            poll_io(&self.io, Dir::Read, cx, || {
-                // SAFETY: accept4 with null address pointers returns a new fd or -1.
-                unsafe {
-                    libc::accept4(
-                        fd,
-                        std::ptr::null_mut(),
-                        std::ptr::null_mut(),
-                        libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                    ) as isize
-                }
-            })
+        std::future::poll_fn(|cx| loop {
+            if current()
+                .reactor
+                .poll_ready(&self.io, Dir::Read, cx)
+                .is_pending()
+            {
+                return Poll::Pending;
+            }
+            match self.try_accept() {
+                Ok(Some(stream)) => return Poll::Ready(Ok(stream)),
+                Ok(None) => self.io.clear_ready(Dir::Read),
+                Err(e) => return Poll::Ready(Err(e)),
+            }
         })
-        .await?;
-        // SAFETY: accept4 returned a fresh, connected socket owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(n as RawFd) };
-        let unix = is_unix_socket(fd.as_raw_fd());
-        Ok(Stream {
-            io: IoState::new(fd.as_raw_fd()),
-            fd,
-            unix,
-        })
+        .await
     }
 
     /// A connection already waiting, without waiting for one (`None`: the queue is empty).
     pub fn try_accept(&self) -> io::Result<Option<Stream>> {
-        // SAFETY: accept4 with null address pointers returns a new fd or -1.
-        let fd = unsafe {
-            libc::accept4(
-                self.fd.as_raw_fd(),
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            let e = io::Error::last_os_error();
-            return match e.raw_os_error() {
-                Some(libc::EAGAIN) => Ok(None),
-                _ => Err(e),
+        loop {
+            // SAFETY: accept4 with null address pointers returns a new fd or -1.
+            let fd = unsafe {
+                libc::accept4(
+                    self.fd.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                )
             };
+            if fd >= 0 {
+                // SAFETY: a fresh, connected socket owned by nobody else.
+                let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+                let unix = is_unix_socket(fd.as_raw_fd());
+                return Ok(Some(Stream::adopt(fd, unix)));
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EAGAIN) => return Ok(None),
+                _ => return Err(e),
+            }
         }
-        // SAFETY: a fresh, connected socket owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let unix = is_unix_socket(fd.as_raw_fd());
-        Ok(Some(Stream::adopt(fd, unix)))
     }
 
     /// The bound address (TCP).
