@@ -465,9 +465,10 @@ async fn flush_inside_an_extended_exchange_keeps_the_server() {
     assert_eq!(b_rows.len(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn session_mode_passes_statement_names_through() {
-    let pgring = Pgring::start(&config_for("session", 2, 2, ""));
+/// Prepares and runs one named statement through a fresh pgring in `mode`; the names
+/// PostgreSQL then lists in pg_prepared_statements for that server session.
+async fn server_statement_names(mode: &str, pool: u32, workers: u32) -> Option<String> {
+    let pgring = Pgring::start(&config_for(mode, pool, workers, ""));
     let client = common::connect(pgring.port, "app", "trust_user", "").await;
     let stmt = client.prepare("SELECT $1::int8").await.expect("prepare");
     assert_eq!(
@@ -478,11 +479,16 @@ async fn session_mode_passes_statement_names_through() {
             .get::<_, i64>(0),
         7
     );
-    let names = value(
+    value(
         &client,
         "SELECT string_agg(name, ',') FROM pg_prepared_statements",
     )
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_mode_passes_statement_names_through() {
+    let names = server_statement_names("session", 2, 2).await;
     assert!(
         names.as_deref().is_some_and(|n| !n.contains("PGRING_")),
         "{names:?}"
@@ -491,22 +497,7 @@ async fn session_mode_passes_statement_names_through() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transaction_mode_names_statements_by_content() {
-    let pgring = Pgring::start(&config_for("transaction", 1, 1, ""));
-    let client = common::connect(pgring.port, "app", "trust_user", "").await;
-    let stmt = client.prepare("SELECT $1::int8").await.expect("prepare");
-    assert_eq!(
-        client
-            .query_one(&stmt, &[&7_i64])
-            .await
-            .expect("query")
-            .get::<_, i64>(0),
-        7
-    );
-    let names = value(
-        &client,
-        "SELECT string_agg(name, ',') FROM pg_prepared_statements",
-    )
-    .await;
+    let names = server_statement_names("transaction", 1, 1).await;
     assert!(
         names.as_deref().is_some_and(|n| n.starts_with("PGRING_")),
         "{names:?}"
