@@ -27,6 +27,7 @@ use crate::pool::Pool;
 use crate::protocol::startup::CancelKey;
 use crate::relay::{self, End, Link};
 use crate::runtime::io::{self as rio, Buf};
+use crate::runtime::recycle::Recycled;
 use crate::runtime::{Shard, Stream};
 use crate::server::{ClientParams, ServerConn};
 
@@ -405,10 +406,11 @@ impl Session {
             if crate::admin::is_paused(&self.shard, &self.pool) {
                 boxed(self.wait_while_paused()).await;
             }
-            // Boxed for the same reason as login: the lease machinery (wait,
+            // On the heap for the same reason as login: the lease machinery (wait,
             // parameter sync, relay, cleanup) is ~1.9 KB of future state that an
-            // idle client should not carry; one allocation per transaction.
-            let pending = boxed(self.transaction(stream, cbuf)).await?;
+            // idle client should not carry. In a block the shard reuses, so a
+            // transaction allocates nothing.
+            let pending = Recycled::new(self.transaction(stream, cbuf)).await?;
             // Bytes of the next request that came with the transaction, or the
             // idle wait for them. `pending` is matched in place (no `take()`n
             // temporary) and moved out before the wait, so that no Option<Buf>
@@ -578,10 +580,9 @@ impl Session {
     /// Normal release at a transaction boundary.
     async fn release(&self, mut server: ServerConn) {
         self.info.unlink();
-        let s = self.pool.settings();
-        if s.reset_always && !s.reset_query.is_empty() {
+        if let Some(query) = self.pool.reset_always_query() {
             // Boxed: rare (session-mode reset), and it would size every transaction's lease.
-            if let Err(e) = boxed(server.simple_query(&s.reset_query)).await {
+            if let Err(e) = boxed(server.simple_query(&query)).await {
                 self.pool
                     .close_leased(&self.shard, server, &format!("reset query failed: {e}"));
                 return;

@@ -1,7 +1,8 @@
 //! What the shards share about a pool: lock-free counters with caps
 //! (`pool_size`, `reserve_pool_size`, `max_db_connections`,
-//! `max_user_connections`), each shard's idle/waiting counts and oldest wait (written
-//! only by that shard, read by the others when they run out), and the last
+//! `max_user_connections`), each shard's idle/waiting counts, servers owned and demand
+//! (written only by that shard, read by the others when they run out or at the janitor's
+//! tick), and the last
 //! failed login (fail-fast across shards). Touched when a server opens or
 //! closes, never per transaction.
 
@@ -20,20 +21,11 @@ pub struct ShardCounts {
     pub idle: AtomicU32,
     /// Clients waiting on that shard.
     pub waiting: AtomicU32,
-    /// When that shard's longest-waiting client started waiting, in µs since [`epoch`] plus
-    /// one; 0 when nobody waits there. Servers move towards the oldest wait.
-    pub oldest_wait: AtomicU64,
-}
-
-/// The process-wide time base for [`ShardCounts::oldest_wait`].
-pub fn epoch() -> Instant {
-    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
-/// `at` as published in [`ShardCounts::oldest_wait`].
-pub fn stamp(at: Instant) -> u64 {
-    at.saturating_duration_since(epoch()).as_micros() as u64 + 1
+    /// Servers that shard holds (leased, idle or opening), published at its janitor tick.
+    pub owned: AtomicU32,
+    /// That shard's smoothed demand (clients leasing or waiting, times
+    /// [`super::handoff::SCALE`]), published at its janitor tick.
+    pub demand: AtomicU32,
 }
 
 /// A process-wide counter with a cap, taken and returned without locks.

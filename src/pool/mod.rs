@@ -87,7 +87,9 @@ impl Waiter {
     fn give(&self, grant: Grant) {
         *self.grant.borrow_mut() = Some(grant);
         if let Some(w) = self.waker.borrow_mut().take() {
-            w.wake();
+            // Ahead of the queue: a server handed over is idle until this client sends it
+            // its query (see `wake_next`).
+            crate::runtime::io::wake_next(w);
         }
     }
 }
@@ -103,9 +105,12 @@ pub struct Pool {
     waiters: RefCell<VecDeque<Rc<Waiter>>>,
     active: Cell<u32>,
     opening: Cell<u32>,
-    /// The shard the next released server goes to (decided each janitor tick, see
-    /// `rebalance_target`), instead of a local waiter.
-    give_to: Cell<Option<usize>>,
+    /// The shard the next released servers go to, and how many (decided each janitor
+    /// tick, see `handoff::surplus`), instead of a local waiter.
+    give_to: Cell<Option<(usize, u32)>>,
+    /// Clients leasing or waiting here, smoothed over janitor ticks
+    /// (times `handoff::SCALE`).
+    demand: Cell<u32>,
     welcome: RefCell<Option<Welcome>>,
     /// The welcome's tracked part, shared by this slice's clients.
     client_base: RefCell<Option<Rc<BaseParams>>>,
@@ -134,6 +139,7 @@ impl Pool {
             active: Cell::new(0),
             opening: Cell::new(0),
             give_to: Cell::new(None),
+            demand: Cell::new(0),
             welcome: RefCell::new(None),
             client_base: RefCell::new(None),
             shard_id: shard.id,
@@ -153,6 +159,14 @@ impl Pool {
     /// A copy of the current settings.
     pub fn settings(&self) -> PoolSettings {
         self.settings.borrow().clone()
+    }
+
+    /// `server_reset_query` when `server_reset_query_always` is set (and the query is not
+    /// empty): what must run at every release. Read per transaction, so nothing is copied
+    /// when it is off (the default).
+    pub fn reset_always_query(&self) -> Option<String> {
+        let s = self.settings.borrow();
+        (s.reset_always && !s.reset_query.is_empty()).then(|| s.reset_query.clone())
     }
 
     /// The pool mode.
@@ -254,13 +268,11 @@ impl Pool {
     }
 
     fn set_waiting_counter(&self) {
-        let waiters = self.waiters.borrow();
-        let counts = self.global.shard(self.shard_id);
-        counts
+        let n = self.waiters.borrow().len() as u32;
+        self.global
+            .shard(self.shard_id)
             .waiting
-            .store(waiters.len() as u32, Ordering::Relaxed);
-        let oldest = waiters.front().map_or(0, |w| global::stamp(w.since));
-        counts.oldest_wait.store(oldest, Ordering::Relaxed);
+            .store(n, Ordering::Relaxed);
     }
 
     /// Leases a server: an idle one, else a new one within the global
@@ -459,8 +471,9 @@ impl Pool {
     /// Gives an unleased server to a shard the janitor found short of servers, a local
     /// waiter, another shard's waiter, or the idle list, in that order.
     fn place(self: &Rc<Self>, shard: &Rc<Shard>, server: ServerConn) {
-        if let Some(to) = self.give_to.take() {
+        if let Some((to, n)) = self.give_to.take() {
             if self.global.shard(to).waiting.load(Ordering::Relaxed) > 0 {
+                self.give_to.set((n > 1).then_some((to, n - 1)));
                 self.send_to(shard, to, server);
                 return;
             }

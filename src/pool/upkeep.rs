@@ -41,8 +41,7 @@ impl Pool {
             self.ask_other_shards(shard);
         }
         self.retire_idle();
-        self.give_to
-            .set(self.rebalance_target(shard.id, std::time::Instant::now()));
+        self.rebalance(shard.id);
     }
 
     /// Makes room under max_db_connections / max_user_connections by

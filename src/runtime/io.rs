@@ -27,7 +27,7 @@ use futures_lite::{AsyncRead, AsyncWrite};
 use super::executor::current;
 use super::reactor::{Dir, IoState};
 
-pub use super::executor::{now, sleep, spawn};
+pub use super::executor::{now, sleep, spawn, wake_next};
 
 /// A connection, client or server side: TCP, or a client on the unix socket.
 #[derive(Debug)]

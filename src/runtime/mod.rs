@@ -15,6 +15,7 @@ mod executor;
 pub mod io;
 pub mod mesh;
 mod reactor;
+pub mod recycle;
 pub mod shard;
 pub mod tcp;
 #[cfg(test)]
