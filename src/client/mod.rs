@@ -18,7 +18,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{debug, info};
 
@@ -329,24 +329,44 @@ fn log_reason(e: &Error) -> String {
     }
 }
 
-/// The user's timeouts as configured when it logged in. Kept as `Seconds`,
-/// half the size of `Duration`s (every idle client carries them), and made
-/// `Duration`s where they are used.
-#[derive(Clone, Copy)]
+/// The user's timeouts as configured when it logged in. Kept as whole
+/// milliseconds in a `u32` (16 bytes for the four; `Seconds` took 32 and
+/// `Duration`s 64, and every idle client carries them), and made `Duration`s
+/// where they are used.
+#[derive(Clone, Copy, Debug, PartialEq)]
 struct Timeouts {
-    query: Seconds,
-    idle_in_transaction: Seconds,
-    transaction: Seconds,
-    client_idle: Seconds,
+    query: Millis,
+    idle_in_transaction: Millis,
+    transaction: Millis,
+    client_idle: Millis,
+}
+
+/// A timeout in milliseconds: a non-zero timeout under 1 ms rounds up to 1 ms (it must not
+/// become "disabled"), one over ~49 days saturates at that.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Millis(u32);
+
+impl Millis {
+    fn from_config(s: Seconds) -> Millis {
+        let d = s.duration();
+        if d.is_zero() {
+            return Millis(0);
+        }
+        Millis(u32::try_from(d.as_millis()).unwrap_or(u32::MAX).max(1))
+    }
+
+    fn duration(self) -> Duration {
+        Duration::from_millis(self.0.into())
+    }
 }
 
 impl Timeouts {
     fn for_user(config: &Config, user: &str) -> Timeouts {
         Timeouts {
-            query: config.query_timeout(user),
-            idle_in_transaction: config.idle_transaction_timeout(user),
-            transaction: config.transaction_timeout(user),
-            client_idle: config.client_idle_timeout(user),
+            query: Millis::from_config(config.query_timeout(user)),
+            idle_in_transaction: Millis::from_config(config.idle_transaction_timeout(user)),
+            transaction: Millis::from_config(config.transaction_timeout(user)),
+            client_idle: Millis::from_config(config.client_idle_timeout(user)),
         }
     }
 
@@ -662,5 +682,22 @@ impl Session {
             }
         }
         self.pool.release(&self.shard, server);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_keep_milliseconds_and_never_turn_a_timeout_off() {
+        assert_eq!(Millis::from_config(Seconds::ZERO), Millis(0));
+        assert_eq!(Millis::from_config(Seconds(0.0001)), Millis(1));
+        assert_eq!(
+            Millis::from_config(Seconds(2.5)).duration(),
+            Duration::from_millis(2500)
+        );
+        assert_eq!(Millis::from_config(Seconds(1e12)), Millis(u32::MAX));
+        assert_eq!(std::mem::size_of::<Timeouts>(), 16);
     }
 }
