@@ -147,7 +147,12 @@ fn kill(shard: &Rc<Shard>, db: &Option<String>) -> u32 {
 }
 
 fn kill_client(shard: &Rc<Shard>, id: u64) -> u32 {
-    let client = shard.clients.borrow().get(&id).cloned();
+    let client = shard
+        .clients
+        .borrow()
+        .values()
+        .find(|c| c.id == id)
+        .cloned();
     match client {
         Some(c) => {
             c.kill("admin forced disconnect");

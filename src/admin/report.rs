@@ -244,7 +244,7 @@ fn client_row(c: &ClientInfo) -> ConnRow {
         user: c.user.borrow().to_string(),
         db: c.db.borrow().to_string(),
         state,
-        addr: c.addr,
+        addr: c.peer_addr(),
         local: c.local_addr(),
         connect_time: Some(c.connect_time),
         request_time: Some(wall(c.request_time.get())),

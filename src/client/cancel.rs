@@ -46,7 +46,7 @@ pub fn route(shard: &Rc<Shard>, key: CancelKey) {
 /// Cancels the query of this shard's client holding `key`, if it is
 /// linked to a server right now.
 pub fn cancel_local(shard: &Rc<Shard>, key: CancelKey) {
-    let Some(client) = shard.cancel_keys.borrow().get(&key).cloned() else {
+    let Some(client) = shard.clients.borrow().get(&key).cloned() else {
         debug!(pid = key.pid, "cancel request for no known client");
         return;
     };

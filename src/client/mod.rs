@@ -10,6 +10,7 @@
 pub mod auth_query;
 pub mod cancel;
 pub mod login;
+pub mod span;
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -17,9 +18,9 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
-use tracing::{debug, info, Instrument};
+use tracing::{debug, info};
 
 use crate::config::{Config, PoolMode, Seconds};
 use crate::error::{Error, Result};
@@ -30,6 +31,7 @@ use crate::runtime::io::{self as rio, Buf};
 use crate::runtime::recycle::Recycled;
 use crate::runtime::{Shard, Stream};
 use crate::server::{ClientParams, ServerConn};
+use span::ClientSpan;
 
 /// A client's state, as SHOW CLIENTS names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,8 +70,6 @@ pub struct ClientInfo {
     pub id: u64,
     /// The cancel key pgring gave this client.
     pub key: CancelKey,
-    /// Peer address.
-    pub addr: Option<SocketAddr>,
     /// Wall-clock connect time.
     pub connect_time: SystemTime,
     /// Database asked for; once logged in to a pool, the pool key's own
@@ -134,10 +134,25 @@ impl ClientInfo {
     /// Our address (SHOW CLIENTS `local_addr`), asked of the kernel: an idle client need not
     /// carry it. `None` on the unix socket.
     pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.sock_addr(socket2::Socket::local_addr)
+    }
+
+    /// The client's address (SHOW CLIENTS `addr`, `port`), asked of the kernel like
+    /// [`local_addr`](Self::local_addr): 32 bytes every idle client need not carry, for one
+    /// `getpeername` per console row. `None` on the unix socket (and for a TCP peer that has
+    /// already reset the connection, which the session is about to notice).
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.sock_addr(socket2::Socket::peer_addr)
+    }
+
+    fn sock_addr(
+        &self,
+        ask: impl Fn(&socket2::Socket) -> std::io::Result<socket2::SockAddr>,
+    ) -> Option<SocketAddr> {
         // SAFETY: the session's fd is open for as long as the session (and this info) is
         // registered, as in `kill`; the borrow ends with this call.
         let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fd) };
-        socket2::SockRef::from(&fd).local_addr().ok()?.as_socket()
+        ask(&socket2::SockRef::from(&fd)).ok()?.as_socket()
     }
 
     fn link(&self, server: &ServerConn) {
@@ -177,34 +192,44 @@ pub fn serve(shard: Rc<Shard>, mut stream: Stream) -> impl std::future::Future<O
         // (a borrowed local keeps its slot in the state for good).
         let (login_span, session_span) = client_span(&shard, &info);
         let login = boxed(login_phase(&shard, &info, &mut stream));
-        let Some(session) = login.instrument(login_span).await else {
+        let Some(session) = login_span.wrap(login).await else {
             return unregister(&shard, &info);
         };
-        session.serve(&mut stream).instrument(session_span).await;
+        session_span.wrap(session.serve(&mut stream)).await;
         unregister(&shard, &info);
     }
 }
 
 /// The session's span, twice: for the login and for the session after it.
-fn client_span(shard: &Shard, info: &ClientInfo) -> (tracing::Span, tracing::Span) {
-    let span = tracing::info_span!("client", shard = shard.id, client = info.id);
+fn client_span(shard: &Shard, info: &ClientInfo) -> (ClientSpan, ClientSpan) {
+    let span = ClientSpan::new(tracing::info_span!(
+        "client",
+        shard = shard.id,
+        client = info.id
+    ));
     (span.clone(), span)
 }
 
 /// The session is over: it leaves the shard's lists and the client count.
 fn unregister(shard: &Shard, info: &ClientInfo) {
-    shard.clients.borrow_mut().remove(&info.id);
-    shard.cancel_keys.borrow_mut().remove(&info.key);
+    shard.clients.borrow_mut().remove(&info.key);
     shard.shared.client_count.fetch_sub(1, Ordering::AcqRel);
 }
 
 /// Creates the session's [`ClientInfo`] and lists it in `shard.clients`.
 fn register(shard: &Rc<Shard>, stream: &Stream) -> Rc<ClientInfo> {
     let id = shard.next_id();
+    let mut clients = shard.clients.borrow_mut();
+    // The key is the table's key: draw again in the (2^-55) case that a live client holds it.
+    let key = loop {
+        let key = cancel::new_key(shard.id);
+        if !clients.contains_key(&key) {
+            break key;
+        }
+    };
     let info = Rc::new(ClientInfo {
         id,
-        key: cancel::new_key(shard.id),
-        addr: rio::peer_addr(stream),
+        key,
         connect_time: SystemTime::now(),
         db: RefCell::new("".into()),
         user: RefCell::new("".into()),
@@ -217,7 +242,7 @@ fn register(shard: &Rc<Shard>, stream: &Stream) -> Rc<ClientInfo> {
         fd: stream.as_raw_fd(),
         kill_reason: KillReason::default(),
     });
-    shard.clients.borrow_mut().insert(id, info.clone());
+    clients.insert(key, info.clone());
     info
 }
 
@@ -236,10 +261,6 @@ async fn login_phase(
             return None;
         }
     };
-    shard
-        .cancel_keys
-        .borrow_mut()
-        .insert(info.key, info.clone());
     info.state.set(ClientState::Idle);
     match logged_in {
         login::LoggedIn::Admin { is_admin } => {
@@ -309,24 +330,44 @@ fn log_reason(e: &Error) -> String {
     }
 }
 
-/// The user's timeouts as configured when it logged in. Kept as `Seconds`,
-/// half the size of `Duration`s (every idle client carries them), and made
-/// `Duration`s where they are used.
-#[derive(Clone, Copy)]
+/// The user's timeouts as configured when it logged in. Kept as whole
+/// milliseconds in a `u32` (16 bytes for the four; `Seconds` took 32 and
+/// `Duration`s 64, and every idle client carries them), and made `Duration`s
+/// where they are used.
+#[derive(Clone, Copy, Debug, PartialEq)]
 struct Timeouts {
-    query: Seconds,
-    idle_in_transaction: Seconds,
-    transaction: Seconds,
-    client_idle: Seconds,
+    query: Millis,
+    idle_in_transaction: Millis,
+    transaction: Millis,
+    client_idle: Millis,
+}
+
+/// A timeout in milliseconds: a non-zero timeout under 1 ms rounds up to 1 ms (it must not
+/// become "disabled"), one over ~49 days saturates at that.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Millis(u32);
+
+impl Millis {
+    fn from_config(s: Seconds) -> Millis {
+        let d = s.duration();
+        if d.is_zero() {
+            return Millis(0);
+        }
+        Millis(u32::try_from(d.as_millis()).unwrap_or(u32::MAX).max(1))
+    }
+
+    fn duration(self) -> Duration {
+        Duration::from_millis(self.0.into())
+    }
 }
 
 impl Timeouts {
     fn for_user(config: &Config, user: &str) -> Timeouts {
         Timeouts {
-            query: config.query_timeout(user),
-            idle_in_transaction: config.idle_transaction_timeout(user),
-            transaction: config.transaction_timeout(user),
-            client_idle: config.client_idle_timeout(user),
+            query: Millis::from_config(config.query_timeout(user)),
+            idle_in_transaction: Millis::from_config(config.idle_transaction_timeout(user)),
+            transaction: Millis::from_config(config.transaction_timeout(user)),
+            client_idle: Millis::from_config(config.client_idle_timeout(user)),
         }
     }
 
@@ -398,72 +439,90 @@ impl Session {
     /// is `ClientClosed`). The error comes boxed: `serve` reserves room for
     /// this future's output beside the future itself for the whole session
     /// (rustc does not overlap the two), 8 bytes instead of an inline Error.
-    async fn run(&mut self, stream: &mut Stream) -> std::result::Result<(), Box<Error>> {
-        let mut cbuf = self.next_request(stream).await?;
-        loop {
-            // Boxed: a pause is rare, and its wait would otherwise size the
-            // session's state.
-            if crate::admin::is_paused(&self.shard, &self.pool) {
-                boxed(self.wait_while_paused()).await;
+    ///
+    /// This loop is what an idle client's task holds, so it is kept to the idle wait and a
+    /// box: a plain function returning an async block (an `async fn` keeps its arguments
+    /// twice), and no buffer variable that lives across an await (rustc keeps a slot for it
+    /// in every state).
+    #[allow(clippy::manual_async_fn)] // deliberately not an async fn: see above
+    fn run<'a>(
+        &'a mut self,
+        stream: &'a mut Stream,
+    ) -> impl std::future::Future<Output = std::result::Result<(), Box<Error>>> + 'a {
+        async move {
+            loop {
+                let cbuf = self.next_request(stream).await?;
+                // On the heap for the same reason as login: the lease machinery (wait,
+                // parameter sync, relay, cleanup) is ~1.9 KB of future state that an
+                // idle client should not carry. In a block the shard reuses, so a
+                // transaction allocates nothing.
+                Recycled::new(self.transactions(stream, cbuf)).await?;
             }
-            // On the heap for the same reason as login: the lease machinery (wait,
-            // parameter sync, relay, cleanup) is ~1.9 KB of future state that an
-            // idle client should not carry. In a block the shard reuses, so a
-            // transaction allocates nothing.
-            let pending = Recycled::new(self.transaction(stream, cbuf)).await?;
-            // Bytes of the next request that came with the transaction, or the
-            // idle wait for them. `pending` is matched in place (no `take()`n
-            // temporary) and moved out before the wait, so that no Option<Buf>
-            // stays in the idle state.
-            cbuf = match pending {
-                Some(b) => b,
-                None => {
-                    drop(pending);
-                    self.next_request(stream).await?
-                }
-            };
         }
     }
 
-    /// Waits for the client's next bytes, holding no buffer meanwhile.
-    async fn next_request(&self, stream: &mut Stream) -> Result<Buf> {
-        self.info.state.set(ClientState::Idle);
-        let read = self.shard.bufs.read(stream);
-        // The timeout is read twice rather than kept in a local, which would
-        // stay in the idle wait's state.
-        let read = if self.timeouts.client_idle.duration().is_zero() {
-            read.await
-        } else {
-            // Boxed: the timer is most of this wait's state, and without
-            // client_idle_timeout (the default) no idle client should hold it.
-            boxed(rio::timeout(self.timeouts.client_idle.duration(), read))
-                .await
-                .ok_or_else(|| {
-                    Error::refuse(
-                        crate::error::sqlstate::PROTOCOL_VIOLATION,
-                        "client_idle_timeout",
-                    )
-                })?
-        };
-        let mut buf = read.map_err(Error::ClientIo)?;
-        if buf.filled == 0 {
-            self.shard.bufs.give(buf);
-            return Err(self.closed());
+    /// Serves transactions back to back while the client has already sent the next request's
+    /// bytes; returns once the client is between transactions with nothing pending.
+    async fn transactions(&mut self, stream: &mut Stream, mut cbuf: Buf) -> Result<()> {
+        loop {
+            // Boxed: a pause is rare, and its wait would otherwise size every transaction's
+            // box.
+            if crate::admin::is_paused(&self.shard, &self.pool) {
+                boxed(self.wait_while_paused()).await;
+            }
+            match self.transaction(stream, cbuf).await? {
+                Some(next) => cbuf = next,
+                None => return Ok(()),
+            }
         }
-        // Lease only once a whole header is here, so a server is never
-        // linked to a client that has not started a message. Boxed: a header
-        // split over reads is rare, and its wait (a buffer and a read) would
-        // otherwise size the idle wait.
-        if buf.filled < crate::protocol::HEADER_LEN {
-            buf = boxed(self.read_header(stream, buf)).await?;
+    }
+
+    /// Waits for the client's next bytes, holding no buffer meanwhile. A plain function
+    /// returning an async block, as `run`, for the same reason: an idle client waits in it.
+    #[allow(clippy::manual_async_fn)] // deliberately not an async fn: see `run`
+    fn next_request<'a>(
+        &'a self,
+        stream: &'a mut Stream,
+    ) -> impl std::future::Future<Output = Result<Buf>> + 'a {
+        async move {
+            self.info.state.set(ClientState::Idle);
+            // The timeout is read twice rather than kept in a local, which would
+            // stay in the idle wait's state.
+            let read = if self.timeouts.client_idle.duration().is_zero() {
+                self.shard.bufs.read(stream).await
+            } else {
+                // Boxed: the timer is most of this wait's state, and without
+                // client_idle_timeout (the default) no idle client should hold it.
+                let read = self.shard.bufs.read(stream);
+                boxed(rio::timeout(self.timeouts.client_idle.duration(), read))
+                    .await
+                    .ok_or_else(|| {
+                        Error::refuse(
+                            crate::error::sqlstate::PROTOCOL_VIOLATION,
+                            "client_idle_timeout",
+                        )
+                    })?
+            };
+            let mut buf = read.map_err(Error::ClientIo)?;
+            if buf.filled == 0 {
+                self.shard.bufs.give(buf);
+                return Err(self.closed());
+            }
+            // Lease only once a whole header is here, so a server is never
+            // linked to a client that has not started a message. Boxed: a header
+            // split over reads is rare, and its wait (a buffer and a read) would
+            // otherwise size the idle wait.
+            if buf.filled < crate::protocol::HEADER_LEN {
+                buf = boxed(self.read_header(stream, buf)).await?;
+            }
+            // A Terminate between transactions needs no server (PgBouncer does
+            // not lease one either): the session simply ends.
+            if buf.bytes[0] == crate::protocol::tag::TERMINATE {
+                self.shard.bufs.give(buf);
+                return Err(self.closed());
+            }
+            Ok(buf)
         }
-        // A Terminate between transactions needs no server (PgBouncer does
-        // not lease one either): the session simply ends.
-        if buf.bytes[0] == crate::protocol::tag::TERMINATE {
-            self.shard.bufs.give(buf);
-            return Err(self.closed());
-        }
-        Ok(buf)
     }
 
     /// Reads until `buf` holds a whole message header.
@@ -624,5 +683,22 @@ impl Session {
             }
         }
         self.pool.release(&self.shard, server);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_keep_milliseconds_and_never_turn_a_timeout_off() {
+        assert_eq!(Millis::from_config(Seconds::ZERO), Millis(0));
+        assert_eq!(Millis::from_config(Seconds(0.0001)), Millis(1));
+        assert_eq!(
+            Millis::from_config(Seconds(2.5)).duration(),
+            Duration::from_millis(2500)
+        );
+        assert_eq!(Millis::from_config(Seconds(1e12)), Millis(u32::MAX));
+        assert_eq!(std::mem::size_of::<Timeouts>(), 16);
     }
 }

@@ -194,10 +194,11 @@ pub struct Shard {
     userlist: RefCell<Arc<UserList>>,
     /// This shard's slice of every pool.
     pub pools: RefCell<HashMap<PoolKey, Rc<Pool>>>,
-    /// Live client sessions by id.
-    pub clients: RefCell<HashMap<u64, Rc<ClientInfo>>>,
-    /// Cancel keys handed to this shard's clients.
-    pub cancel_keys: RefCell<HashMap<CancelKey, Rc<ClientInfo>>>,
+    /// Live client sessions, by the cancel key pgring gave each. One table serves cancel
+    /// routing and the console (a second one, by id, cost every idle client ~28 bytes);
+    /// KILL_CLIENT, the one lookup by id, scans it, as PgBouncer scans its client lists
+    /// for a cancel key.
+    pub clients: RefCell<HashMap<CancelKey, Rc<ClientInfo>>>,
     /// Senders to the other shards.
     pub mesh: Outbox,
     /// Relay buffer free list.
@@ -332,7 +333,6 @@ pub async fn run_shard(
         userlist: RefCell::new(userlist),
         pools: RefCell::new(HashMap::new()),
         clients: RefCell::new(HashMap::new()),
-        cancel_keys: RefCell::new(HashMap::new()),
         mesh,
         bufs: BufPool::default(),
         stats: ShardStats::default(),
