@@ -2,8 +2,9 @@
 //! `query_wait_timeout`, opens the reserve pool for clients waiting longer
 //! than `reserve_pool_timeout`, hands free budget to waiters, asks other
 //! shards for idle servers, closes servers past `server_idle_timeout` or
-//! `server_lifetime`, and refills `min_pool_size`. One timer per shard, not
-//! one per connection.
+//! `server_lifetime`, and refills `min_pool_size`. Every second it also gives
+//! back relay buffers a burst left unused. One timer per shard, not one per
+//! connection.
 
 use std::rc::Rc;
 
@@ -13,12 +14,18 @@ use crate::runtime::{self, shard::TICK, Shard};
 pub fn start(shard: &Rc<Shard>) {
     let shard = shard.clone();
     runtime::spawn(async move {
+        let per_second = (1000 / TICK.as_millis().max(1)).max(1) as u32;
+        let mut ticks = 0u32;
         loop {
             runtime::sleep(TICK).await;
             let pools: Vec<_> = shard.pools.borrow().values().cloned().collect();
             for pool in pools {
                 pool.tick(&shard);
                 pool.fill_min(&shard);
+            }
+            ticks = ticks.wrapping_add(1);
+            if ticks.is_multiple_of(per_second) {
+                shard.bufs.trim();
             }
         }
     });

@@ -12,7 +12,7 @@
 //! A client may come over TCP or the unix socket; [`Stream`] serves both (the relay never knows
 //! which), only `set_nodelay` and the peer credentials differ.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -398,23 +398,52 @@ impl Buf {
 
 /// The shard's free list of relay buffers, so a connection holds a buffer
 /// only while it has data in flight.
+///
+/// A burst (1000 clients waiting, each holding its request) can leave thousands of buffers
+/// on the list, each with touched pages: up to `MAX_FREE` x 32 KiB per shard. [`BufPool::trim`]
+/// (the janitor, every second) gives back half of those that stayed unused since its last
+/// call, so a shard's memory follows its load down within seconds, while a steady load,
+/// which keeps cycling the same buffers, allocates nothing.
 #[derive(Debug, Default)]
 pub struct BufPool {
     free: RefCell<Vec<Vec<u8>>>,
+    /// The shortest the free list has been since the last trim: that many buffers were
+    /// not needed meanwhile.
+    low: Cell<usize>,
 }
 
-/// Free buffers kept per shard; the rest are returned to the allocator.
+/// Free buffers kept per shard at most; the rest are returned to the allocator.
 const MAX_FREE: usize = 4096;
 
 impl BufPool {
     /// Takes a buffer (empty of data).
     pub fn take(&self) -> Buf {
-        let bytes = self
-            .free
-            .borrow_mut()
-            .pop()
-            .unwrap_or_else(|| vec![0; BUF_SIZE]);
+        let mut free = self.free.borrow_mut();
+        let bytes = free.pop().unwrap_or_else(|| vec![0; BUF_SIZE]);
+        if free.len() < self.low.get() {
+            self.low.set(free.len());
+        }
         Buf { bytes, filled: 0 }
+    }
+
+    /// Frees half of the buffers that stayed on the list since the last call (see the type).
+    /// Returns how many were freed.
+    pub fn trim(&self) -> usize {
+        let mut free = self.free.borrow_mut();
+        let len = free.len();
+        let spare = self.low.get().min(len).div_ceil(2);
+        let keep = len - spare;
+        free.truncate(keep);
+        if free.capacity() > 2 * keep + 64 {
+            free.shrink_to(keep + 32);
+        }
+        self.low.set(free.len());
+        spare
+    }
+
+    /// Buffers on the free list.
+    pub fn free_count(&self) -> usize {
+        self.free.borrow().len()
     }
 
     /// Returns a buffer. Oversized ones (grown for a large message) are

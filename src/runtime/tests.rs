@@ -196,3 +196,27 @@ fn buf() -> Buf {
         filled: 0,
     }
 }
+
+#[test]
+fn buffers_a_burst_left_unused_are_given_back_and_a_steady_load_keeps_its_own() {
+    let pool = super::io::BufPool::default();
+    // A burst: 1000 buffers in use at once, then all returned.
+    let burst: Vec<_> = (0..1000).map(|_| pool.take()).collect();
+    burst.into_iter().for_each(|b| pool.give(b));
+    assert_eq!(pool.free_count(), 1000);
+    // First trim after the burst: none stayed unused during the burst itself
+    // (the list was empty at its peak), so nothing goes yet.
+    assert_eq!(pool.trim(), 0);
+    // A steady load of 10 buffers in use: each later trim halves what it left alone.
+    let mut freed = Vec::new();
+    for _ in 0..12 {
+        let steady: Vec<_> = (0..10).map(|_| pool.take()).collect();
+        steady.into_iter().for_each(|b| pool.give(b));
+        freed.push(pool.trim());
+    }
+    assert_eq!(freed[0], 495);
+    assert!(pool.free_count() <= 16, "left {}", pool.free_count());
+    assert!(pool.free_count() >= 10, "the steady load's buffers stay");
+    let again: Vec<_> = (0..10).map(|_| pool.take()).collect();
+    again.into_iter().for_each(|b| pool.give(b));
+}
