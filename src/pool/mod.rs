@@ -16,8 +16,12 @@
 //!   idle servers for one (`Steal`); such a shard sends an idle server over.
 //! - The janitor repeats the steal request and the budget check every tick,
 //!   so a budget freed on another shard is used within ~100 ms.
+//! - Under load every shard has waiters: at each tick a shard holding a whole
+//!   server more than its share (shares by demand: clients leasing or waiting,
+//!   smoothed) sends its next released servers to the shard furthest below its
+//!   share (`handoff::surplus`).
 //!
-//! When load is balanced every shard has its own waiters and nothing moves.
+//! When load is balanced nothing moves.
 //!
 //! A lease is released explicitly, on ReadyForQuery `I` (transaction mode) or
 //! at client exit (session mode, after the reset query). Drop of a
