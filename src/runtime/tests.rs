@@ -220,3 +220,45 @@ fn buffers_a_burst_left_unused_are_given_back_and_a_steady_load_keeps_its_own() 
     let again: Vec<_> = (0..10).map(|_| pool.take()).collect();
     again.into_iter().for_each(|b| pool.give(b));
 }
+
+#[test]
+fn a_task_woken_with_wake_next_runs_before_those_already_queued() {
+    let order = Rc::new(RefCell::new(Vec::new()));
+    let seen = order.clone();
+    run(async move {
+        // "handed" parks first and leaves its waker behind.
+        let waker: Rc<RefCell<Option<Waker>>> = Rc::default();
+        let (w, o) = (waker.clone(), order.clone());
+        spawn(async move {
+            let mut parked = false;
+            std::future::poll_fn(|cx| {
+                if parked {
+                    return Poll::Ready(());
+                }
+                parked = true;
+                *w.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            })
+            .await;
+            o.borrow_mut().push("handed");
+        });
+        sleep(Duration::from_millis(5)).await;
+        // Three tasks queued in one go; the first hands "handed" its work.
+        for tag in ["releaser", "queued 1", "queued 2"] {
+            let (w, o) = (waker.clone(), order.clone());
+            spawn(async move {
+                o.borrow_mut().push(tag);
+                if tag == "releaser" {
+                    if let Some(w) = w.borrow_mut().take() {
+                        super::io::wake_next(w);
+                    }
+                }
+            });
+        }
+        sleep(Duration::from_millis(5)).await;
+    });
+    assert_eq!(
+        *seen.borrow(),
+        ["releaser", "handed", "queued 1", "queued 2"]
+    );
+}
