@@ -64,18 +64,18 @@ impl Pool {
         counts.owned.store(owned, Ordering::Relaxed);
         let view: Vec<ShardView> = (0..shards)
             .map(|i| {
-                let c = self.global.shard(i);
-                match i == me {
-                    true => ShardView {
+                if i == me {
+                    return ShardView {
                         owned,
                         demand,
                         waiting: waiting > 0,
-                    },
-                    false => ShardView {
-                        owned: c.owned.load(Ordering::Relaxed),
-                        demand: c.demand.load(Ordering::Relaxed),
-                        waiting: c.waiting.load(Ordering::Relaxed) > 0,
-                    },
+                    };
+                }
+                let c = self.global.shard(i);
+                ShardView {
+                    owned: c.owned.load(Ordering::Relaxed),
+                    demand: c.demand.load(Ordering::Relaxed),
+                    waiting: c.waiting.load(Ordering::Relaxed) > 0,
                 }
             })
             .collect();
