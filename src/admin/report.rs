@@ -14,6 +14,7 @@ use crate::client::{ClientInfo, ClientState};
 use crate::config::{Config, PoolMode};
 use crate::pool::{Pool, PoolKey};
 use crate::runtime::Shard;
+use crate::server::ServerAddr;
 use crate::stats::StatsSnapshot;
 
 /// One shard's report.
@@ -91,8 +92,11 @@ pub struct ConnRow {
     pub db: String,
     /// PgBouncer's state word.
     pub state: &'static str,
-    /// Peer address.
+    /// Peer address (`None` on a unix socket).
     pub addr: Option<SocketAddr>,
+    /// A server reached over a unix socket: the port of its socket name, which SHOW SERVERS
+    /// prints beside addr `unix`, as PgBouncer does.
+    pub unix_port: Option<u16>,
     /// Our address.
     pub local: Option<SocketAddr>,
     /// When it connected (unknown for a server while it is leased).
@@ -245,6 +249,7 @@ fn client_row(c: &ClientInfo) -> ConnRow {
         db: c.db.borrow().to_string(),
         state,
         addr: c.peer_addr(),
+        unix_port: None,
         local: c.local_addr(),
         connect_time: Some(c.connect_time),
         request_time: Some(wall(c.request_time.get())),
@@ -266,7 +271,8 @@ fn linked_server_row(shard: &Shard, key: &PoolKey, c: &ClientInfo) -> Option<Con
         user: key.user.to_string(),
         db: key.db.to_string(),
         state: "active",
-        addr: Some(l.addr),
+        addr: l.addr.tcp(),
+        unix_port: unix_port(&l.addr),
         local: l.local_addr,
         connect_time: Some(l.connect_time),
         request_time: Some(wall(c.request_time.get())),
@@ -280,6 +286,13 @@ fn linked_server_row(shard: &Shard, key: &PoolKey, c: &ClientInfo) -> Option<Con
     })
 }
 
+fn unix_port(addr: &ServerAddr) -> Option<u16> {
+    match addr {
+        ServerAddr::Unix { port, .. } => Some(*port),
+        ServerAddr::Tcp(_) => None,
+    }
+}
+
 fn idle_server_rows(shard: &Shard, key: &PoolKey, pool: &Pool, out: &mut Vec<ConnRow>) {
     pool.for_each_idle(|s| {
         out.push(ConnRow {
@@ -287,7 +300,8 @@ fn idle_server_rows(shard: &Shard, key: &PoolKey, pool: &Pool, out: &mut Vec<Con
             user: key.user.to_string(),
             db: key.db.to_string(),
             state: "idle",
-            addr: Some(s.meta.addr),
+            addr: s.meta.addr.tcp(),
+            unix_port: unix_port(&s.meta.addr),
             local: s.meta.local_addr,
             connect_time: Some(s.meta.connect_time),
             request_time: Some(wall(s.meta.last_used)),

@@ -102,12 +102,12 @@ pub async fn connections(shard: &Rc<Shard>, out: &mut Vec<u8>, servers: bool) {
         Ok(r) => r,
         Err(e) => return rows::error(out, e.to_string()),
     };
-    let unix_port = shard.config().general.listen_port;
+    let listen_port = shard.config().general.listen_port;
     let mut rs = ResultSet::new(out, SOCKET_COLUMNS);
     for r in &reports {
         let list = if servers { &r.servers } else { &r.clients };
         for c in list {
-            rs.row(&socket_row(c, unix_port));
+            rs.row(&socket_row(c, listen_port));
         }
     }
     rs.finish();
@@ -120,20 +120,19 @@ fn ptr(id: u64) -> String {
 }
 
 /// A client with no IP address came over the unix socket: PgBouncer shows
-/// it as addr `unix` with the listen port.
-fn socket_row(c: &ConnRow, unix_port: u16) -> Vec<Option<String>> {
+/// it as addr `unix` with the listen port. A server reached over a unix socket
+/// shows addr `unix` with the port of its socket name. Either way our end is
+/// `unix` with the listen port (PgBouncer's `fill_local_addr`).
+fn socket_row(c: &ConnRow, listen_port: u16) -> Vec<Option<String>> {
     let ip = |a: Option<std::net::SocketAddr>| a.map(|a| a.ip().to_string());
     let port = |a: Option<std::net::SocketAddr>| v(a.map_or(0, |a| a.port()));
-    let unix = c.kind == "C" && c.addr.is_none();
-    let (addr, addr_port) = if unix {
-        (v("unix"), v(unix_port))
-    } else {
-        (ip(c.addr), port(c.addr))
+    let unix_port = match c.kind {
+        "C" if c.addr.is_none() => Some(listen_port),
+        _ => c.unix_port,
     };
-    let (local, local_port) = if unix {
-        (v("unix"), v(unix_port))
-    } else {
-        (ip(c.local), port(c.local))
+    let ((addr, addr_port), (local, local_port)) = match unix_port {
+        Some(p) => ((v("unix"), v(p)), (v("unix"), v(listen_port))),
+        None => ((ip(c.addr), port(c.addr)), (ip(c.local), port(c.local))),
     };
     vec![
         v(c.kind),

@@ -30,7 +30,7 @@ use crate::relay::{self, End, Link};
 use crate::runtime::io::{self as rio, Buf};
 use crate::runtime::recycle::Recycled;
 use crate::runtime::{Shard, Stream};
-use crate::server::{ClientParams, ServerConn};
+use crate::server::{ClientParams, ServerAddr, ServerConn};
 use span::ClientSpan;
 
 /// A client's state, as SHOW CLIENTS names it.
@@ -51,8 +51,8 @@ pub enum ClientState {
 pub struct Linked {
     /// pgring's server id.
     pub server_id: u64,
-    /// Server address.
-    pub addr: SocketAddr,
+    /// Server address (where a cancel request goes).
+    pub addr: ServerAddr,
     /// The backend's real cancel key.
     pub backend_key: CancelKey,
     /// Our end of the server connection.
@@ -158,7 +158,7 @@ impl ClientInfo {
     fn link(&self, server: &ServerConn) {
         *self.linked.borrow_mut() = Some(Box::new(Linked {
             server_id: server.meta.id,
-            addr: server.meta.addr,
+            addr: server.meta.addr.clone(),
             backend_key: server.meta.backend_key,
             local_addr: server.meta.local_addr,
             connect_time: server.meta.connect_time,
@@ -662,7 +662,7 @@ impl Session {
             relay::Boundary::Busy => false,
         };
         if !clean {
-            let (addr, key) = (server.meta.addr, server.meta.backend_key);
+            let (addr, key) = (server.meta.addr.clone(), server.meta.backend_key);
             crate::runtime::spawn(async move {
                 let _ =
                     crate::server::send_cancel(addr, key, std::time::Duration::from_secs(5)).await;

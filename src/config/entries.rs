@@ -15,7 +15,8 @@ use std::fmt;
 #[serde(default, deny_unknown_fields)]
 pub struct Database {
     /// Server host, or a comma-separated list of hosts. Unset = the unix socket in
-    /// `unix_socket_dir` (as PgBouncer); a value starting with `/` is a socket directory.
+    /// `unix_socket_dir` (as PgBouncer); a value starting with `/` is a socket directory, one
+    /// starting with `@` a prefix in Linux's abstract namespace (see `server::addr`).
     pub host: Option<String>,
     /// Server port (default 5432).
     pub port: u16,

@@ -3,6 +3,7 @@
 
 use super::super::*;
 use super::connstr;
+use crate::server::addr::{server_addrs, ServerAddr};
 use std::path::PathBuf;
 
 /// Debian's /etc/pgbouncer/pgbouncer.ini (PgBouncer 1.18) as shipped: only comments and
@@ -195,11 +196,15 @@ fn commented_examples_map_onto_the_model() {
     assert_eq!(user1.pool_mode, Some(PoolMode::Transaction));
     assert_eq!(user1.max_user_connections, Some(10));
     assert_eq!(config.pool_mode("bardb", "user1"), PoolMode::Transaction);
-    // foodb has no host: PgBouncer would use its unix socket; pgring says what it does instead.
-    assert!(config
-        .warnings
-        .iter()
-        .any(|w| w.contains("[databases.foodb] host: unset")));
+    // foodb has no host: the server's unix socket in unix_socket_dir, as PgBouncer connects.
+    assert!(
+        !config.warnings.iter().any(|w| w.contains("foodb")),
+        "{:?}",
+        config.warnings
+    );
+    let foodb = &config.databases["foodb"];
+    let addrs = server_addrs(foodb.host.as_deref(), foodb.port, &g.unix_socket_dir);
+    assert_eq!(addrs, [ServerAddr::unix("/tmp", 5432)]);
 }
 
 #[test]
@@ -336,7 +341,39 @@ replica = host=10.0.0.1 target_session_attrs=read-only
         "client_tls_sslmode: \"require\" is not implemented",
         "server_tls_sslmode: \"verify-full\" is not implemented",
         "auth_type: \"hba\" is not implemented",
-        "[databases.sock] host: unix-socket server connections are not implemented",
+    ] {
+        assert!(found.contains(needle), "{needle} missing from:\n{found}");
+    }
+    assert!(
+        !found.contains("[databases.sock]"),
+        "a socket dir is fine:\n{found}"
+    );
+}
+
+#[test]
+fn unix_socket_hosts_load_and_unusable_ones_are_refused_up_front() {
+    let text = "\
+[pgbouncer]
+auth_type = trust
+[databases]
+sock = host=/var/run/postgresql port=5433
+abstract = host=@pg
+mixed = host=/run/pg,127.0.0.1
+";
+    let config = load_text("unixhosts", text).unwrap_or_else(|e| panic!("{e}"));
+    let sock = &config.databases["sock"];
+    let addrs = server_addrs(sock.host.as_deref(), sock.port, "/tmp");
+    assert_eq!(addrs[0].to_string(), "/var/run/postgresql/.s.PGSQL.5433");
+
+    let long = "d".repeat(120);
+    let text = format!(
+        "[pgbouncer]\nauth_type = trust\nunix_socket_dir =\nlisten_addr = 127.0.0.1\n\
+         [databases]\nnohost = port=5432\nlong = host=/{long}\n"
+    );
+    let found = problems("badunix", &text).join("\n");
+    for needle in [
+        "[databases.nohost] host: unset means the server's unix socket in unix_socket_dir, which is empty",
+        "[databases.long] host: the socket path /ddd",
     ] {
         assert!(found.contains(needle), "{needle} missing from:\n{found}");
     }

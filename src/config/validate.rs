@@ -10,6 +10,7 @@ use super::general::General;
 use super::parse::entry_label;
 use super::types::{AuthType, SslMode};
 use super::Config;
+use crate::server::addr::{is_unix_host, ServerAddr, MAX_UNIX_PATH};
 use std::net::SocketAddr;
 
 /// Every cross-key problem of `config`, each prefixed with its table and key.
@@ -113,6 +114,9 @@ fn database(name: &str, db: &Database, g: &General, out: &mut Vec<String>) {
             ),
         );
     }
+    if let Some(why) = unix_host_problem(db, g) {
+        fail("host", why);
+    }
     if db.dbname.as_deref() == Some("") {
         fail(
             "dbname",
@@ -129,6 +133,28 @@ fn database(name: &str, db: &Database, g: &General, out: &mut Vec<String>) {
     if db.password.is_some() && db.user.is_none() {
         fail("password", "is only used together with user".into());
     }
+}
+
+/// A unix-socket host (`/dir`, `@name`, or unset: `unix_socket_dir`) must make a socket
+/// address: PgBouncer would fail each connect ("unix socket dir not configured") or truncate
+/// the path; pgring says so at load.
+fn unix_host_problem(db: &Database, g: &General) -> Option<String> {
+    let Some(host) = db.host.as_deref() else {
+        return g.unix_socket_dir.is_empty().then(|| {
+            "unset means the server's unix socket in unix_socket_dir, which is empty; \
+             set host (a directory such as /var/run/postgresql, or an address)"
+                .into()
+        });
+    };
+    let too_long = host
+        .split(',')
+        .map(str::trim)
+        .filter(|h| is_unix_host(h))
+        .map(|h| ServerAddr::unix(h, db.port))
+        .find(|a| a.sock_addr().is_err())?;
+    Some(format!(
+        "the socket path {too_long} is longer than a unix socket address holds ({MAX_UNIX_PATH} bytes)"
+    ))
 }
 
 fn user(name: &str, user: &User, g: &General, out: &mut Vec<String>) {
@@ -180,25 +206,7 @@ pub(crate) fn unsupported(config: &Config) -> (Vec<String>, Vec<String>) {
         warnings
             .push("[general] dns_zone_check_period: ignored by pgring (no DNS zone checks)".into());
     }
-    for (name, db) in &config.databases {
-        server_host(name, db, &mut errors, &mut warnings);
-    }
     (errors, warnings)
-}
-
-/// pgring reaches servers over TCP only (see `server::ConnectSettings`).
-fn server_host(name: &str, db: &Database, errors: &mut Vec<String>, warnings: &mut Vec<String>) {
-    let label = entry_label("databases", name);
-    if db.hosts().iter().any(|h| h.starts_with('/')) {
-        errors.push(format!(
-            "{label} host: unix-socket server connections are not implemented by pgring; use a TCP host such as 127.0.0.1"
-        ));
-    } else if db.host.is_none() {
-        warnings.push(format!(
-            "{label} host: unset: pgring connects to 127.0.0.1:{} over TCP, where PgBouncer would use the unix socket",
-            db.port
-        ));
-    }
 }
 
 fn too_big(value: u32, other: &str, limit: u32) -> String {

@@ -9,8 +9,9 @@
 //! the server; and the buffer is only needed at the moment data is there, so an idle client
 //! waits with no buffer at all ([`BufPool::read`]).
 //!
-//! A client may come over TCP or the unix socket; [`Stream`] serves both (the relay never knows
-//! which), only `set_nodelay` and the peer credentials differ.
+//! A client may come over TCP or the unix socket, and so may a server ([`connect`] takes either
+//! family); [`Stream`] serves both (the relay never knows which), only `set_nodelay` and the
+//! peer credentials differ.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -29,7 +30,7 @@ use super::reactor::{Dir, IoState};
 
 pub use super::executor::{now, sleep, spawn, wake_next};
 
-/// A connection, client or server side: TCP, or a client on the unix socket.
+/// A connection, client or server side: TCP or a unix socket.
 #[derive(Debug)]
 pub struct Stream {
     fd: OwnedFd,
@@ -330,25 +331,51 @@ pub async fn timeout<T>(d: Duration, fut: impl Future<Output = T>) -> Option<T> 
     .await
 }
 
-/// Opens a TCP connection with a deadline.
-pub async fn connect(addr: SocketAddr, deadline: Duration) -> io::Result<Stream> {
+/// Opens a connection (TCP, or a unix socket, by the address's family) with a deadline.
+///
+/// The socket is non-blocking from the start. TCP gets TCP_NODELAY (pgring writes whole
+/// messages and waits for replies); a unix socket has no Nagle delay to turn off.
+pub async fn connect(addr: &socket2::SockAddr, deadline: Duration) -> io::Result<Stream> {
     use socket2::{Domain, Protocol, Socket, Type};
+    let unix = addr.domain() == Domain::UNIX;
+    let protocol = (!unix).then_some(Protocol::TCP);
     let socket = Socket::new(
-        Domain::for_address(addr),
+        addr.domain(),
         Type::STREAM.nonblocking().cloexec(),
-        Some(Protocol::TCP),
+        protocol,
     )?;
-    socket.set_nodelay(true)?;
-    match socket.connect(&addr.into()) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-        Err(e) => return Err(e),
+    if !unix {
+        socket.set_nodelay(true)?;
     }
+    let started = now();
+    let in_progress = loop {
+        match socket.connect(addr) {
+            Ok(()) => break false,
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => break true,
+            // A unix socket whose listen queue is full says EAGAIN and cannot be polled for
+            // completion: try again shortly, within the same deadline.
+            Err(e) if unix && e.raw_os_error() == Some(libc::EAGAIN) => {
+                if now().duration_since(started) >= deadline {
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"));
+                }
+                sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
     let stream = Stream {
         io: IoState::new(socket.as_raw_fd()),
         fd: OwnedFd::from(socket),
-        unix: false,
+        unix,
     };
+    if in_progress {
+        wait_connected(&stream, deadline).await?;
+    }
+    Ok(stream)
+}
+
+/// Waits for a connect in progress to finish, and says how it ended.
+async fn wait_connected(stream: &Stream, deadline: Duration) -> io::Result<()> {
     let writable =
         std::future::poll_fn(|cx| current().reactor.poll_ready(&stream.io, Dir::Write, cx));
     // A fresh stream starts "ready" to skip a poll for the common case; a connect in progress
@@ -359,7 +386,7 @@ pub async fn connect(addr: SocketAddr, deadline: Duration) -> io::Result<Stream>
     }
     match socket2::SockRef::from(&stream.fd).take_error()? {
         Some(e) => Err(e),
-        None => Ok(stream),
+        None => Ok(()),
     }
 }
 

@@ -184,9 +184,72 @@ fn connect_to_a_closed_port_fails_with_an_error() {
         l.local_addr().unwrap().port()
     }; // closed again: nobody listens there now
     run(async move {
-        let addr = format!("127.0.0.1:{port}").parse().unwrap();
-        let r = super::io::connect(addr, Duration::from_secs(2)).await;
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let r = super::io::connect(&addr.into(), Duration::from_secs(2)).await;
         assert!(r.is_err(), "connected to a closed port");
+    });
+}
+
+/// Connects to `addr` on the executor, says hello, and returns what the listener's side
+/// (`accept`, on a thread of its own) read.
+fn unix_round_trip(
+    addr: socket2::SockAddr,
+    accept: impl FnOnce() -> std::os::unix::net::UnixStream + Send + 'static,
+) {
+    let server = std::thread::spawn(move || {
+        let mut conn = accept();
+        let mut got = [0u8; 5];
+        std::io::Read::read_exact(&mut conn, &mut got).unwrap();
+        std::io::Write::write_all(&mut conn, b"world").unwrap();
+        got
+    });
+    run(async move {
+        let mut s = super::io::connect(&addr, Duration::from_secs(2))
+            .await
+            .expect("connects to the unix socket");
+        assert!(s.is_unix(), "a unix-socket connection knows it is one");
+        s.set_nodelay(true).expect("a no-op on a unix socket");
+        s.write_all(b"hello").await.unwrap();
+        let mut reply = [0u8; 5];
+        s.read_exact(&mut reply).await.unwrap();
+        assert_eq!(&reply, b"world");
+    });
+    assert_eq!(&server.join().unwrap(), b"hello");
+}
+
+#[test]
+fn connect_reaches_a_unix_socket_in_the_file_system() {
+    let dir = std::env::temp_dir().join(format!("pgring-rt-unix-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(".s.PGSQL.5432");
+    let _ = std::fs::remove_file(&path);
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let addr = socket2::SockAddr::unix(&path).unwrap();
+    unix_round_trip(addr, move || listener.accept().unwrap().0);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn connect_reaches_a_unix_socket_in_the_abstract_namespace() {
+    use std::os::linux::net::SocketAddrExt;
+    let name = format!("pgring-rt-{}/.s.PGSQL.5432", std::process::id());
+    let std_addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let listener = std::os::unix::net::UnixListener::bind_addr(&std_addr).unwrap();
+    let addr = crate::server::ServerAddr::unix(&format!("@pgring-rt-{}", std::process::id()), 5432)
+        .sock_addr()
+        .unwrap();
+    unix_round_trip(addr, move || listener.accept().unwrap().0);
+}
+
+#[test]
+fn connect_to_a_missing_unix_socket_fails_at_once() {
+    run(async {
+        let addr = socket2::SockAddr::unix("/nonexistent-pgring-dir/.s.PGSQL.5432").unwrap();
+        let started = Instant::now();
+        let r = super::io::connect(&addr, Duration::from_secs(2)).await;
+        let e = r.expect_err("no such socket");
+        assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{e}");
+        assert!(started.elapsed() < Duration::from_secs(1));
     });
 }
 

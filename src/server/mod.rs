@@ -6,6 +6,7 @@
 //! data, so a connection can be detached from one shard's reactor (its polls
 //! cancelled, the fd handed over) and attached on another ([`DetachedServer`]).
 
+pub mod addr;
 pub mod params;
 
 use std::net::SocketAddr;
@@ -14,12 +15,13 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info};
 
+pub use addr::ServerAddr;
 pub use params::{BaseParams, ClientParams, ServerParams};
 
 use crate::auth::{md5, scram};
 use crate::config::Config;
 use crate::error::{sqlstate, Error, PgError, Result};
-use crate::pool::{resolve_addrs, PoolKey};
+use crate::pool::PoolKey;
 use crate::protocol::backend::{self, AuthRequest, ErrorFields};
 use crate::protocol::startup::CancelKey;
 use crate::protocol::{build, tag};
@@ -39,8 +41,9 @@ pub struct ServerCredentials {
 #[derive(Debug, Clone)]
 pub struct ConnectSettings {
     /// Candidate addresses (host list × port), tried in order.
-    pub addrs: Vec<SocketAddr>,
-    /// Human-readable host and port (logs, SHOW).
+    pub addrs: Vec<ServerAddr>,
+    /// Human-readable host (logs, errors): the `host` value, or the `unix_socket_dir` used
+    /// when it is unset.
     pub host: String,
     /// Port.
     pub port: u16,
@@ -61,16 +64,24 @@ pub struct ConnectSettings {
 }
 
 impl ConnectSettings {
+    /// How errors name the server: `host:port` as configured, or the socket path (which says
+    /// more when the directory is the mistake).
+    fn shown(&self, addr: &ServerAddr) -> String {
+        match addr {
+            ServerAddr::Unix { path, .. } => path.to_string(),
+            ServerAddr::Tcp(_) => format!("{}:{}", self.host, self.port),
+        }
+    }
+
     /// Resolves from the database entry of `key`.
     pub fn resolve(config: &Config, key: &PoolKey, creds: ServerCredentials) -> Self {
         let db = config.database(&key.db);
-        let host = db
-            .and_then(|d| d.host.clone())
-            .unwrap_or_else(|| "127.0.0.1".to_owned());
+        let host = db.and_then(|d| d.host.as_deref());
         let port = db.map(|d| d.port).unwrap_or(5432);
+        let socket_dir = &config.general.unix_socket_dir;
         ConnectSettings {
-            addrs: resolve_addrs(&host, port),
-            host,
+            addrs: addr::server_addrs(host, port, socket_dir),
+            host: host.unwrap_or(socket_dir).to_owned(),
             port,
             dbname: db
                 .and_then(|d| d.dbname.clone())
@@ -93,8 +104,8 @@ pub struct ServerMeta {
     /// The backend's own cancel key (its pid is PostgreSQL's backend pid).
     pub backend_key: CancelKey,
     /// Where it is connected.
-    pub addr: SocketAddr,
-    /// Our end.
+    pub addr: ServerAddr,
+    /// Our end (`None` on a unix socket).
     pub local_addr: Option<SocketAddr>,
     /// Parameter state.
     pub params: ServerParams,
@@ -123,6 +134,8 @@ pub struct ServerConn {
 #[derive(Debug)]
 pub struct DetachedServer {
     fd: OwnedFd,
+    /// The socket's family travels with it: the adopting shard must not ask the kernel.
+    unix: bool,
     meta: ServerMeta,
 }
 
@@ -131,6 +144,7 @@ impl ServerConn {
     /// pending (servers are only moved while idle in a pool).
     pub fn detach(self) -> std::io::Result<DetachedServer> {
         Ok(DetachedServer {
+            unix: self.stream.is_unix(),
             fd: self.stream.into_fd(),
             meta: self.meta,
         })
@@ -138,8 +152,8 @@ impl ServerConn {
 
     /// Attaches a detached connection to the current shard's reactor.
     pub fn attach(d: DetachedServer) -> std::io::Result<ServerConn> {
-        // Server connections are TCP, and into_fd left the socket non-blocking.
-        let stream = Stream::adopt(d.fd, false);
+        // into_fd left the socket non-blocking; its family came along in `d`.
+        let stream = Stream::adopt(d.fd, d.unix);
         Ok(ServerConn {
             stream,
             meta: d.meta,
@@ -273,7 +287,7 @@ pub async fn connect(cs: &ConnectSettings, id: u64) -> Result<ServerConn> {
         None => {
             return Err(Error::refuse(
                 sqlstate::CONNECTION_FAILURE,
-                format!("server login to {}:{} timed out", cs.host, cs.port),
+                format!("server login to {} timed out", cs.shown(&conn.meta.addr)),
             ))
         }
     }
@@ -285,26 +299,33 @@ pub async fn connect(cs: &ConnectSettings, id: u64) -> Result<ServerConn> {
         .meta
         .local_addr
         .map_or_else(|| "unix socket".to_owned(), |a| a.to_string());
+    let addr = &conn.meta.addr;
     info!(server = id, pid = conn.pid(), %addr, "new connection to server (from {from})");
     Ok(conn)
 }
 
-async fn open_socket(cs: &ConnectSettings) -> Result<(Stream, SocketAddr)> {
+async fn open_socket(cs: &ConnectSettings) -> Result<(Stream, ServerAddr)> {
     let mut last = None;
-    for &addr in &cs.addrs {
-        match runtime::connect(addr, cs.connect_timeout).await {
-            Ok(s) => return Ok((s, addr)),
-            Err(e) => last = Some(e),
+    for addr in &cs.addrs {
+        match connect_to(addr, cs.connect_timeout).await {
+            Ok(s) => return Ok((s, addr.clone())),
+            Err(e) => last = Some((addr, e)),
         }
     }
-    let reason = last.map_or_else(|| "no address for host".to_owned(), |e| e.to_string());
-    Err(Error::refuse(
-        sqlstate::CANNOT_CONNECT,
-        format!(
-            "pgring cannot connect to server {}:{}: {reason}",
-            cs.host, cs.port
+    Err(match last {
+        Some((addr, e)) => cannot_connect(cs.shown(addr), e.to_string()),
+        None => cannot_connect(
+            format!("{}:{}", cs.host, cs.port),
+            "no address for host".into(),
         ),
-    ))
+    })
+}
+
+fn cannot_connect(server: String, reason: String) -> Error {
+    Error::refuse(
+        sqlstate::CANNOT_CONNECT,
+        format!("pgring cannot connect to server {server}: {reason}"),
+    )
 }
 
 async fn login(conn: &mut ServerConn, cs: &ConnectSettings) -> Result<()> {
@@ -435,14 +456,20 @@ fn scram_failed(e: scram::ScramError) -> Error {
     ))
 }
 
+/// Connects to a server address, TCP or unix socket.
+async fn connect_to(addr: &ServerAddr, deadline: Duration) -> std::io::Result<Stream> {
+    runtime::connect(&addr.sock_addr()?, deadline).await
+}
+
 /// Sends a CancelRequest for `key` to the backend at `addr` on a new
-/// connection (how PostgreSQL cancels: out of band).
+/// connection (how PostgreSQL cancels: out of band; over the same unix socket
+/// or TCP address as the connection it cancels).
 pub async fn send_cancel(
-    addr: SocketAddr,
+    addr: ServerAddr,
     key: CancelKey,
     deadline: Duration,
 ) -> std::io::Result<()> {
-    let mut stream = runtime::connect(addr, deadline).await?;
+    let mut stream = connect_to(&addr, deadline).await?;
     let mut out = Vec::with_capacity(16);
     build::cancel_request(&mut out, key);
     rio::write_all(&mut stream, &out).await?;

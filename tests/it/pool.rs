@@ -1,6 +1,7 @@
 //! The pool engine (issue 3) against a real PostgreSQL: global limits across shards, handoff
 //! between shards, the reserve pool, every timeout, server lifecycle, fail-fast, recovery after a
-//! PostgreSQL restart or a killed backend, client caps and statement mode.
+//! PostgreSQL restart or a killed backend, client caps and statement mode, and servers reached
+//! over PostgreSQL's unix socket.
 //!
 //! Each test logs in as a user of its own (`fresh_user`), so the server connections it counts in
 //! pg_stat_activity are its own. Tests that must place a client on a given shard choose the
@@ -15,6 +16,7 @@ mod handoff;
 mod lifecycle;
 mod limits;
 mod timeouts;
+mod unix_server;
 mod waiting;
 
 use std::collections::HashSet;
