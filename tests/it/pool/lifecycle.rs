@@ -9,7 +9,9 @@ async fn server_idle_timeout_closes_idle_servers() {
     let extra = "server_idle_timeout = 1\nmin_pool_size = 0";
     let pgring = Pgring::start(&config_for("transaction", 3, 2, extra));
     let admin = pg().admin("postgres").await;
-    let errors = run_clients(pgring.port, "app", &user, 3, 1, "SELECT pg_sleep(0.3)").await;
+    // A whole second each, so that the three overlap even when a loaded host is slow to
+    // connect one of them (0.3 s was not always enough: two servers, not three).
+    let errors = run_clients(pgring.port, "app", &user, 3, 1, "SELECT pg_sleep(1)").await;
     assert!(errors.is_empty(), "{errors:?}");
     let idle_from = Instant::now();
     assert_eq!(
