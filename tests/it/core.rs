@@ -388,32 +388,7 @@ async fn cancel_request_stops_a_query_within_a_second_on_every_shard() {
 /// Cancels through the driver's CancelToken; how long the cancel took to end the query.
 async fn cancel_like_tokio_postgres(port: u16, round: u32) -> Duration {
     let client = common::connect(port, "app", "trust_user", "").await;
-    let token = client.cancel_token();
-    let sleeper = tokio::spawn(async move {
-        let result = client.simple_query("SELECT pg_sleep(30)").await.map(drop);
-        (result, client)
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let asked = Instant::now();
-    token
-        .cancel_query(tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("round {round}: sending cancel: {e}"));
-    let (result, client) = tokio::time::timeout(Duration::from_secs(5), sleeper)
-        .await
-        .unwrap_or_else(|_| {
-            panic!("round {round}: pg_sleep(30) still running 5 s after the cancel")
-        })
-        .expect("sleeper task");
-    let took = asked.elapsed();
-    let err = result.expect_err("pg_sleep(30) finished without being cancelled");
-    assert_eq!(sqlstate(&err), "57014", "round {round}: {}", describe(&err));
-    assert_eq!(
-        value(&client, "SELECT 1").await.as_deref(),
-        Some("1"),
-        "round {round}: usable after cancel"
-    );
-    took
+    common::cancel_a_sleep(client, &format!("round {round}")).await
 }
 
 /// Cancels with a raw CancelRequest carrying the BackendKeyData pgring gave at login, then waits

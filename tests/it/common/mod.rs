@@ -145,3 +145,34 @@ impl BackendWatch {
         self.max.load(Ordering::Relaxed)
     }
 }
+
+/// Starts `SELECT pg_sleep(30)` on `client`, cancels it through the driver's CancelToken after
+/// 300 ms, and checks that it ends with SQLSTATE 57014 within 5 s and that the connection is
+/// usable afterwards. Returns how long the cancel took to end the query. `label` names the
+/// case in failure messages.
+pub async fn cancel_a_sleep(client: tokio_postgres::Client, label: &str) -> Duration {
+    let token = client.cancel_token();
+    let sleeper = tokio::spawn(async move {
+        let result = client.simple_query("SELECT pg_sleep(30)").await.map(drop);
+        (result, client)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let asked = std::time::Instant::now();
+    token
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("{label}: sending cancel: {e}"));
+    let (result, client) = tokio::time::timeout(Duration::from_secs(5), sleeper)
+        .await
+        .unwrap_or_else(|_| panic!("{label}: pg_sleep(30) still running 5 s after the cancel"))
+        .expect("sleeper task");
+    let took = asked.elapsed();
+    let err = result.expect_err("pg_sleep(30) finished without being cancelled");
+    assert_eq!(sqlstate(&err), "57014", "{label}: {}", describe(&err));
+    assert_eq!(
+        value(&client, "SELECT 1").await.as_deref(),
+        Some("1"),
+        "{label}: usable after cancel"
+    );
+    took
+}

@@ -110,32 +110,8 @@ async fn a_cancel_request_reaches_a_unix_socket_server() {
             .as_deref(),
         Some("unix")
     );
-    let token = client.cancel_token();
-    let sleeper = tokio::spawn(async move {
-        let result = client.simple_query("SELECT pg_sleep(30)").await.map(drop);
-        (result, client)
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let asked = Instant::now();
-    token
-        .cancel_query(tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("sending cancel: {e}"));
-    let (result, client) = within(
-        Duration::from_secs(5),
-        "pg_sleep(30) after a cancel",
-        sleeper,
-    )
-    .await
-    .expect("sleeper task");
-    let err = result.expect_err("pg_sleep(30) finished without being cancelled");
-    assert_eq!(sqlstate(&err), "57014", "{}", describe(&err));
-    assert!(
-        asked.elapsed() < Duration::from_secs(2),
-        "cancel took {}",
-        secs(asked.elapsed())
-    );
-    assert_eq!(value(&client, "SELECT 1").await.as_deref(), Some("1"));
+    let took = common::cancel_a_sleep(client, "unix-socket server").await;
+    assert!(took < Duration::from_secs(2), "cancel took {}", secs(took));
 }
 
 /// SHOW SERVERS / SHOW CLIENTS rows, by column name.
