@@ -9,8 +9,8 @@
 //! The unix socket (`<unix_socket_dir>/.s.PGSQL.<listen_port>`, PgBouncer's and libpq's name)
 //! is bound once and accepted on shard 0 only: a socket path names exactly one listening
 //! socket and SO_REUSEPORT does not spread AF_UNIX connections. Accepting is the same
-//! `accept4` for both families; [`Stream::is_unix`] tells them apart. Unix clients start on shard 0; the pool's handoff serves them
-//! from any shard's servers. A stale socket file (nobody accepting) is removed at start, a
+//! `accept4` for both families (one accept loop); [`Stream::is_unix`] tells them apart. Unix
+//! clients start on shard 0; the pool's handoff serves them from any shard's servers. A stale socket file (nobody accepting) is removed at start, a
 //! live one refuses the start, and the file is removed again at exit.
 //!
 //! Admission against `max_client_conn` happens here, before a session task exists, so a
@@ -200,9 +200,10 @@ pub async fn serve(shard: Rc<Shard>, tcp: Vec<TcpListener>, unix: Option<UnixLis
     );
     let mut loops: Vec<AcceptLoop> = tcp
         .into_iter()
-        .map(|l| Box::pin(accept_tcp(shard.clone(), l)) as AcceptLoop)
+        .map(OwnedFd::from)
+        .chain(unix.map(OwnedFd::from))
+        .map(|fd| Box::pin(accept_loop(shard.clone(), fd)) as AcceptLoop)
         .collect();
-    loops.extend(unix.map(|l| Box::pin(accept_unix(shard.clone(), l)) as AcceptLoop));
     // A shard with no listener (unix-only config, shards 1..) still serves handoffs and the
     // mesh: it waits for the stop like the others.
     if loops.is_empty() {
@@ -220,14 +221,6 @@ pub async fn serve(shard: Rc<Shard>, tcp: Vec<TcpListener>, unix: Option<UnixLis
         }
     })
     .await
-}
-
-async fn accept_tcp(shard: Rc<Shard>, listener: TcpListener) {
-    accept_loop(shard, OwnedFd::from(listener)).await
-}
-
-async fn accept_unix(shard: Rc<Shard>, listener: UnixListener) {
-    accept_loop(shard, OwnedFd::from(listener)).await
 }
 
 async fn accept_loop(shard: Rc<Shard>, fd: OwnedFd) {

@@ -14,7 +14,6 @@ use crate::client::{ClientInfo, ClientState};
 use crate::config::{Config, PoolMode};
 use crate::pool::{Pool, PoolKey};
 use crate::runtime::Shard;
-use crate::server::ServerAddr;
 use crate::stats::StatsSnapshot;
 
 /// One shard's report.
@@ -272,7 +271,7 @@ fn linked_server_row(shard: &Shard, key: &PoolKey, c: &ClientInfo) -> Option<Con
         db: key.db.to_string(),
         state: "active",
         addr: l.addr.tcp(),
-        unix_port: unix_port(&l.addr),
+        unix_port: l.addr.unix_port(),
         local: l.local_addr,
         connect_time: Some(l.connect_time),
         request_time: Some(wall(c.request_time.get())),
@@ -286,13 +285,6 @@ fn linked_server_row(shard: &Shard, key: &PoolKey, c: &ClientInfo) -> Option<Con
     })
 }
 
-fn unix_port(addr: &ServerAddr) -> Option<u16> {
-    match addr {
-        ServerAddr::Unix { port, .. } => Some(*port),
-        ServerAddr::Tcp(_) => None,
-    }
-}
-
 fn idle_server_rows(shard: &Shard, key: &PoolKey, pool: &Pool, out: &mut Vec<ConnRow>) {
     pool.for_each_idle(|s| {
         out.push(ConnRow {
@@ -301,7 +293,7 @@ fn idle_server_rows(shard: &Shard, key: &PoolKey, pool: &Pool, out: &mut Vec<Con
             db: key.db.to_string(),
             state: "idle",
             addr: s.meta.addr.tcp(),
-            unix_port: unix_port(&s.meta.addr),
+            unix_port: s.meta.addr.unix_port(),
             local: s.meta.local_addr,
             connect_time: Some(s.meta.connect_time),
             request_time: Some(wall(s.meta.last_used)),

@@ -255,7 +255,7 @@ async fn login_phase(
         Ok(Some(l)) => l,
         Ok(None) => return None,
         Err(e) => {
-            goodbye(shard, info, stream, e).await;
+            goodbye(info, stream, e).await;
             return None;
         }
     };
@@ -267,7 +267,7 @@ async fn login_phase(
             let result = boxed(console).await;
             match result {
                 Ok(()) => debug!("client closed"),
-                Err(e) => goodbye(shard, info, stream, e).await,
+                Err(e) => goodbye(info, stream, e).await,
             }
             None
         }
@@ -290,7 +290,7 @@ fn boxed<'a, T>(
 /// Sends the client its final ErrorResponse, if it can still hear one.
 /// Takes the error by value so that it lives in the (boxed) goodbye, not in
 /// the session's state.
-async fn goodbye(shard: &Rc<Shard>, info: &ClientInfo, stream: &mut Stream, e: Error) {
+async fn goodbye(info: &ClientInfo, stream: &mut Stream, e: Error) {
     let e = &e;
     let reason = info.kill_reason();
     let pg = match (&reason, e) {
@@ -313,7 +313,6 @@ async fn goodbye(shard: &Rc<Shard>, info: &ClientInfo, stream: &mut Stream, e: E
         pg.encode(&mut out);
         let _ = rio::write_all(stream, &out).await;
     }
-    let _ = shard;
 }
 
 /// The reason in PgBouncer's words where operators alert on them

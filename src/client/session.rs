@@ -116,12 +116,12 @@ impl Session {
     ) -> impl std::future::Future<Output = ()> + '_ {
         async move {
             let result = self.run(stream).await;
-            let (shard, info) = (self.shard.clone(), self.info.clone());
+            let info = self.info.clone();
             drop(self);
             match result {
                 Ok(()) => debug!("client closed"),
                 // Boxed: an error path should not size the idle state.
-                Err(e) => boxed(goodbye(&shard, &info, stream, *e)).await,
+                Err(e) => boxed(goodbye(&info, stream, *e)).await,
             }
         }
     }

@@ -342,19 +342,22 @@ impl Pool {
         if !server.is_alive() {
             return Some("server closed the connection while idle");
         }
-        let (delay, query) = {
+        // The query is copied only when a check is due (not at every idle pop).
+        let due = {
             let s = self.settings.borrow();
-            (s.check_delay, s.check_query.clone())
+            let idle_for =
+                crate::runtime::io::now().saturating_duration_since(server.meta.last_used);
+            (idle_for >= s.check_delay)
+                .then(|| s.check_query.clone())
+                .flatten()
         };
-        if let Some(q) = query {
-            // Boxed: rare, and it would size every lease.
-            if server.meta.last_used.elapsed() >= delay
-                && Box::pin(server.simple_query(&q)).await.is_err()
-            {
-                return Some("server check query failed");
+        // Boxed: rare, and it would size every lease.
+        match due {
+            Some(q) if Box::pin(server.simple_query(&q)).await.is_err() => {
+                Some("server check query failed")
             }
+            _ => None,
         }
-        None
     }
 
     fn is_expired(&self, server: &ServerConn, now: Instant) -> bool {

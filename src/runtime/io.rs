@@ -469,6 +469,7 @@ impl BufPool {
     }
 
     /// Buffers on the free list.
+    #[cfg(test)]
     pub fn free_count(&self) -> usize {
         self.free.borrow().len()
     }

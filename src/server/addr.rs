@@ -69,16 +69,19 @@ impl ServerAddr {
         }
     }
 
-    /// Whether this is a unix socket.
-    pub fn is_unix(&self) -> bool {
-        matches!(self, ServerAddr::Unix { .. })
-    }
-
     /// The TCP address, if it is one.
     pub fn tcp(&self) -> Option<SocketAddr> {
         match self {
             ServerAddr::Tcp(a) => Some(*a),
             ServerAddr::Unix { .. } => None,
+        }
+    }
+
+    /// The port in a unix socket's name (SHOW SERVERS prints it beside addr `unix`).
+    pub fn unix_port(&self) -> Option<u16> {
+        match self {
+            ServerAddr::Unix { port, .. } => Some(*port),
+            ServerAddr::Tcp(_) => None,
         }
     }
 
@@ -118,7 +121,7 @@ mod tests {
     fn unix_hosts_name_the_libpq_socket() {
         let a = ServerAddr::unix("/var/run/postgresql", 5433);
         assert_eq!(a.to_string(), "/var/run/postgresql/.s.PGSQL.5433");
-        assert!(a.is_unix() && a.tcp().is_none());
+        assert!(matches!(a, ServerAddr::Unix { .. }) && a.tcp().is_none());
         let sa = a.sock_addr().expect("a short path fits");
         assert_eq!(
             sa.as_pathname(),
