@@ -52,8 +52,11 @@ pub struct General {
     /// small host shared with PostgreSQL and the clients.
     #[serde(deserialize_with = "flag")]
     pub pin_shards: bool,
-    /// pgring: microseconds a shard spins before parking when idle; 0 = park at once.
-    /// Spinning cuts wake-up latency but steals CPU from a PostgreSQL on the same host.
+    /// pgring: microseconds a shard with nothing to run keeps polling before it sleeps; 0 =
+    /// sleep at once. It saves the wake-up of an idle core (most of the latency a pooler adds
+    /// at light load), and is only done while the host has a whole core idle (sampled every
+    /// 100 ms), so it never takes CPU a busy PostgreSQL on the same host could use; never under
+    /// a cgroup CPU quota.
     pub spin_before_park_us: u64,
     /// pgring: `addr:port` serving Prometheus `/metrics` (e.g. `127.0.0.1:9127`); unset = off.
     pub stats_listen: Option<String>,

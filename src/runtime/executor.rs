@@ -303,7 +303,7 @@ impl Executor {
             self.reactor.submit_and_reap(None);
             return;
         }
-        if !self.spin.is_zero() && self.spin_for_work(next_timer) {
+        if !self.spin.is_zero() && super::spare::allowed() && self.spin_for_work(next_timer) {
             return;
         }
         self.home.sleeping.store(true, Ordering::SeqCst);
@@ -324,19 +324,26 @@ impl Executor {
         self.home.sleeping.store(false, Ordering::SeqCst);
     }
 
-    /// `spin_before_park_us`: poll for completions without sleeping for a while; true if work
-    /// turned up.
+    /// `spin_before_park_us`: poll for completions without sleeping for a while (only while
+    /// the host has a core to spare, see `spare`); true if work turned up.
     fn spin_for_work(&self, next_timer: Option<Duration>) -> bool {
-        let until = Instant::now() + self.spin.min(next_timer.unwrap_or(self.spin));
-        while Instant::now() < until {
+        let start = Instant::now();
+        let until = start + self.spin.min(next_timer.unwrap_or(self.spin));
+        let mut now = start;
+        let found = loop {
+            if now >= until {
+                break false;
+            }
             self.reactor.submit_and_reap(None);
             self.drain_remote();
             if !self.queue.borrow().is_empty() {
-                return true;
+                break true;
             }
             std::hint::spin_loop();
-        }
-        false
+            now = Instant::now();
+        };
+        super::spare::spun(now.saturating_duration_since(start));
+        found
     }
 }
 

@@ -17,6 +17,7 @@ pub mod mesh;
 mod reactor;
 pub mod recycle;
 pub mod shard;
+mod spare;
 pub mod tcp;
 #[cfg(test)]
 mod tests;
@@ -99,7 +100,12 @@ pub fn run(
     }
     info!(workers, "pgring started");
     crate::notify_ready();
-    wait_for_signals(&shared);
+    let gauge = if shared.config().general.spin_before_park_us > 0 {
+        spare::Gauge::new()
+    } else {
+        None
+    };
+    wait_for_signals(&shared, gauge);
     for h in handles {
         if h.join().is_err() {
             error!("shard thread panicked");
@@ -152,13 +158,18 @@ fn block_signals() {
     }
 }
 
-fn wait_for_signals(shared: &Arc<Shared>) {
+/// The main thread's loop: takes signals, and between them samples the host's spare CPU for the
+/// shards' spinning (`gauge`, when spinning is configured).
+fn wait_for_signals(shared: &Arc<Shared>, mut gauge: Option<spare::Gauge>) {
     let set = signal_set();
     let mut term_seen = false;
     while !shared.is_stopped() {
+        if let Some(g) = &mut gauge {
+            g.sample(std::time::Instant::now());
+        }
         let timeout = libc::timespec {
             tv_sec: 0,
-            tv_nsec: 200_000_000,
+            tv_nsec: i64::try_from(spare::SAMPLE_EVERY.as_nanos()).unwrap_or(100_000_000),
         };
         // SAFETY: sigtimedwait on a valid set; a null siginfo pointer is allowed.
         let sig = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &timeout) };

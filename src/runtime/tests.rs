@@ -101,6 +101,36 @@ fn a_wake_from_another_thread_ends_a_park() {
 }
 
 #[test]
+fn a_spinning_shard_finds_socket_data_without_parking_and_counts_its_spin() {
+    super::spare::force_allowed(true);
+    let spun_before = super::spare::spun_total();
+    let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(30));
+        std::io::Write::write_all(&mut theirs, b"ping").unwrap();
+        theirs
+    });
+    let got = Rc::new(RefCell::new(Vec::new()));
+    let seen = got.clone();
+    // A spin long enough to cover the writer's delay: the read completes while spinning.
+    block_on(
+        async move {
+            let mut a = Stream::from_fd(OwnedFd::from(ours)).expect("adopt");
+            let mut buf = [0u8; 8];
+            let n = a.read(&mut buf).await.unwrap();
+            seen.borrow_mut().extend_from_slice(&buf[..n]);
+        },
+        64,
+        Duration::from_secs(2),
+    )
+    .expect("executor starts");
+    super::spare::force_allowed(false);
+    drop(writer.join().unwrap());
+    assert_eq!(*got.borrow(), b"ping");
+    assert!(super::spare::spun_total() - spun_before >= Duration::from_millis(20));
+}
+
+#[test]
 fn streams_carry_bytes_both_ways_and_report_end_of_stream() {
     run(async {
         let (mut a, mut b) = pair();

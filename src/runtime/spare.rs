@@ -1,0 +1,206 @@
+//! Whether the host has a core to spare, which is when a shard may spin before it parks
+//! (`spin_before_park_us`).
+//!
+//! A shard with nothing to run sleeps in `io_uring_enter`, and the next message wakes it: on an
+//! idle core (and in a VM, an exit to the hypervisor and back) that wake-up is tens of
+//! microseconds, paid twice per transaction at light load, which is most of what a pooler adds
+//! to a query's latency. Polling a while before sleeping saves it, the trade Seastar's idle poll
+//! makes. But a spinning shard holds a core that something else could use: on a busy host
+//! shared with PostgreSQL, that is CPU taken from the database. So spinning is allowed only
+//! while the host had a whole core idle over the last sample (100 ms of `/proc/stat`, taken by
+//! the main thread), counting the time shards spent spinning as idle (it would have been, had
+//! they parked). A host that gets busy turns it off within a sample; a light load keeps it.
+//!
+//! Under a cgroup CPU quota (a container's limit) spinning stays off: it would burn the quota,
+//! and `/proc/stat` describes the host, not the container.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Set by the main thread's gauge; read by a shard each time it is about to park.
+static ALLOWED: AtomicBool = AtomicBool::new(false);
+/// Nanoseconds spent spinning by all shards, added once per spin (not per transaction).
+static SPUN_NS: AtomicU64 = AtomicU64::new(0);
+
+/// Spare cores at or above which spinning starts; below [`OFF_BELOW`] it stops (a gap, so a
+/// host near the line does not flip every sample).
+const ON_AT: f64 = 1.0;
+const OFF_BELOW: f64 = 0.75;
+/// How often the main thread samples.
+pub(crate) const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+
+/// May a shard spin now?
+pub(crate) fn allowed() -> bool {
+    ALLOWED.load(Ordering::Relaxed)
+}
+
+/// A shard spun for `d` (found work or not).
+pub(crate) fn spun(d: Duration) {
+    let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    SPUN_NS.fetch_add(ns, Ordering::Relaxed);
+}
+
+/// Lets shards spin (or not) regardless of the host, for tests of the spinning executor.
+#[cfg(test)]
+pub(crate) fn force_allowed(on: bool) {
+    ALLOWED.store(on, Ordering::Relaxed);
+}
+
+/// Time spun so far by every shard of the process.
+#[cfg(test)]
+pub(crate) fn spun_total() -> Duration {
+    Duration::from_nanos(SPUN_NS.load(Ordering::Relaxed))
+}
+
+/// Idle (idle + iowait: a core parked in `io_uring_enter` counts as iowait on some kernels)
+/// and total time of all cores, in clock ticks, from the first line of `/proc/stat`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct CpuTimes {
+    idle: u64,
+    total: u64,
+}
+
+/// Parses `cpu  user nice system idle iowait irq softirq steal guest guest_nice`. Guest time is
+/// already inside user and nice, so it is left out of the total.
+fn parse_stat(text: &str) -> Option<CpuTimes> {
+    let line = text.lines().next()?;
+    let mut fields = line.split_whitespace();
+    if fields.next()? != "cpu" {
+        return None;
+    }
+    let v: Vec<u64> = fields.take(8).map_while(|f| f.parse().ok()).collect();
+    if v.len() < 5 {
+        return None;
+    }
+    Some(CpuTimes {
+        idle: v[3] + v[4],
+        total: v.iter().sum(),
+    })
+}
+
+/// Cores' worth of time that was idle or spun away over a sample: `idle` and `total` are tick
+/// deltas summed over all cores, `cores` how many cores they cover.
+fn spare_cores(idle: u64, total: u64, spun: Duration, elapsed: Duration, cores: f64) -> f64 {
+    if total == 0 || elapsed.is_zero() {
+        return 0.0;
+    }
+    let idle_cores = cores * idle as f64 / total as f64;
+    idle_cores + spun.as_secs_f64() / elapsed.as_secs_f64()
+}
+
+/// The main thread's view of the host, sampled every [`SAMPLE_EVERY`].
+pub(crate) struct Gauge {
+    last: Option<(CpuTimes, u64, Instant)>,
+    cores: f64,
+}
+
+impl Gauge {
+    /// A gauge, or `None` when spinning must stay off (a CPU quota, or no `/proc/stat`).
+    pub(crate) fn new() -> Option<Gauge> {
+        if let Some(quota) = cpu_quota() {
+            tracing::info!(%quota, "cgroup CPU quota: spin_before_park_us is off");
+            return None;
+        }
+        let text = std::fs::read_to_string("/proc/stat").ok()?;
+        parse_stat(&text)?;
+        let cores = text
+            .lines()
+            .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+            .count()
+            .max(1) as f64;
+        Some(Gauge { last: None, cores })
+    }
+
+    /// Takes a sample if the last is [`SAMPLE_EVERY`] old, and sets whether shards may spin.
+    pub(crate) fn sample(&mut self, now: Instant) {
+        if self
+            .last
+            .is_some_and(|(_, _, at)| now.saturating_duration_since(at) < SAMPLE_EVERY)
+        {
+            return;
+        }
+        let Some(times) = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|t| parse_stat(&t))
+        else {
+            ALLOWED.store(false, Ordering::Relaxed);
+            return;
+        };
+        let spun = SPUN_NS.load(Ordering::Relaxed);
+        if let Some((before, spun_before, at)) = self.last {
+            let spare = spare_cores(
+                times.idle.saturating_sub(before.idle),
+                times.total.saturating_sub(before.total),
+                Duration::from_nanos(spun.saturating_sub(spun_before)),
+                now.saturating_duration_since(at),
+                self.cores,
+            );
+            let was = ALLOWED.load(Ordering::Relaxed);
+            let allow = if was {
+                spare >= OFF_BELOW
+            } else {
+                spare >= ON_AT
+            };
+            if allow != was {
+                tracing::debug!(spare, allow, "spinning before park");
+                ALLOWED.store(allow, Ordering::Relaxed);
+            }
+        }
+        self.last = Some((times, spun, now));
+    }
+}
+
+/// This process's cgroup CPU limit, if it has one (v2 `cpu.max`, else v1 `cpu.cfs_quota_us`).
+fn cpu_quota() -> Option<String> {
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    for line in cgroups.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let file = if controllers.is_empty() {
+            format!("/sys/fs/cgroup{path}/cpu.max")
+        } else if controllers.split(',').any(|c| c == "cpu") {
+            format!("/sys/fs/cgroup/{controllers}{path}/cpu.cfs_quota_us")
+        } else {
+            continue;
+        };
+        let Ok(text) = std::fs::read_to_string(&file) else {
+            continue;
+        };
+        let limit = text.split_whitespace().next().unwrap_or("max");
+        if limit != "max" && limit != "-1" {
+            return Some(text.trim().to_string());
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_all_cores_line() {
+        let text = "cpu  100 5 50 800 45 0 10 2 7 0\ncpu0 50 2 25 400 20 0 5 1 3 0\n";
+        assert_eq!(
+            parse_stat(text),
+            Some(CpuTimes {
+                idle: 845,
+                total: 1012
+            })
+        );
+        assert_eq!(parse_stat("cpu0 1 2 3 4 5\n"), None);
+        assert_eq!(parse_stat("cpu  1 2 3\n"), None);
+        assert_eq!(parse_stat(""), None);
+    }
+
+    #[test]
+    fn spare_counts_idle_cores_and_time_spent_spinning() {
+        let s = Duration::from_millis(100);
+        // Two cores, half idle: one core spare.
+        assert_eq!(spare_cores(10, 20, Duration::ZERO, s, 2.0), 1.0);
+        // Fully busy, but shards spun away 80 ms of it.
+        let spare = spare_cores(0, 20, Duration::from_millis(80), s, 2.0);
+        assert!((spare - 0.8).abs() < 1e-9);
+        assert_eq!(spare_cores(0, 0, Duration::ZERO, s, 2.0), 0.0);
+    }
+}
