@@ -145,9 +145,10 @@ impl Session {
                 let cbuf = self.next_request(stream).await?;
                 // On the heap for the same reason as login: the lease machinery (wait,
                 // parameter sync, relay, cleanup) is ~1.9 KB of future state that an
-                // idle client should not carry. In a block the shard reuses, so a
+                // idle client should not carry. In a block the shard reuses (and built
+                // there: `with`, not `new`, copies no unstarted state), so a
                 // transaction allocates nothing.
-                Recycled::new(self.transactions(stream, cbuf)).await?;
+                Recycled::with(|| self.transactions(stream, cbuf)).await?;
             }
         }
     }

@@ -93,7 +93,7 @@ impl Pool {
                 to,
                 MeshMsg::Handoff {
                     pool: self.key.clone(),
-                    server: Box::new(detached),
+                    server: detached,
                 },
             ),
             Err(e) => {
@@ -115,8 +115,8 @@ impl Pool {
     }
 
     /// A server handed over by another shard.
-    pub fn adopt(self: &Rc<Self>, shard: &Rc<Shard>, detached: Box<DetachedServer>) {
-        match ServerConn::attach(*detached) {
+    pub fn adopt(self: &Rc<Self>, shard: &Rc<Shard>, detached: DetachedServer) {
+        match ServerConn::attach(detached) {
             Ok(server) => {
                 self.learn_welcome(&server);
                 self.place_here(shard, server);

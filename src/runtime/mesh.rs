@@ -29,9 +29,9 @@ pub enum MeshMsg {
     Handoff {
         /// The pool it belongs to.
         pool: PoolKey,
-        /// The connection, detached from the sender's reactor (boxed: it
-        /// is large and handoffs are rare).
-        server: Box<DetachedServer>,
+        /// The connection, detached from the sender's reactor (its meta is
+        /// boxed already, so the message stays small).
+        server: DetachedServer,
     },
     /// "I have waiters for this pool and no budget: send me an idle server
     /// if you have one."

@@ -126,8 +126,10 @@ pub struct ServerMeta {
 pub struct ServerConn {
     /// The socket.
     pub stream: Stream,
-    /// The rest.
-    pub meta: ServerMeta,
+    /// The rest, boxed: a lease moves its server several times (idle list, waiter, session,
+    /// back), and the lease future keeps a slot for it in more than one state; 8 bytes
+    /// instead of ~300 makes each of those a register move (one allocation per connection).
+    pub meta: Box<ServerMeta>,
 }
 
 /// A server connection in transit between shards.
@@ -136,7 +138,7 @@ pub struct DetachedServer {
     fd: OwnedFd,
     /// The socket's family travels with it: the adopting shard must not ask the kernel.
     unix: bool,
-    meta: ServerMeta,
+    meta: Box<ServerMeta>,
 }
 
 impl ServerConn {
@@ -269,7 +271,7 @@ pub async fn connect(cs: &ConnectSettings, id: u64) -> Result<ServerConn> {
     let (stream, addr) = open_socket(cs).await?;
     let now = Instant::now();
     let mut conn = ServerConn {
-        meta: ServerMeta {
+        meta: Box::new(ServerMeta {
             id,
             backend_key: CancelKey { pid: 0, secret: 0 },
             addr,
@@ -279,7 +281,7 @@ pub async fn connect(cs: &ConnectSettings, id: u64) -> Result<ServerConn> {
             last_used: now,
             connect_time: std::time::SystemTime::now(),
             prepared: Default::default(),
-        },
+        }),
         stream,
     };
     match runtime::io::timeout(cs.connect_timeout, login(&mut conn, cs)).await {

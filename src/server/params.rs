@@ -147,7 +147,8 @@ impl ServerParams {
 /// copy of the defaults (issue 6: memory per idle client).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct BaseParams {
-    /// Unique per set built (0: none), so a server can remember which set it matches.
+    /// The same for sets of the same values, whichever pool slice built them, and unique
+    /// otherwise (0: none), so a server can remember which set it matches (see [`base_id`]).
     id: u64,
     /// The tracked names this set was built for (a RELOAD may change them).
     tracked: Vec<String>,
@@ -165,9 +166,8 @@ impl BaseParams {
                 values.push((key.into(), v.as_str().into()));
             }
         }
-        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         BaseParams {
-            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            id: base_id(&values),
             tracked: tracked.to_vec(),
             values,
         }
@@ -184,6 +184,29 @@ impl BaseParams {
             .find(|(k, _)| **k == *key)
             .map(|(_, v)| &**v)
     }
+}
+
+/// The id of a base set with these values: the same on every shard. Each shard's pool slice
+/// builds its own set, and servers move between shards (handoff, steals); with an id per set
+/// built, a server handed over never matched its new shard's clients by id, and every lease of
+/// it compared every value and copied the client's set again (most of `sync_query`'s cost at
+/// 50 clients on 2 shards). Taken only when a set is built (once per pool slice, and after a
+/// RELOAD changes the tracked names), so the lock is off the hot path; the list holds one entry
+/// per distinct set of defaults seen, which is a handful.
+fn base_id(values: &[(Box<str>, Box<str>)]) -> u64 {
+    type Seen = Vec<Vec<(Box<str>, Box<str>)>>;
+    static SEEN: std::sync::Mutex<Seen> = std::sync::Mutex::new(Vec::new());
+    let mut seen = SEEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let i = match seen.iter().position(|v| v == values) {
+        Some(i) => i,
+        None => {
+            seen.push(values.to_vec());
+            seen.len() - 1
+        }
+    };
+    i as u64 + 1
 }
 
 /// What a client wants its server to look like: every reported parameter
@@ -347,6 +370,31 @@ mod tests {
         // Same defaults, but this client overrides one: compared, not assumed.
         c.set("TimeZone", "Europe/Paris");
         assert!(s.sync_query(&c).is_some());
+    }
+
+    #[test]
+    fn a_server_from_another_shard_matches_clients_with_the_same_defaults() {
+        let welcome = server().reported();
+        let tracked = ["TimeZone".to_string(), "client_encoding".to_string()];
+        // Two pool slices (two shards) build their own sets from the same welcome.
+        let here = Rc::new(BaseParams::from_welcome(&welcome, &tracked));
+        let there = Rc::new(BaseParams::from_welcome(&welcome, &tracked));
+        assert_eq!(here.id, there.id);
+        let mut s = server();
+        assert_eq!(s.sync_query(&ClientParams::new(here)), None);
+        let remembered = s.matched.clone().expect("a match is remembered");
+        assert!(
+            ClientParams::new(there).is(&remembered),
+            "no compare needed"
+        );
+        // Other defaults are another set.
+        let paris = [("TimeZone".to_string(), "Europe/Paris".to_string())];
+        let other = ClientParams::new(Rc::new(BaseParams::from_welcome(&paris, &tracked)));
+        assert!(!other.is(&remembered));
+        assert!(s
+            .sync_query(&other)
+            .expect("TimeZone differs")
+            .contains("Europe/Paris"));
     }
 
     #[test]
