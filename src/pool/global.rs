@@ -189,9 +189,17 @@ impl GlobalPool {
         &self.shards[i]
     }
 
-    /// Shards other than `me` with waiters.
+    /// A shard other than `me` whose queue is long for the servers it holds (see
+    /// [`super::handoff::queue_is_long`]), by its live waiter count and the servers it held
+    /// at its last janitor tick.
     pub(super) fn shard_waiting(&self, me: usize) -> Option<usize> {
-        (0..self.shards.len())
-            .find(|&i| i != me && self.shards[i].waiting.load(Ordering::Relaxed) > 0)
+        (0..self.shards.len()).find(|&i| {
+            let c = &self.shards[i];
+            i != me
+                && super::handoff::queue_is_long(
+                    c.waiting.load(Ordering::Relaxed),
+                    c.owned.load(Ordering::Relaxed),
+                )
+        })
     }
 }

@@ -115,6 +115,8 @@ pub struct Pool {
     /// Clients leasing or waiting here, smoothed over janitor ticks
     /// (times `handoff::SCALE`).
     demand: Cell<u32>,
+    /// A deferred look for other shards' idle servers is scheduled (`handoff::ask_later`).
+    ask_scheduled: Cell<bool>,
     welcome: RefCell<Option<Welcome>>,
     /// The welcome's tracked part, shared by this slice's clients.
     client_base: RefCell<Option<Rc<BaseParams>>>,
@@ -143,6 +145,7 @@ impl Pool {
             active: Cell::new(0),
             opening: Cell::new(0),
             give_to: Cell::new(None),
+            ask_scheduled: Cell::new(false),
             demand: Cell::new(0),
             welcome: RefCell::new(None),
             client_base: RefCell::new(None),
@@ -436,7 +439,7 @@ impl Pool {
         });
         self.waiters.borrow_mut().push_back(waiter.clone());
         self.set_waiting_counter();
-        self.ask_other_shards(shard);
+        self.ask_other_shards_if_short(shard);
         let mut guard = WaitGuard {
             armed: Some((self.clone(), shard.clone(), waiter.clone())),
         };
