@@ -52,8 +52,8 @@ pub struct General {
     /// small host shared with PostgreSQL and the clients.
     #[serde(deserialize_with = "flag")]
     pub pin_shards: bool,
-    /// pgring: microseconds a shard with nothing to run keeps polling before it sleeps; 0 =
-    /// sleep at once. It saves the wake-up of an idle core (most of the latency a pooler adds
+    /// pgring: microseconds a shard with nothing to run keeps polling before it sleeps
+    /// (default 200, Seastar's idle-poll default too); 0 = sleep at once. It saves the wake-up of an idle core (most of the latency a pooler adds
     /// at light load), and is only done while the host has a whole core idle (sampled every
     /// 100 ms), so it never takes CPU a busy PostgreSQL on the same host could use; never under
     /// a cgroup CPU quota.
@@ -253,7 +253,7 @@ impl Default for General {
             workers: 0,
             ring_depth: 128,
             pin_shards: true,
-            spin_before_park_us: 0,
+            spin_before_park_us: 200,
             stats_listen: None,
             pool_mode: PoolMode::Session,
             max_client_conn: 100,

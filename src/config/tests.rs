@@ -70,7 +70,7 @@ fn defaults_match_pgbouncer() {
     assert!(g.tcp_keepalive && g.log_connections && g.log_stats);
     assert_eq!(
         (g.workers, g.ring_depth, g.spin_before_park_us),
-        (0, 128, 0)
+        (0, 128, 200)
     );
 }
 
