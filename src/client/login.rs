@@ -127,28 +127,40 @@ pub async fn login(
 ) -> Result<Option<LoggedIn>> {
     let config = shard.config();
     let limit = config.general.client_login_timeout.duration();
+    // Room for AuthenticationOk and a typical greeting (~450 bytes), so neither grows it.
+    let mut unsent = Vec::with_capacity(512);
     // The work is boxed: its ~3 KB state would otherwise be copied into
     // the timeout's combinators several times over (~10 KB per client
     // logging in, and 10,000 clients connecting at once leave the heap
     // that much larger for good).
-    let work = Box::pin(login_inner(shard, info, stream, &config));
-    if limit.is_zero() {
-        return work.await;
+    let work = Box::pin(login_inner(shard, info, stream, &config, &mut unsent));
+    let result = if limit.is_zero() {
+        work.await
+    } else {
+        timeout(limit, work).await.unwrap_or_else(|| {
+            Err(Error::refuse(
+                sqlstate::PROTOCOL_VIOLATION,
+                "client_login_timeout",
+            ))
+        })
+    };
+    if result.is_err() && !unsent.is_empty() {
+        // The client was authenticated but not greeted: it hears its AuthenticationOk
+        // before the error, as it did when that was sent on its own.
+        let _ = rio::write_all(stream, &unsent).await;
     }
-    match timeout(limit, work).await {
-        Some(r) => r,
-        None => Err(Error::refuse(
-            sqlstate::PROTOCOL_VIOLATION,
-            "client_login_timeout",
-        )),
-    }
+    result
 }
 
+/// `unsent` holds what is owed to the client but not yet written: AuthenticationOk waits
+/// there to go out in one write with the greeting (as PgBouncer's `welcome_client` sends
+/// them), which saves a `send` per login; `login` flushes it if the login fails instead.
 async fn login_inner(
     shard: &Rc<Shard>,
     info: &Rc<ClientInfo>,
     stream: &mut Stream,
     config: &Config,
+    unsent: &mut Vec<u8>,
 ) -> Result<Option<LoggedIn>> {
     let Some(startup) = read_startup(shard, stream).await? else {
         return Ok(None);
@@ -160,7 +172,7 @@ async fn login_inner(
     }
     crate::admin::check_login_allowed(shard, &startup.database)?;
     if ADMIN_DBS.contains(&startup.database.as_str()) {
-        return admin_login(shard, info, stream, config, &startup)
+        return admin_login(shard, info, stream, config, &startup, unsent)
             .await
             .map(Some);
     }
@@ -171,7 +183,7 @@ async fn login_inner(
         ));
     };
     let db_name = Some(startup.database.as_str());
-    let keys = authenticate(shard, stream, config, &startup.user, db_name).await?;
+    let keys = authenticate(shard, stream, config, &startup.user, db_name, unsent).await?;
     let slots = take_client_slots(shard, config, &startup.database, &startup.user)?;
     let server_user = db.user.clone().unwrap_or_else(|| startup.user.clone());
     let key = PoolKey {
@@ -185,7 +197,7 @@ async fn login_inner(
     share_names(info, &pool.key);
     let params = prepare_params(shard, &pool, config, &startup).await?;
     share_app_name(info, &pool);
-    greet(stream, info, &pool, &params).await?;
+    greet(stream, info, &pool, &params, unsent).await?;
     pool.stats.record_login();
     // PgBouncer 1.18's `log_connections` wording (client.c), which operators grep for.
     info!(db = %startup.database, user = %startup.user, tls = "no", "login attempt: db={} user={} tls=no", startup.database, startup.user);
@@ -292,6 +304,7 @@ async fn authenticate(
     config: &Config,
     user: &str,
     db: Option<&str>,
+    unsent: &mut Vec<u8>,
 ) -> Result<Option<PassThroughKeys>> {
     let found = match (shard.userlist().get(user), db) {
         (Some(s), _) => Some(s.clone()),
@@ -347,11 +360,7 @@ async fn authenticate(
             format!("password authentication failed for user \"{user}\""),
         ));
     }
-    let mut out = Vec::new();
-    build::auth_ok(&mut out);
-    rio::write_all(stream, &out)
-        .await
-        .map_err(Error::ClientIo)?;
+    build::auth_ok(unsent);
     Ok(keys)
 }
 
@@ -501,14 +510,17 @@ async fn prepare_params(
     Ok(params)
 }
 
-/// AuthenticationOk was sent; now ParameterStatus, BackendKeyData, ReadyForQuery.
+/// Greets the client: ParameterStatus, BackendKeyData, ReadyForQuery, after the
+/// AuthenticationOk already in `unsent`, all in one write.
 async fn greet(
     stream: &mut Stream,
     info: &ClientInfo,
     pool: &Pool,
     params: &ClientParams,
+    unsent: &mut Vec<u8>,
 ) -> Result<()> {
-    let mut out = Vec::with_capacity(512);
+    // Taken: once the write is tried, nothing is owed (a failed write ends the client).
+    let mut out = std::mem::take(unsent);
     for (name, value) in pool.welcome().unwrap_or_default().iter() {
         build::parameter_status(&mut out, name, params.get(name).unwrap_or(value));
     }
@@ -524,14 +536,14 @@ async fn admin_login(
     stream: &mut Stream,
     config: &Config,
     startup: &Startup,
+    unsent: &mut Vec<u8>,
 ) -> Result<LoggedIn> {
     let user = &startup.user;
     let own_user = is_own_user(stream, user);
-    let mut out = Vec::new();
     if own_user {
-        build::auth_ok(&mut out);
+        build::auth_ok(unsent);
     } else {
-        authenticate(shard, stream, config, user, None).await?;
+        authenticate(shard, stream, config, user, None, unsent).await?;
     }
     let is_admin = own_user || config.general.admin_users.iter().any(|u| u == user);
     let is_stats = config.general.stats_users.iter().any(|u| u == user);
@@ -542,6 +554,7 @@ async fn admin_login(
         )));
     }
     info.is_admin.set(true);
+    let mut out = std::mem::take(unsent);
     for (k, v) in [
         ("server_version", crate::admin::SERVER_VERSION),
         ("server_encoding", "UTF8"),
