@@ -185,12 +185,8 @@ async fn login_inner(
     let db_name = Some(startup.database.as_str());
     let keys = authenticate(shard, stream, config, &startup.user, db_name, unsent).await?;
     let slots = take_client_slots(shard, config, &startup.database, &startup.user)?;
-    let server_user = db.user.clone().unwrap_or_else(|| startup.user.clone());
-    let key = PoolKey {
-        db: startup.database.as_str().into(),
-        user: server_user.as_str().into(),
-    };
-    if let Some(keys) = keys.filter(|_| server_user == startup.user) {
+    let key = pool_key(info, db.user.as_deref());
+    if let Some(keys) = keys.filter(|_| *key.user == *startup.user) {
         super::auth_query::remember_keys(shard, &key, keys);
     }
     let pool = shard.pool(&key);
@@ -206,6 +202,18 @@ async fn login_inner(
         params,
         slots,
     }))
+}
+
+/// The pool the client logs in to: its database, as the server user the entry forces or as
+/// itself. Built from the client's own shared names, so it costs no copy of them.
+fn pool_key(info: &ClientInfo, forced_user: Option<&str>) -> PoolKey {
+    PoolKey {
+        db: info.db.borrow().clone(),
+        user: match forced_user {
+            Some(user) => user.into(),
+            None => info.user.borrow().clone(),
+        },
+    }
 }
 
 /// Points the client's db and user at its pool key's strings where they are
@@ -263,36 +271,42 @@ async fn read_startup(shard: &Rc<Shard>, stream: &mut Stream) -> Result<Option<S
     }
 }
 
-fn decode_startup(params: Vec<(String, String)>) -> Result<Startup> {
-    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-    let user = get("user").filter(|u| !u.is_empty()).ok_or_else(|| {
+/// Splits the startup parameters into user, database and settings, moving the strings
+/// parsed from the packet rather than copying them.
+fn decode_startup(mut params: Vec<(String, String)>) -> Result<Startup> {
+    let user = take_param(&mut params, "user").filter(|u| !u.is_empty());
+    let user = user.ok_or_else(|| {
         Error::refuse(
             sqlstate::INVALID_AUTHORIZATION,
             "no PostgreSQL user name specified in startup packet",
         )
     })?;
-    if get("replication").is_some() {
+    if params.iter().any(|(k, _)| k == "replication") {
         return Err(Error::refuse(
             sqlstate::FEATURE_NOT_SUPPORTED,
             "replication connections are not supported by pgring",
         ));
     }
-    let database = get("database")
+    let database = take_param(&mut params, "database")
         .filter(|d| !d.is_empty())
         .unwrap_or_else(|| user.clone());
-    let mut settings: Vec<(String, String)> = params
-        .iter()
-        .filter(|(k, _)| !PROTOCOL_KEYS.contains(&k.as_str()))
-        .cloned()
-        .collect();
-    if let Some(opts) = get("options") {
-        settings.extend(startup::split_options(&opts));
+    let options = take_param(&mut params, "options");
+    // Every copy of a protocol key goes, not only the first one taken above.
+    params.retain(|(k, _)| !PROTOCOL_KEYS.contains(&k.as_str()));
+    if let Some(opts) = options {
+        params.extend(startup::split_options(&opts));
     }
     Ok(Startup {
         user,
         database,
-        params: settings,
+        params,
     })
+}
+
+/// The value of the first `key` (PostgreSQL takes the first too), moved out.
+fn take_param(params: &mut [(String, String)], key: &str) -> Option<String> {
+    let (_, value) = params.iter_mut().find(|(k, _)| k == key)?;
+    Some(std::mem::take(value))
 }
 
 /// Authenticates the client as `user` according to `auth_type`, against the auth file or,
@@ -478,13 +492,10 @@ async fn prepare_params(
     startup: &Startup,
 ) -> Result<ClientParams> {
     let ignored = &config.general.ignore_startup_parameters;
-    let requested: Vec<&(String, String)> = startup
-        .params
-        .iter()
-        .filter(|(k, _)| !ignored.iter().any(|i| i.eq_ignore_ascii_case(k)))
-        .collect();
-    let mut tracked: Vec<String> = TRACKED.iter().map(|s| s.to_string()).collect();
-    tracked.extend(config.general.track_extra_parameters.iter().cloned());
+    let requested = || {
+        let params = startup.params.iter();
+        params.filter(|(k, _)| !ignored.iter().any(|i| i.eq_ignore_ascii_case(k)))
+    };
     let fresh = pool.welcome().is_none();
     if fresh {
         // First client of this pool on this shard: a server tells us
@@ -492,9 +503,11 @@ async fn prepare_params(
         let server = pool.acquire(shard).await?;
         pool.release(shard, server);
     }
-    let mut params = ClientParams::new(pool.client_base(&tracked));
-    let mut novel = fresh && !requested.is_empty();
-    for (k, v) in &requested {
+    let extra = config.general.track_extra_parameters.iter();
+    let tracked = TRACKED.iter().copied().chain(extra.map(String::as_str));
+    let mut params = ClientParams::new(pool.client_base(tracked));
+    let mut novel = fresh && requested().next().is_some();
+    for (k, v) in requested() {
         params.set_with(k, v, |s| pool.intern(s));
         novel |= pool.note_param(k, v);
     }
