@@ -534,8 +534,11 @@ async fn greet(
 ) -> Result<()> {
     // Taken: once the write is tried, nothing is owed (a failed write ends the client).
     let mut out = std::mem::take(unsent);
+    // The pool's defaults are the welcome's own values (its tracked part, shared), so only
+    // the client's overrides need looking up.
     for (name, value) in pool.welcome().unwrap_or_default().iter() {
-        build::parameter_status(&mut out, name, params.get(name).unwrap_or(value));
+        let value = params.overridden(name).unwrap_or(value);
+        build::parameter_status(&mut out, name, value);
     }
     build::backend_key_data(&mut out, info.key);
     build::ready_for_query(&mut out, b'I');

@@ -257,6 +257,17 @@ impl ClientParams {
         }
     }
 
+    /// The client's own value of `name`, where it differs from the pool's defaults (any case,
+    /// as in [`get`](Self::get)). A name not here has its welcome value, which is what the
+    /// greeting needs to know: one short scan per welcome parameter, not two.
+    pub fn overridden(&self, name: &str) -> Option<&str> {
+        let (_, v) = self
+            .own
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))?;
+        Some(v)
+    }
+
     /// Every wanted value, lower-cased names.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         let own = self.own.iter().map(|(k, v)| (&**k, &**v));
@@ -381,6 +392,9 @@ mod tests {
         assert_eq!(c2.own.len(), 2);
         assert_eq!(c2.get("timezone"), Some("Europe/Paris"));
         assert_eq!(c.get("TimeZone"), Some("UTC"));
+        // Only the client's own values count as overrides, in any case.
+        assert_eq!(c2.overridden("TIMEZONE"), Some("Europe/Paris"));
+        assert_eq!(c.overridden("TimeZone"), None);
         // A ParameterStatus back to the default drops the override; an
         // untracked name is ignored.
         c2.on_status("TimeZone", "UTC");
