@@ -240,12 +240,14 @@ fn share_app_name(info: &ClientInfo, pool: &Pool) {
 async fn read_startup(shard: &Rc<Shard>, stream: &mut Stream) -> Result<Option<Startup>> {
     let mut buf = small_buf();
     loop {
+        // Parsed where it lies: the parse copies out what it keeps, so the packet itself
+        // needs no copy of its own.
         let packet = loop {
             if let Some(n) = startup_len(buf.data()).map_err(Error::ClientProtocol)? {
-                if buf.filled >= n {
-                    let p = buf.bytes[..n].to_vec();
+                if let Some(packet) = buf.data().get(..n) {
+                    let parsed = parse_startup(packet).map_err(Error::ClientProtocol)?;
                     buf.consume(n);
-                    break p;
+                    break parsed;
                 }
             }
             if rio::read_into(stream, &mut buf)
@@ -256,7 +258,7 @@ async fn read_startup(shard: &Rc<Shard>, stream: &mut Stream) -> Result<Option<S
                 return Err(Error::ClientClosed);
             }
         };
-        match parse_startup(&packet).map_err(Error::ClientProtocol)? {
+        match packet {
             StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
                 rio::write_all(stream, b"N")
                     .await
