@@ -232,6 +232,10 @@ async fn accept_loop(shard: Rc<Shard>, fd: OwnedFd) {
         }
     };
     let tick = crate::runtime::shard::TICK;
+    // One timer for many accepts: the stop flag is looked at after every accept and at least
+    // once a tick, and a fresh timer per accept would cost a timer-map insert and removal per
+    // connection.
+    let mut next_look = crate::runtime::sleep(tick);
     loop {
         if shard.is_stopping() {
             // Connections the kernel already queued on this listener would be reset when it
@@ -248,8 +252,12 @@ async fn accept_loop(shard: Rc<Shard>, fd: OwnedFd) {
                 }
             }
         }
-        match crate::runtime::io::timeout(tick, listener.accept()).await {
-            None => {} // look at the stop flag again
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            (&mut next_look).await;
+            None
+        });
+        match accepted.await {
+            None => next_look = crate::runtime::sleep(tick), // look at the stop flag again
             Some(Ok(stream)) => admit(&shard, stream),
             Some(Err(e)) => accept_failed(&shard, &e).await,
         }
@@ -261,8 +269,10 @@ async fn accept_failed(shard: &Shard, e: &io::Error) {
     crate::runtime::sleep(std::time::Duration::from_millis(10)).await;
 }
 
+/// Starts a session for `stream`, or refuses it over `max_client_conn`. No TCP_NODELAY here:
+/// `bind_tcp` set it on the listening socket and Linux copies it to every accepted one, which
+/// saves a `setsockopt` per connection.
 fn admit(shard: &Rc<Shard>, stream: Stream) {
-    let _ = stream.set_nodelay(true);
     let max = shard.config().general.max_client_conn as usize;
     let count = &shard.shared.client_count;
     if count.fetch_add(1, Ordering::AcqRel) >= max {

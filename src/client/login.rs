@@ -127,28 +127,40 @@ pub async fn login(
 ) -> Result<Option<LoggedIn>> {
     let config = shard.config();
     let limit = config.general.client_login_timeout.duration();
+    // Room for AuthenticationOk and a typical greeting (~450 bytes), so neither grows it.
+    let mut unsent = Vec::with_capacity(512);
     // The work is boxed: its ~3 KB state would otherwise be copied into
     // the timeout's combinators several times over (~10 KB per client
     // logging in, and 10,000 clients connecting at once leave the heap
     // that much larger for good).
-    let work = Box::pin(login_inner(shard, info, stream, &config));
-    if limit.is_zero() {
-        return work.await;
+    let work = Box::pin(login_inner(shard, info, stream, &config, &mut unsent));
+    let result = if limit.is_zero() {
+        work.await
+    } else {
+        timeout(limit, work).await.unwrap_or_else(|| {
+            Err(Error::refuse(
+                sqlstate::PROTOCOL_VIOLATION,
+                "client_login_timeout",
+            ))
+        })
+    };
+    if result.is_err() && !unsent.is_empty() {
+        // The client was authenticated but not greeted: it hears its AuthenticationOk
+        // before the error, as it did when that was sent on its own.
+        let _ = rio::write_all(stream, &unsent).await;
     }
-    match timeout(limit, work).await {
-        Some(r) => r,
-        None => Err(Error::refuse(
-            sqlstate::PROTOCOL_VIOLATION,
-            "client_login_timeout",
-        )),
-    }
+    result
 }
 
+/// `unsent` holds what is owed to the client but not yet written: AuthenticationOk waits
+/// there to go out in one write with the greeting (as PgBouncer's `welcome_client` sends
+/// them), which saves a `send` per login; `login` flushes it if the login fails instead.
 async fn login_inner(
     shard: &Rc<Shard>,
     info: &Rc<ClientInfo>,
     stream: &mut Stream,
     config: &Config,
+    unsent: &mut Vec<u8>,
 ) -> Result<Option<LoggedIn>> {
     let Some(startup) = read_startup(shard, stream).await? else {
         return Ok(None);
@@ -160,7 +172,7 @@ async fn login_inner(
     }
     crate::admin::check_login_allowed(shard, &startup.database)?;
     if ADMIN_DBS.contains(&startup.database.as_str()) {
-        return admin_login(shard, info, stream, config, &startup)
+        return admin_login(shard, info, stream, config, &startup, unsent)
             .await
             .map(Some);
     }
@@ -171,21 +183,17 @@ async fn login_inner(
         ));
     };
     let db_name = Some(startup.database.as_str());
-    let keys = authenticate(shard, stream, config, &startup.user, db_name).await?;
+    let keys = authenticate(shard, stream, config, &startup.user, db_name, unsent).await?;
     let slots = take_client_slots(shard, config, &startup.database, &startup.user)?;
-    let server_user = db.user.clone().unwrap_or_else(|| startup.user.clone());
-    let key = PoolKey {
-        db: startup.database.as_str().into(),
-        user: server_user.as_str().into(),
-    };
-    if let Some(keys) = keys.filter(|_| server_user == startup.user) {
+    let key = pool_key(info, db.user.as_deref());
+    if let Some(keys) = keys.filter(|_| *key.user == *startup.user) {
         super::auth_query::remember_keys(shard, &key, keys);
     }
     let pool = shard.pool(&key);
     share_names(info, &pool.key);
     let params = prepare_params(shard, &pool, config, &startup).await?;
     share_app_name(info, &pool);
-    greet(stream, info, &pool, &params).await?;
+    greet(stream, info, &pool, &params, unsent).await?;
     pool.stats.record_login();
     // PgBouncer 1.18's `log_connections` wording (client.c), which operators grep for.
     info!(db = %startup.database, user = %startup.user, tls = "no", "login attempt: db={} user={} tls=no", startup.database, startup.user);
@@ -194,6 +202,18 @@ async fn login_inner(
         params,
         slots,
     }))
+}
+
+/// The pool the client logs in to: its database, as the server user the entry forces or as
+/// itself. Built from the client's own shared names, so it costs no copy of them.
+fn pool_key(info: &ClientInfo, forced_user: Option<&str>) -> PoolKey {
+    PoolKey {
+        db: info.db.borrow().clone(),
+        user: match forced_user {
+            Some(user) => user.into(),
+            None => info.user.borrow().clone(),
+        },
+    }
 }
 
 /// Points the client's db and user at its pool key's strings where they are
@@ -220,12 +240,14 @@ fn share_app_name(info: &ClientInfo, pool: &Pool) {
 async fn read_startup(shard: &Rc<Shard>, stream: &mut Stream) -> Result<Option<Startup>> {
     let mut buf = small_buf();
     loop {
+        // Parsed where it lies: the parse copies out what it keeps, so the packet itself
+        // needs no copy of its own.
         let packet = loop {
             if let Some(n) = startup_len(buf.data()).map_err(Error::ClientProtocol)? {
-                if buf.filled >= n {
-                    let p = buf.bytes[..n].to_vec();
+                if let Some(packet) = buf.data().get(..n) {
+                    let parsed = parse_startup(packet).map_err(Error::ClientProtocol)?;
                     buf.consume(n);
-                    break p;
+                    break parsed;
                 }
             }
             if rio::read_into(stream, &mut buf)
@@ -236,7 +258,7 @@ async fn read_startup(shard: &Rc<Shard>, stream: &mut Stream) -> Result<Option<S
                 return Err(Error::ClientClosed);
             }
         };
-        match parse_startup(&packet).map_err(Error::ClientProtocol)? {
+        match packet {
             StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
                 rio::write_all(stream, b"N")
                     .await
@@ -251,36 +273,42 @@ async fn read_startup(shard: &Rc<Shard>, stream: &mut Stream) -> Result<Option<S
     }
 }
 
-fn decode_startup(params: Vec<(String, String)>) -> Result<Startup> {
-    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-    let user = get("user").filter(|u| !u.is_empty()).ok_or_else(|| {
+/// Splits the startup parameters into user, database and settings, moving the strings
+/// parsed from the packet rather than copying them.
+fn decode_startup(mut params: Vec<(String, String)>) -> Result<Startup> {
+    let user = take_param(&mut params, "user").filter(|u| !u.is_empty());
+    let user = user.ok_or_else(|| {
         Error::refuse(
             sqlstate::INVALID_AUTHORIZATION,
             "no PostgreSQL user name specified in startup packet",
         )
     })?;
-    if get("replication").is_some() {
+    if params.iter().any(|(k, _)| k == "replication") {
         return Err(Error::refuse(
             sqlstate::FEATURE_NOT_SUPPORTED,
             "replication connections are not supported by pgring",
         ));
     }
-    let database = get("database")
+    let database = take_param(&mut params, "database")
         .filter(|d| !d.is_empty())
         .unwrap_or_else(|| user.clone());
-    let mut settings: Vec<(String, String)> = params
-        .iter()
-        .filter(|(k, _)| !PROTOCOL_KEYS.contains(&k.as_str()))
-        .cloned()
-        .collect();
-    if let Some(opts) = get("options") {
-        settings.extend(startup::split_options(&opts));
+    let options = take_param(&mut params, "options");
+    // Every copy of a protocol key goes, not only the first one taken above.
+    params.retain(|(k, _)| !PROTOCOL_KEYS.contains(&k.as_str()));
+    if let Some(opts) = options {
+        params.extend(startup::split_options(&opts));
     }
     Ok(Startup {
         user,
         database,
-        params: settings,
+        params,
     })
+}
+
+/// The value of the first `key` (PostgreSQL takes the first too), moved out.
+fn take_param(params: &mut [(String, String)], key: &str) -> Option<String> {
+    let (_, value) = params.iter_mut().find(|(k, _)| k == key)?;
+    Some(std::mem::take(value))
 }
 
 /// Authenticates the client as `user` according to `auth_type`, against the auth file or,
@@ -292,6 +320,7 @@ async fn authenticate(
     config: &Config,
     user: &str,
     db: Option<&str>,
+    unsent: &mut Vec<u8>,
 ) -> Result<Option<PassThroughKeys>> {
     let found = match (shard.userlist().get(user), db) {
         (Some(s), _) => Some(s.clone()),
@@ -347,11 +376,7 @@ async fn authenticate(
             format!("password authentication failed for user \"{user}\""),
         ));
     }
-    let mut out = Vec::new();
-    build::auth_ok(&mut out);
-    rio::write_all(stream, &out)
-        .await
-        .map_err(Error::ClientIo)?;
+    build::auth_ok(unsent);
     Ok(keys)
 }
 
@@ -469,13 +494,10 @@ async fn prepare_params(
     startup: &Startup,
 ) -> Result<ClientParams> {
     let ignored = &config.general.ignore_startup_parameters;
-    let requested: Vec<&(String, String)> = startup
-        .params
-        .iter()
-        .filter(|(k, _)| !ignored.iter().any(|i| i.eq_ignore_ascii_case(k)))
-        .collect();
-    let mut tracked: Vec<String> = TRACKED.iter().map(|s| s.to_string()).collect();
-    tracked.extend(config.general.track_extra_parameters.iter().cloned());
+    let requested = || {
+        let params = startup.params.iter();
+        params.filter(|(k, _)| !ignored.iter().any(|i| i.eq_ignore_ascii_case(k)))
+    };
     let fresh = pool.welcome().is_none();
     if fresh {
         // First client of this pool on this shard: a server tells us
@@ -483,9 +505,11 @@ async fn prepare_params(
         let server = pool.acquire(shard).await?;
         pool.release(shard, server);
     }
-    let mut params = ClientParams::new(pool.client_base(&tracked));
-    let mut novel = fresh && !requested.is_empty();
-    for (k, v) in &requested {
+    let extra = config.general.track_extra_parameters.iter();
+    let tracked = TRACKED.iter().copied().chain(extra.map(String::as_str));
+    let mut params = ClientParams::new(pool.client_base(tracked));
+    let mut novel = fresh && requested().next().is_some();
+    for (k, v) in requested() {
         params.set_with(k, v, |s| pool.intern(s));
         novel |= pool.note_param(k, v);
     }
@@ -501,16 +525,22 @@ async fn prepare_params(
     Ok(params)
 }
 
-/// AuthenticationOk was sent; now ParameterStatus, BackendKeyData, ReadyForQuery.
+/// Greets the client: ParameterStatus, BackendKeyData, ReadyForQuery, after the
+/// AuthenticationOk already in `unsent`, all in one write.
 async fn greet(
     stream: &mut Stream,
     info: &ClientInfo,
     pool: &Pool,
     params: &ClientParams,
+    unsent: &mut Vec<u8>,
 ) -> Result<()> {
-    let mut out = Vec::with_capacity(512);
+    // Taken: once the write is tried, nothing is owed (a failed write ends the client).
+    let mut out = std::mem::take(unsent);
+    // The pool's defaults are the welcome's own values (its tracked part, shared), so only
+    // the client's overrides need looking up.
     for (name, value) in pool.welcome().unwrap_or_default().iter() {
-        build::parameter_status(&mut out, name, params.get(name).unwrap_or(value));
+        let value = params.overridden(name).unwrap_or(value);
+        build::parameter_status(&mut out, name, value);
     }
     build::backend_key_data(&mut out, info.key);
     build::ready_for_query(&mut out, b'I');
@@ -524,14 +554,14 @@ async fn admin_login(
     stream: &mut Stream,
     config: &Config,
     startup: &Startup,
+    unsent: &mut Vec<u8>,
 ) -> Result<LoggedIn> {
     let user = &startup.user;
     let own_user = is_own_user(stream, user);
-    let mut out = Vec::new();
     if own_user {
-        build::auth_ok(&mut out);
+        build::auth_ok(unsent);
     } else {
-        authenticate(shard, stream, config, user, None).await?;
+        authenticate(shard, stream, config, user, None, unsent).await?;
     }
     let is_admin = own_user || config.general.admin_users.iter().any(|u| u == user);
     let is_stats = config.general.stats_users.iter().any(|u| u == user);
@@ -542,6 +572,7 @@ async fn admin_login(
         )));
     }
     info.is_admin.set(true);
+    let mut out = std::mem::take(unsent);
     for (k, v) in [
         ("server_version", crate::admin::SERVER_VERSION),
         ("server_encoding", "UTF8"),

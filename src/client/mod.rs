@@ -214,6 +214,11 @@ fn unregister(shard: &Shard, info: &ClientInfo) {
     shard.shared.client_count.fetch_sub(1, Ordering::AcqRel);
 }
 
+thread_local! {
+    /// The application_name of a client that has not sent one, shared by a shard's clients.
+    static NO_APP_NAME: Rc<str> = Rc::from("");
+}
+
 /// Creates the session's [`ClientInfo`] and lists it in `shard.clients`.
 fn register(shard: &Rc<Shard>, stream: &Stream) -> Rc<ClientInfo> {
     let id = shard.next_id();
@@ -225,15 +230,17 @@ fn register(shard: &Rc<Shard>, stream: &Stream) -> Rc<ClientInfo> {
             break key;
         }
     };
+    // The names start empty without allocating: an empty `Arc<str>` is a shared static, and
+    // the empty `Rc<str>` is one per shard (login sets all three moments later).
     let info = Rc::new(ClientInfo {
         id,
         key,
         connect_time: SystemTime::now(),
-        db: RefCell::new("".into()),
-        user: RefCell::new("".into()),
-        app_name: RefCell::new("".into()),
+        db: RefCell::default(),
+        user: RefCell::default(),
+        app_name: RefCell::new(NO_APP_NAME.with(Rc::clone)),
         state: Cell::new(ClientState::Login),
-        request_time: Cell::new(Instant::now()),
+        request_time: Cell::new(rio::now()),
         linked: RefCell::new(None),
         is_admin: Cell::new(false),
         prepared_statements: Cell::new(0),
@@ -300,9 +307,13 @@ async fn goodbye(info: &ClientInfo, stream: &mut Stream, e: Error) {
         )),
         (None, e) => e.to_client(),
     };
-    let age = info.connect_time.elapsed().unwrap_or_default().as_secs();
-    let why = reason.unwrap_or_else(|| log_reason(e));
-    info!(error = %e, age, "closing because: {why} (age={age}s)");
+    // The clock is read and the reason formatted only when the line is logged: every client
+    // that leaves comes through here (a Terminate is `ClientClosed`).
+    if tracing::enabled!(tracing::Level::INFO) {
+        let age = info.connect_time.elapsed().unwrap_or_default().as_secs();
+        let why = reason.unwrap_or_else(|| log_reason(e));
+        info!(error = %e, age, "closing because: {why} (age={age}s)");
+    }
     if let Some(pg) = &pg {
         if !matches!(e, Error::ClientClosed | Error::ClientIo(_)) {
             info!(code = %pg.code, "pooler error: {}", pg.message);

@@ -121,7 +121,8 @@ pub struct Pool {
     /// The welcome's tracked part, shared by this slice's clients.
     client_base: RefCell<Option<Rc<BaseParams>>>,
     shard_id: usize,
-    validated: RefCell<std::collections::HashSet<(String, String)>>,
+    /// Startup parameter values already tried on a server, by lower-cased name.
+    validated: RefCell<std::collections::HashMap<Box<str>, std::collections::HashSet<Box<str>>>>,
     /// Startup parameter names and values, one shared copy each for the
     /// clients that send them. Grows like `validated`: by distinct strings
     /// seen in startup packets of this pool slice.
@@ -226,16 +227,24 @@ impl Pool {
     /// The defaults every client of this slice starts from: the tracked
     /// part of the welcome, built once and shared (rebuilt only if RELOAD
     /// changed the tracked names). Empty and unshared before a welcome.
-    pub fn client_base(&self, tracked: &[String]) -> Rc<BaseParams> {
+    ///
+    /// `tracked` is walked, not collected: a login that finds the set built pays no copy of
+    /// the names.
+    pub fn client_base<'a>(
+        &self,
+        tracked: impl Iterator<Item = &'a str> + Clone,
+    ) -> Rc<BaseParams> {
         let Some(welcome) = self.welcome() else {
             return Rc::default();
         };
         let mut cached = self.client_base.borrow_mut();
-        match cached.as_ref().filter(|b| b.tracks(tracked)) {
+        match cached.as_ref().filter(|b| b.tracks(tracked.clone())) {
             Some(base) => base.clone(),
-            None => cached
-                .insert(Rc::new(BaseParams::from_welcome(&welcome, tracked)))
-                .clone(),
+            None => {
+                let tracked: Vec<String> = tracked.map(str::to_owned).collect();
+                let base = BaseParams::from_welcome(&welcome, &tracked);
+                cached.insert(Rc::new(base)).clone()
+            }
         }
     }
 
@@ -250,9 +259,16 @@ impl Pool {
     /// Remembers a startup parameter value; true the first time it is
     /// seen on this shard (it must then be tried on a server at login).
     pub fn note_param(&self, name: &str, value: &str) -> bool {
-        self.validated
-            .borrow_mut()
-            .insert((name.to_ascii_lowercase(), value.to_owned()))
+        // Looked up before anything is copied: a pair seen before (every login but the first
+        // with it) costs no allocation.
+        let name = lowercase(name);
+        let mut validated = self.validated.borrow_mut();
+        if let Some(values) = validated.get_mut(&*name) {
+            return !values.contains(value) && values.insert(value.into());
+        }
+        let values = std::collections::HashSet::from([value.into()]);
+        validated.insert(name.into(), values);
+        true
     }
 
     /// The pool's shared copy of a startup parameter name or value.
@@ -612,6 +628,16 @@ fn server_password(shard: &Shard, config: &Config, key: &PoolKey) -> ServerCrede
             password: None,
             scram_keys: shard.auth_cache.keys(key),
         },
+    }
+}
+
+/// `name` in lower case, copied only when it has an upper-case letter (startup parameter
+/// names rarely do).
+fn lowercase(name: &str) -> std::borrow::Cow<'_, str> {
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        name.to_ascii_lowercase().into()
+    } else {
+        name.into()
     }
 }
 

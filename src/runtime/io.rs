@@ -247,6 +247,9 @@ impl AsyncWrite for Stream {
 pub struct Listener {
     fd: OwnedFd,
     io: Rc<IoState>,
+    /// The listening socket's family, which every accepted socket shares: asked once here
+    /// rather than with a `getsockopt` per connection.
+    unix: bool,
 }
 
 impl Listener {
@@ -255,6 +258,7 @@ impl Listener {
         set_nonblocking(fd.as_raw_fd())?;
         Ok(Listener {
             io: IoState::new(fd.as_raw_fd()),
+            unix: is_unix_socket(fd.as_raw_fd()),
             fd,
         })
     }
@@ -293,8 +297,7 @@ impl Listener {
             if fd >= 0 {
                 // SAFETY: a fresh, connected socket owned by nobody else.
                 let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-                let unix = is_unix_socket(fd.as_raw_fd());
-                return Ok(Some(Stream::adopt(fd, unix)));
+                return Ok(Some(Stream::adopt(fd, self.unix)));
             }
             let e = io::Error::last_os_error();
             match e.raw_os_error() {

@@ -174,14 +174,15 @@ impl BaseParams {
     }
 
     /// Was this set built for exactly these tracked names?
-    pub fn tracks(&self, tracked: &[String]) -> bool {
-        self.tracked == tracked
+    pub fn tracks<'a>(&self, tracked: impl Iterator<Item = &'a str>) -> bool {
+        self.tracked.iter().map(String::as_str).eq(tracked)
     }
 
-    fn get(&self, key: &str) -> Option<&str> {
+    /// The value of `name`, in any case (see [`ClientParams::get`]).
+    fn get(&self, name: &str) -> Option<&str> {
         self.values
             .iter()
-            .find(|(k, _)| **k == *key)
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| &**v)
     }
 }
@@ -240,9 +241,11 @@ impl ClientParams {
     /// As [`set`](Self::set), with the stored strings made by `intern` (a
     /// pool shares one copy of its clients' startup values).
     pub fn set_with(&mut self, name: &str, value: &str, intern: impl Fn(&str) -> Rc<str>) {
-        let key = norm(name);
-        let slot = self.own.iter().position(|(k, _)| **k == *key);
-        match (slot, self.base.get(&key) == Some(value)) {
+        let slot = self
+            .own
+            .iter()
+            .position(|(k, _)| k.eq_ignore_ascii_case(name));
+        match (slot, self.base.get(name) == Some(value)) {
             (Some(i), true) => {
                 self.own.swap_remove(i);
             }
@@ -252,7 +255,7 @@ impl ClientParams {
                 // Overrides are few and rarely change: grow exactly, so an
                 // idle client carries no spare capacity.
                 self.own.reserve_exact(1);
-                self.own.push((intern(&key), intern(value)));
+                self.own.push((intern(&norm(name)), intern(value)));
             }
         }
     }
@@ -266,12 +269,26 @@ impl ClientParams {
     }
 
     /// The wanted value of `name`.
+    ///
+    /// Stored names are lower case, so a match without regard to ASCII case is a match with
+    /// `norm(name)`, found without copying the name (this runs per welcome parameter of every
+    /// login).
     pub fn get(&self, name: &str) -> Option<&str> {
-        let key = norm(name);
-        match self.own.iter().find(|(k, _)| **k == *key) {
+        match self.own.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)) {
             Some((_, v)) => Some(v),
-            None => self.base.get(&key),
+            None => self.base.get(name),
         }
+    }
+
+    /// The client's own value of `name`, where it differs from the pool's defaults (any case,
+    /// as in [`get`](Self::get)). A name not here has its welcome value, which is what the
+    /// greeting needs to know: one short scan per welcome parameter, not two.
+    pub fn overridden(&self, name: &str) -> Option<&str> {
+        let (_, v) = self
+            .own
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))?;
+        Some(v)
     }
 
     /// Every wanted value, lower-cased names.
@@ -423,6 +440,9 @@ mod tests {
         assert_eq!(c2.own.len(), 2);
         assert_eq!(c2.get("timezone"), Some("Europe/Paris"));
         assert_eq!(c.get("TimeZone"), Some("UTC"));
+        // Only the client's own values count as overrides, in any case.
+        assert_eq!(c2.overridden("TIMEZONE"), Some("Europe/Paris"));
+        assert_eq!(c.overridden("TimeZone"), None);
         // A ParameterStatus back to the default drops the override; an
         // untracked name is ignored.
         c2.on_status("TimeZone", "UTC");
