@@ -152,6 +152,8 @@ pub(crate) struct Executor {
     pub(crate) reactor: Reactor,
     /// Spin this long (re-checking for completions) before parking.
     spin: Duration,
+    /// [`Reactor::events`] when the shard last parked.
+    events_at_park: Cell<u64>,
     /// Set while [`wake_next`] wakes a task: `schedule` puts it in `next`.
     urgent: Cell<bool>,
     /// A task to run as soon as the running one yields, ahead of the queue (see [`wake_next`]).
@@ -303,7 +305,14 @@ impl Executor {
             self.reactor.submit_and_reap(None);
             return;
         }
-        if !self.spin.is_zero() && super::spare::allowed() && self.spin_for_work(next_timer) {
+        // Spin only if something outside this shard happened since it last parked: a shard
+        // woken by its own janitor tick alone goes straight back to sleep.
+        let woken_by_io = self.reactor.events() != self.events_at_park.get();
+        if !self.spin.is_zero()
+            && woken_by_io
+            && super::spare::allowed()
+            && self.spin_for_work(next_timer)
+        {
             return;
         }
         self.home.sleeping.store(true, Ordering::SeqCst);
@@ -319,6 +328,7 @@ impl Executor {
             self.reactor.submit_and_reap(None);
             return;
         }
+        self.events_at_park.set(self.reactor.events());
         self.reactor
             .submit_and_reap(Some(next_timer.unwrap_or(Duration::from_secs(3600))));
         self.home.sleeping.store(false, Ordering::SeqCst);
@@ -375,6 +385,7 @@ pub fn block_on(
         now: Cell::new(Instant::now()),
         reactor,
         spin,
+        events_at_park: Cell::new(0),
     }));
     CURRENT.with(|c| c.set(Some(ex)));
     let done = Rc::new(Cell::new(false));

@@ -135,6 +135,9 @@ pub(crate) struct Reactor {
     eventfd: RawFd,
     /// Where the eventfd read lands (the kernel writes it; nobody reads it).
     eventfd_buf: Box<UnsafeCell<u64>>,
+    /// Completions that meant something happened (a socket changed, another thread woke
+    /// us), counted so the executor can tell a shard woken only by its own timers.
+    events: Cell<u64>,
 }
 
 fn build_ring(entries: u32) -> io::Result<IoUring> {
@@ -171,6 +174,7 @@ impl Reactor {
             reaped: RefCell::new(Vec::new()),
             eventfd: home.eventfd.as_raw_fd(),
             eventfd_buf: Box::new(UnsafeCell::new(0)),
+            events: Cell::new(0),
         };
         r.arm_eventfd();
         Ok(r)
@@ -273,6 +277,11 @@ impl Reactor {
         }
     }
 
+    /// How many completions have been reaped so far (see `events`).
+    pub(crate) fn events(&self) -> u64 {
+        self.events.get()
+    }
+
     /// Submits what is queued and reaps completions; with `wait`, parks until at least one
     /// completion or the timeout. Wakes the tasks the completions concern.
     pub(crate) fn submit_and_reap(&self, wait: Option<Duration>) {
@@ -309,6 +318,7 @@ impl Reactor {
             }
         }
         let batch = std::mem::take(&mut *self.reaped.borrow_mut());
+        self.events.set(self.events.get() + batch.len() as u64);
         for &(tag, result, flags) in &batch {
             match tag {
                 CANCEL_TAG => continue,

@@ -100,25 +100,76 @@ fn a_wake_from_another_thread_ends_a_park() {
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
+/// The spin tests read a process-wide total: one at a time.
+static SPIN_TESTS: Mutex<()> = Mutex::new(());
+
+#[test]
+fn a_shard_woken_only_by_its_timers_does_not_spin() {
+    let _one = SPIN_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+    super::spare::force_allowed(true);
+    let spun_before = super::spare::spun_total();
+    // Another thread ends the run after 60 ms; meanwhile the only thing that wakes the shard
+    // is a 5 ms timer, after which it has no timer left and would spin until that remote
+    // wake-up if timer wake-ups counted as work.
+    let slot: Arc<Mutex<(bool, Option<Waker>)>> = Arc::default();
+    let remote = slot.clone();
+    let ender = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(60));
+        let mut s = remote.lock().unwrap();
+        s.0 = true;
+        if let Some(w) = s.1.take() {
+            w.wake();
+        }
+    });
+    block_on(
+        async move {
+            spawn(sleep(Duration::from_millis(5)));
+            std::future::poll_fn(|cx| {
+                let mut s = slot.lock().unwrap();
+                if s.0 {
+                    Poll::Ready(())
+                } else {
+                    s.1 = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            })
+            .await;
+        },
+        64,
+        Duration::from_secs(2),
+    )
+    .expect("executor starts");
+    ender.join().unwrap();
+    super::spare::force_allowed(false);
+    assert!(super::spare::spun_total() - spun_before < Duration::from_millis(20));
+}
+
 #[test]
 fn a_spinning_shard_finds_socket_data_without_parking_and_counts_its_spin() {
+    let _one = SPIN_TESTS.lock().unwrap_or_else(|e| e.into_inner());
     super::spare::force_allowed(true);
     let spun_before = super::spare::spun_total();
     let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
     let writer = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(30));
-        std::io::Write::write_all(&mut theirs, b"ping").unwrap();
+        // The first message wakes a parked shard; the second comes while it spins (a shard
+        // woken by I/O spins, one woken by its own timers does not).
+        for msg in [b"ping", b"pong"] {
+            std::thread::sleep(Duration::from_millis(30));
+            std::io::Write::write_all(&mut theirs, msg).unwrap();
+        }
         theirs
     });
     let got = Rc::new(RefCell::new(Vec::new()));
     let seen = got.clone();
-    // A spin long enough to cover the writer's delay: the read completes while spinning.
+    // A spin long enough to cover the writer's delay: the second read completes while spinning.
     block_on(
         async move {
             let mut a = Stream::from_fd(OwnedFd::from(ours)).expect("adopt");
             let mut buf = [0u8; 8];
-            let n = a.read(&mut buf).await.unwrap();
-            seen.borrow_mut().extend_from_slice(&buf[..n]);
+            while seen.borrow().len() < 8 {
+                let n = a.read(&mut buf).await.unwrap();
+                seen.borrow_mut().extend_from_slice(&buf[..n]);
+            }
         },
         64,
         Duration::from_secs(2),
@@ -126,7 +177,7 @@ fn a_spinning_shard_finds_socket_data_without_parking_and_counts_its_spin() {
     .expect("executor starts");
     super::spare::force_allowed(false);
     drop(writer.join().unwrap());
-    assert_eq!(*got.borrow(), b"ping");
+    assert_eq!(*got.borrow(), b"pingpong");
     assert!(super::spare::spun_total() - spun_before >= Duration::from_millis(20));
 }
 
