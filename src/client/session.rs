@@ -144,7 +144,7 @@ impl Session {
             loop {
                 let cbuf = self.next_request(stream).await?;
                 // On the heap for the same reason as login: the lease machinery (wait,
-                // parameter sync, relay, cleanup) is ~1.9 KB of future state that an
+                // parameter sync, relay, cleanup) is ~1 KB of future state that an
                 // idle client should not carry. In a block the shard reuses (and built
                 // there: `with`, not `new`, copies no unstarted state), so a
                 // transaction allocates nothing.

@@ -1,6 +1,6 @@
 //! Heap blocks reused per thread, for a future boxed once per transaction.
 //!
-//! A session boxes its lease (wait, parameter sync, relay, release: ~1.9 KB of state) so
+//! A session boxes its lease (wait, parameter sync, relay, release: ~1 KB of state) so
 //! that an idle client does not carry it. That is one allocation and one free per
 //! transaction, and at that size glibc's per-thread cache (blocks up to 1 KiB) does not
 //! help: both calls take the arena's slower path (~3% of the pooler's CPU at 50 clients).
@@ -100,7 +100,7 @@ impl<T> Recycled<T> {
     /// Places what `make` returns in a recycled block, built there rather than moved in:
     /// `make` runs once the block is taken, so its result can be written straight into it.
     /// For a future that has not started this matters: `new` copies all of its
-    /// `size_of` (the lease's ~1.9 KB, per transaction) although only its arguments hold
+    /// `size_of` (the lease's ~1 KB, per transaction) although only its arguments hold
     /// anything yet.
     pub fn with(make: impl FnOnce() -> T) -> Self {
         let layout = Layout::new::<T>();
