@@ -69,32 +69,43 @@ fn timeout_gives_up_and_a_dropped_sleep_leaves_no_timer_behind() {
     });
 }
 
-#[test]
-fn a_wake_from_another_thread_ends_a_park() {
-    let slot: Arc<Mutex<(bool, Option<Waker>)>> = Arc::default();
-    let remote = slot.clone();
-    let waker_thread = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(50));
+/// A flag that another thread sets after a delay, waking the task waiting on it
+/// ([`until_set`]): a wake-up from outside the shard.
+type RemoteFlag = Arc<Mutex<(bool, Option<Waker>)>>;
+
+fn set_later(after: Duration) -> (RemoteFlag, std::thread::JoinHandle<()>) {
+    let flag: RemoteFlag = Arc::default();
+    let remote = flag.clone();
+    let setter = std::thread::spawn(move || {
+        std::thread::sleep(after);
         let mut s = remote.lock().unwrap();
         s.0 = true;
         if let Some(w) = s.1.take() {
             w.wake();
         }
     });
+    (flag, setter)
+}
+
+async fn until_set(flag: RemoteFlag) {
+    std::future::poll_fn(|cx| {
+        let mut s = flag.lock().unwrap();
+        if s.0 {
+            Poll::Ready(())
+        } else {
+            s.1 = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    })
+    .await;
+}
+
+#[test]
+fn a_wake_from_another_thread_ends_a_park() {
+    let (flag, setter) = set_later(Duration::from_millis(50));
     let started = Instant::now();
-    run(async move {
-        std::future::poll_fn(|cx| {
-            let mut s = slot.lock().unwrap();
-            if s.0 {
-                Poll::Ready(())
-            } else {
-                s.1 = Some(cx.waker().clone());
-                Poll::Pending
-            }
-        })
-        .await;
-    });
-    waker_thread.join().unwrap();
+    run(until_set(flag));
+    setter.join().unwrap();
     // The shard parks with a one-hour timeout when it has no timers: only the eventfd
     // written by the other thread can have ended it this soon.
     assert!(started.elapsed() < Duration::from_secs(5));
@@ -111,29 +122,11 @@ fn a_shard_woken_only_by_its_timers_does_not_spin() {
     // Another thread ends the run after 60 ms; meanwhile the only thing that wakes the shard
     // is a 5 ms timer, after which it has no timer left and would spin until that remote
     // wake-up if timer wake-ups counted as work.
-    let slot: Arc<Mutex<(bool, Option<Waker>)>> = Arc::default();
-    let remote = slot.clone();
-    let ender = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(60));
-        let mut s = remote.lock().unwrap();
-        s.0 = true;
-        if let Some(w) = s.1.take() {
-            w.wake();
-        }
-    });
+    let (flag, ender) = set_later(Duration::from_millis(60));
     block_on(
         async move {
             spawn(sleep(Duration::from_millis(5)));
-            std::future::poll_fn(|cx| {
-                let mut s = slot.lock().unwrap();
-                if s.0 {
-                    Poll::Ready(())
-                } else {
-                    s.1 = Some(cx.waker().clone());
-                    Poll::Pending
-                }
-            })
-            .await;
+            until_set(flag).await;
         },
         64,
         Duration::from_secs(2),
