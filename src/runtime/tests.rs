@@ -143,13 +143,16 @@ fn a_spinning_shard_finds_socket_data_without_parking_and_counts_its_spin() {
     super::spare::force_allowed(true);
     let spun_before = super::spare::spun_total();
     let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let (read_ping, ping_read) = std::sync::mpsc::channel();
     let writer = std::thread::spawn(move || {
-        // The first message wakes a parked shard; the second comes while it spins (a shard
-        // woken by I/O spins, one woken by its own timers does not).
-        for msg in [b"ping", b"pong"] {
-            std::thread::sleep(Duration::from_millis(30));
-            std::io::Write::write_all(&mut theirs, msg).unwrap();
-        }
+        // The first message wakes a parked shard; the second comes 30 ms after the shard read
+        // the first, while it spins (a shard woken by I/O spins, one woken by its own timers
+        // does not).
+        std::thread::sleep(Duration::from_millis(30));
+        std::io::Write::write_all(&mut theirs, b"ping").unwrap();
+        ping_read.recv().unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        std::io::Write::write_all(&mut theirs, b"pong").unwrap();
         theirs
     });
     let got = Rc::new(RefCell::new(Vec::new()));
@@ -162,6 +165,9 @@ fn a_spinning_shard_finds_socket_data_without_parking_and_counts_its_spin() {
             while seen.borrow().len() < 8 {
                 let n = a.read(&mut buf).await.unwrap();
                 seen.borrow_mut().extend_from_slice(&buf[..n]);
+                if seen.borrow().as_slice() == b"ping" {
+                    read_ping.send(()).unwrap();
+                }
             }
         },
         64,
