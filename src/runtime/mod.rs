@@ -101,7 +101,7 @@ pub fn run(
     info!(workers, "pgring started");
     crate::notify_ready();
     let gauge = if shared.config().general.spin_before_park_us > 0 {
-        spare::Gauge::new()
+        spare::Gauge::new(cores.iter().map(|c| c.id).collect())
     } else {
         None
     };

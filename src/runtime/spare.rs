@@ -7,8 +7,9 @@
 //! to a query's latency. Polling a while before sleeping saves it, the trade Seastar's idle poll
 //! makes. But a spinning shard holds a core that something else could use: on a busy host
 //! shared with PostgreSQL, that is CPU taken from the database. So spinning is allowed only
-//! while the host had a whole core idle over the last sample (100 ms of `/proc/stat`, taken by
-//! the main thread), counting the time shards spent spinning as idle (it would have been, had
+//! while the cores pgring may run on had a whole core idle over the last sample (100 ms of
+//! `/proc/stat`, taken by the main thread; only the CPUs in the process's affinity mask count,
+//! so a cpuset-limited pgring is not fooled by idle cores it cannot use), counting the time shards spent spinning as idle (it would have been, had
 //! they parked). A host that gets busy turns it off within a sample; a light load keeps it.
 //!
 //! Under a cgroup CPU quota (a container's limit) spinning stays off: it would burn the quota,
@@ -53,29 +54,39 @@ pub(crate) fn spun_total() -> Duration {
 }
 
 /// Idle (idle + iowait: a core parked in `io_uring_enter` counts as iowait on some kernels)
-/// and total time of all cores, in clock ticks, from the first line of `/proc/stat`.
+/// and total time of a set of cores, in clock ticks, from `/proc/stat`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct CpuTimes {
     idle: u64,
     total: u64,
 }
 
-/// Parses `cpu  user nice system idle iowait irq softirq steal guest guest_nice`. Guest time is
+/// Sums the `cpuN user nice system idle iowait irq softirq steal guest guest_nice` lines of the
+/// cores in `cpus` (all cores when `cpus` is empty), and says how many it found. Guest time is
 /// already inside user and nice, so it is left out of the total.
-fn parse_stat(text: &str) -> Option<CpuTimes> {
-    let line = text.lines().next()?;
-    let mut fields = line.split_whitespace();
-    if fields.next()? != "cpu" {
-        return None;
+fn parse_stat(text: &str, cpus: &[usize]) -> Option<(CpuTimes, usize)> {
+    let mut sum = CpuTimes { idle: 0, total: 0 };
+    let mut found = 0;
+    for line in text.lines() {
+        let mut fields = line.split_whitespace();
+        let Some(cpu) = fields.next().and_then(|f| f.strip_prefix("cpu")) else {
+            continue;
+        };
+        let Ok(n) = cpu.parse::<usize>() else {
+            continue; // the all-cores line
+        };
+        if !cpus.is_empty() && !cpus.contains(&n) {
+            continue;
+        }
+        let v: Vec<u64> = fields.take(8).map_while(|f| f.parse().ok()).collect();
+        if v.len() < 5 {
+            return None;
+        }
+        sum.idle += v[3] + v[4];
+        sum.total += v.iter().sum::<u64>();
+        found += 1;
     }
-    let v: Vec<u64> = fields.take(8).map_while(|f| f.parse().ok()).collect();
-    if v.len() < 5 {
-        return None;
-    }
-    Some(CpuTimes {
-        idle: v[3] + v[4],
-        total: v.iter().sum(),
-    })
+    (found > 0).then_some((sum, found))
 }
 
 /// Cores' worth of time that was idle or spun away over a sample: `idle` and `total` are tick
@@ -91,24 +102,26 @@ fn spare_cores(idle: u64, total: u64, spun: Duration, elapsed: Duration, cores: 
 /// The main thread's view of the host, sampled every [`SAMPLE_EVERY`].
 pub(crate) struct Gauge {
     last: Option<(CpuTimes, u64, Instant)>,
+    /// The CPUs pgring may run on (empty: all).
+    cpus: Vec<usize>,
     cores: f64,
 }
 
 impl Gauge {
-    /// A gauge, or `None` when spinning must stay off (a CPU quota, or no `/proc/stat`).
-    pub(crate) fn new() -> Option<Gauge> {
+    /// A gauge over the CPUs in `cpus` (empty: all), or `None` when spinning must stay off (a
+    /// CPU quota, or no `/proc/stat`).
+    pub(crate) fn new(cpus: Vec<usize>) -> Option<Gauge> {
         if let Some(quota) = cpu_quota() {
             tracing::info!(%quota, "cgroup CPU quota: spin_before_park_us is off");
             return None;
         }
         let text = std::fs::read_to_string("/proc/stat").ok()?;
-        parse_stat(&text)?;
-        let cores = text
-            .lines()
-            .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
-            .count()
-            .max(1) as f64;
-        Some(Gauge { last: None, cores })
+        let (_, found) = parse_stat(&text, &cpus)?;
+        Some(Gauge {
+            last: None,
+            cpus,
+            cores: found as f64,
+        })
     }
 
     /// Takes a sample if the last is [`SAMPLE_EVERY`] old, and sets whether shards may spin.
@@ -119,9 +132,9 @@ impl Gauge {
         {
             return;
         }
-        let Some(times) = std::fs::read_to_string("/proc/stat")
+        let Some((times, _)) = std::fs::read_to_string("/proc/stat")
             .ok()
-            .and_then(|t| parse_stat(&t))
+            .and_then(|t| parse_stat(&t, &self.cpus))
         else {
             ALLOWED.store(false, Ordering::Relaxed);
             return;
@@ -179,18 +192,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_the_all_cores_line() {
-        let text = "cpu  100 5 50 800 45 0 10 2 7 0\ncpu0 50 2 25 400 20 0 5 1 3 0\n";
-        assert_eq!(
-            parse_stat(text),
-            Some(CpuTimes {
-                idle: 845,
-                total: 1012
-            })
-        );
-        assert_eq!(parse_stat("cpu0 1 2 3 4 5\n"), None);
-        assert_eq!(parse_stat("cpu  1 2 3\n"), None);
-        assert_eq!(parse_stat(""), None);
+    fn sums_the_lines_of_the_cores_it_may_use() {
+        let text = "cpu  200 10 100 1600 90 0 20 4 14 0\n\
+                    cpu0 100 5 50 800 45 0 10 2 7 0\n\
+                    cpu1 100 5 50 800 45 0 10 2 7 0\n\
+                    intr 1 2 3\n";
+        let core = CpuTimes {
+            idle: 845,
+            total: 1012,
+        };
+        let both = CpuTimes {
+            idle: 1690,
+            total: 2024,
+        };
+        assert_eq!(parse_stat(text, &[]), Some((both, 2)));
+        assert_eq!(parse_stat(text, &[1]), Some((core, 1)));
+        assert_eq!(parse_stat(text, &[0, 1, 7]), Some((both, 2)));
+        assert_eq!(parse_stat(text, &[5]), None);
+        assert_eq!(parse_stat("cpu0 1 2 3\n", &[]), None);
+        assert_eq!(parse_stat("", &[]), None);
     }
 
     #[test]
