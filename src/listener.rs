@@ -10,8 +10,9 @@
 //! is bound once and accepted on shard 0 only: a socket path names exactly one listening
 //! socket and SO_REUSEPORT does not spread AF_UNIX connections. Accepting is the same
 //! `accept4` for both families (one accept loop); [`Stream::is_unix`] tells them apart. Unix
-//! clients start on shard 0; the pool's handoff serves them from any shard's servers. A stale socket file (nobody accepting) is removed at start, a
-//! live one refuses the start, and the file is removed again at exit.
+//! clients start on shard 0; the pool's handoff serves them from any shard's servers. A stale
+//! socket file (nobody accepting) is removed at start, a live one refuses the start, and the
+//! file is removed again at exit.
 //!
 //! Admission against `max_client_conn` happens here, before a session task exists, so a
 //! refused client costs one write.

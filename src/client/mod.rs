@@ -150,7 +150,7 @@ impl ClientInfo {
         // SAFETY: the session's fd is open for as long as the session (and this info) is
         // registered, as in `kill`; the borrow ends with this call.
         let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fd) };
-        ask(&socket2::SockRef::from(&fd)).ok()?.as_socket()
+        rio::fd_inet_addr(fd, ask)
     }
 
     fn link(&self, server: &ServerConn) {

@@ -37,8 +37,7 @@ impl Pool {
         if self.global.shards.len() < 2 {
             return;
         }
-        let owned = self.active.get() + self.opening.get() + self.idle.borrow().len() as u32;
-        if queue_is_long(self.waiters.borrow().len() as u32, owned) {
+        if queue_is_long(self.waiters.borrow().len() as u32, self.owned()) {
             self.ask_other_shards(shard);
             return;
         }
@@ -62,6 +61,11 @@ impl Pool {
             }
             pool.ask_scheduled.set(false);
         });
+    }
+
+    /// Servers this slice holds: leased, opening or idle.
+    fn owned(&self) -> u32 {
+        self.active.get() + self.opening.get() + self.idle.borrow().len() as u32
     }
 
     /// Asks shards that hold idle servers to hand one over.
@@ -109,7 +113,7 @@ impl Pool {
         let waiting = self.waiters.borrow().len() as u32;
         let demand = smooth(self.demand.get(), self.active.get() + waiting);
         self.demand.set(demand);
-        let owned = self.active.get() + self.opening.get() + self.idle.borrow().len() as u32;
+        let owned = self.owned();
         let counts = self.global.shard(me);
         counts.demand.store(demand, Ordering::Relaxed);
         counts.owned.store(owned, Ordering::Relaxed);

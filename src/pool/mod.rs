@@ -115,7 +115,8 @@ pub struct Pool {
     /// Clients leasing or waiting here, smoothed over janitor ticks
     /// (times `handoff::SCALE`).
     demand: Cell<u32>,
-    /// A deferred look for other shards' idle servers is scheduled (`handoff::ask_later`).
+    /// A deferred look for other shards' idle servers is scheduled
+    /// (`Pool::ask_other_shards_if_short`).
     ask_scheduled: Cell<bool>,
     welcome: RefCell<Option<Welcome>>,
     /// The welcome's tracked part, shared by this slice's clients.

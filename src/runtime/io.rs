@@ -17,7 +17,7 @@ use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -582,5 +582,14 @@ fn inet_addr(
     if stream.unix {
         return None;
     }
-    ask(&socket2::SockRef::from(&stream.fd)).ok()?.as_socket()
+    fd_inet_addr(stream.fd.as_fd(), ask)
+}
+
+/// What `ask` (`getsockname`, `getpeername`) says of the socket `fd`, if it is an IP address
+/// (`None` on a unix socket or if the kernel refuses).
+pub fn fd_inet_addr(
+    fd: std::os::fd::BorrowedFd<'_>,
+    ask: impl Fn(&socket2::Socket) -> io::Result<socket2::SockAddr>,
+) -> Option<SocketAddr> {
+    ask(&socket2::SockRef::from(&fd)).ok()?.as_socket()
 }

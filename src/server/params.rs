@@ -274,10 +274,7 @@ impl ClientParams {
     /// `norm(name)`, found without copying the name (this runs per welcome parameter of every
     /// login).
     pub fn get(&self, name: &str) -> Option<&str> {
-        match self.own.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)) {
-            Some((_, v)) => Some(v),
-            None => self.base.get(name),
-        }
+        self.overridden(name).or_else(|| self.base.get(name))
     }
 
     /// The client's own value of `name`, where it differs from the pool's defaults (any case,
