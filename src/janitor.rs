@@ -23,6 +23,7 @@ pub fn start(shard: &Rc<Shard>) {
                 pool.tick(&shard);
                 pool.fill_min(&shard);
             }
+            crate::client::balance::tick(&shard);
             ticks = ticks.wrapping_add(1);
             if ticks.is_multiple_of(per_second) {
                 shard.bufs.trim();

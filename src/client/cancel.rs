@@ -35,7 +35,7 @@ pub fn owner(key: CancelKey) -> usize {
 pub fn route(shard: &Rc<Shard>, key: CancelKey) {
     let owner = owner(key);
     if owner == shard.id {
-        cancel_local(shard, key);
+        cancel_local(shard, key, true);
     } else if owner < shard.shared.workers {
         shard.mesh.send(owner, MeshMsg::Cancel(key));
     } else {
@@ -44,9 +44,16 @@ pub fn route(shard: &Rc<Shard>, key: CancelKey) {
 }
 
 /// Cancels the query of this shard's client holding `key`, if it is
-/// linked to a server right now.
-pub fn cancel_local(shard: &Rc<Shard>, key: CancelKey) {
+/// linked to a server right now. The key's own shard (`owner`), not finding the client,
+/// asks the other shards if some client has moved away from it (`client::balance`).
+pub fn cancel_local(shard: &Rc<Shard>, key: CancelKey, owner: bool) {
     let Some(client) = shard.clients.borrow().get(&key).cloned() else {
+        if owner && shard.balance.moved_out() > 0 {
+            for to in (0..shard.shared.workers).filter(|&to| to != shard.id) {
+                shard.mesh.send(to, MeshMsg::CancelMoved(key));
+            }
+            return;
+        }
         debug!(pid = key.pid, "cancel request for no known client");
         return;
     };

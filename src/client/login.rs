@@ -487,6 +487,13 @@ fn sasl_error(e: scram::ScramError) -> Error {
 /// Builds the client's wanted parameters and, when they differ from what
 /// this pool's servers were already seen to accept, tries them on a server
 /// so a value PostgreSQL rejects fails the login as it would without us.
+/// The parameters a client's server must match: PgBouncer's tracked ones and
+/// `track_extra_parameters`.
+pub(super) fn tracked(config: &Config) -> impl Iterator<Item = &str> + Clone + '_ {
+    let extra = config.general.track_extra_parameters.iter();
+    TRACKED.iter().copied().chain(extra.map(String::as_str))
+}
+
 async fn prepare_params(
     shard: &Rc<Shard>,
     pool: &Rc<Pool>,
@@ -505,9 +512,7 @@ async fn prepare_params(
         let server = pool.acquire(shard).await?;
         pool.release(shard, server);
     }
-    let extra = config.general.track_extra_parameters.iter();
-    let tracked = TRACKED.iter().copied().chain(extra.map(String::as_str));
-    let mut params = ClientParams::new(pool.client_base(tracked));
+    let mut params = ClientParams::new(pool.client_base(tracked(config)));
     let mut novel = fresh && requested().next().is_some();
     for (k, v) in requested() {
         params.set_with(k, v, |s| pool.intern(s));

@@ -8,6 +8,7 @@
 //! may see (console rows, cancel routing, KILL).
 
 pub mod auth_query;
+pub mod balance;
 pub mod cancel;
 pub mod login;
 mod session;
@@ -26,8 +27,10 @@ use tracing::{debug, info};
 use crate::error::Error;
 use crate::protocol::startup::CancelKey;
 use crate::runtime::io as rio;
+use crate::runtime::mesh::MeshMsg;
 use crate::runtime::{Shard, Stream};
 use crate::server::{ServerAddr, ServerConn};
+use balance::Moving;
 use session::Session;
 use span::ClientSpan;
 
@@ -121,6 +124,14 @@ impl ClientInfo {
         }
     }
 
+    /// Has the session been asked to end?
+    pub fn is_killed(&self) -> bool {
+        let reason = self.kill_reason.0.take();
+        let killed = reason.is_some();
+        self.kill_reason.0.set(reason);
+        killed
+    }
+
     /// Why the session was killed, if it was.
     pub fn kill_reason(&self) -> Option<String> {
         let reason = self.kill_reason.0.take();
@@ -193,9 +204,65 @@ pub fn serve(shard: Rc<Shard>, mut stream: Stream) -> impl std::future::Future<O
         let Some(session) = login_span.wrap(login).await else {
             return unregister(&shard, &info);
         };
-        session_span.wrap(session.serve(&mut stream)).await;
-        unregister(&shard, &info);
+        let moving = session_span.wrap(session.serve(&mut stream)).await;
+        leave(&shard, &info, moving, stream);
     }
+}
+
+/// The session is over here: it ends, or it moves to another shard with its socket.
+fn leave(shard: &Shard, info: &ClientInfo, moving: Option<Box<Moving>>, stream: Stream) {
+    let Some(mut moving) = moving else {
+        return unregister(shard, info);
+    };
+    debug!(to = moving.to, "client moves to another shard");
+    shard.balance.moved_one_out();
+    shard.clients.borrow_mut().remove(&info.key);
+    moving.unix = stream.is_unix();
+    moving.fd = Some(stream.into_fd());
+    shard.mesh.send(moving.to, MeshMsg::Client(moving));
+}
+
+/// A client another shard sent here (see `balance`): its session goes on on this shard.
+pub fn arrive(shard: &Rc<Shard>, mut moving: Box<Moving>) {
+    let Some(fd) = moving.fd.take() else {
+        return;
+    };
+    let stream = Stream::adopt(fd, moving.unix);
+    let info = Rc::new(ClientInfo {
+        id: moving.id,
+        key: moving.key,
+        connect_time: moving.connect_time,
+        db: RefCell::new(moving.db.clone()),
+        user: RefCell::new(moving.user.clone()),
+        app_name: RefCell::new(Rc::from(std::mem::take(&mut moving.app_name))),
+        state: Cell::new(ClientState::Idle),
+        request_time: Cell::new(rio::now()),
+        linked: RefCell::new(None),
+        is_admin: Cell::new(false),
+        prepared_statements: Cell::new(u32::try_from(moving.prepared.len()).unwrap_or(u32::MAX)),
+        fd: stream.as_raw_fd(),
+        kill_reason: KillReason::default(),
+    });
+    if shard.clients.borrow().contains_key(&info.key) {
+        // Two live clients drew the same key on one shard (a 2^-55 chance per move): the
+        // table cannot hold both, and cancel routing needs it to. The newcomer is closed.
+        tracing::warn!(
+            client = info.id,
+            "a moved client's cancel key is taken here; closing it"
+        );
+        shard.shared.client_count.fetch_sub(1, Ordering::AcqRel);
+        return;
+    }
+    shard.clients.borrow_mut().insert(info.key, info.clone());
+    let pool = shard.pool(&moving.pool);
+    let session = Session::arrived(shard, &info, pool, *moving);
+    let shard = shard.clone();
+    crate::runtime::spawn(async move {
+        let mut stream = stream;
+        let (_, span) = client_span(&shard, &info);
+        let moving = span.wrap(session.serve(&mut stream)).await;
+        leave(&shard, &info, moving, stream);
+    });
 }
 
 /// The session's span, twice: for the login and for the session after it.

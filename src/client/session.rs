@@ -6,8 +6,7 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use tracing::debug;
-
+use super::balance::Moving;
 use super::{boxed, goodbye, login, ClientInfo, ClientState};
 use crate::config::{Config, PoolMode, Seconds};
 use crate::error::{Error, Result};
@@ -23,7 +22,7 @@ use crate::server::{ClientParams, ServerConn};
 /// `Duration`s 64, and every idle client carries them), and made `Duration`s
 /// where they are used.
 #[derive(Clone, Copy, Debug, PartialEq)]
-struct Timeouts {
+pub(super) struct Timeouts {
     query: Millis,
     idle_in_transaction: Millis,
     transaction: Millis,
@@ -105,31 +104,101 @@ impl Session {
         }
     }
 
-    /// Serves the logged-in client to its end. It consumes the session so
-    /// that the session lives in this future alone (an async block: no
-    /// second copy of `self`, see `serve`), and is dropped, giving back its
-    /// slots and pool, before the goodbye.
+    /// The session of a client that another shard sent here (see `balance`), on this shard's
+    /// slice of its pool, wanting the same parameter values and knowing the same statements.
+    pub(super) fn arrived(
+        shard: &Rc<Shard>,
+        info: &Rc<ClientInfo>,
+        pool: Rc<Pool>,
+        m: Moving,
+    ) -> Session {
+        let config = shard.config();
+        let mut params = ClientParams::new(pool.client_base(login::tracked(&config)));
+        for (k, v) in &m.params {
+            params.set_with(k, v, |s| pool.intern(s));
+        }
+        Session {
+            shard: shard.clone(),
+            info: info.clone(),
+            pool,
+            params,
+            max_packet: m.max_packet,
+            timeouts: m.timeouts,
+            _slots: m.slots,
+            prepared: crate::prepared::ClientStatements::from_portable(m.prepared),
+        }
+    }
+
+    /// Everything the session needs on shard `to` (the socket is added by the caller).
+    fn into_moving(self, to: usize) -> Moving {
+        let info = &self.info;
+        Moving {
+            to,
+            fd: None,
+            unix: false,
+            id: info.id,
+            key: info.key,
+            connect_time: info.connect_time,
+            db: info.db.borrow().clone(),
+            user: info.user.borrow().clone(),
+            app_name: Box::from(&**info.app_name.borrow()),
+            pool: self.pool.key.clone(),
+            params: self
+                .params
+                .iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+            prepared: self.prepared.to_portable(),
+            slots: self._slots,
+            max_packet: self.max_packet,
+            timeouts: self.timeouts,
+        }
+    }
+
+    /// Should this client, between transactions, go to another shard now? Only a pooled
+    /// (transaction or statement mode) client of a shard that is not stopping, and not one
+    /// being killed.
+    fn move_to(&self) -> Option<usize> {
+        if self.pool.mode() == PoolMode::Session
+            || self.shard.is_stopping()
+            || self.info.is_killed()
+        {
+            return None;
+        }
+        if test_hook_moves_every_client() {
+            let workers = self.shard.shared.workers;
+            return (workers > 1).then(|| (self.shard.id + 1) % workers);
+        }
+        self.shard.balance.take_move()
+    }
+
+    /// Serves the logged-in client to its end, or until it is to move to another shard
+    /// (then it comes back as a [`Moving`]). It consumes the session so that the session
+    /// lives in this future alone (an async block: no second copy of `self`, see `serve`),
+    /// and is dropped, giving back its slots and pool, before the goodbye.
     #[allow(clippy::manual_async_fn)] // deliberately not an async fn: see above
     pub(super) fn serve(
         mut self,
         stream: &mut Stream,
-    ) -> impl std::future::Future<Output = ()> + '_ {
+    ) -> impl std::future::Future<Output = Option<Box<Moving>>> + '_ {
         async move {
             let result = self.run(stream).await;
+            let e = match result {
+                Ok(to) => return Some(Box::new(self.into_moving(to))),
+                Err(e) => e,
+            };
             let info = self.info.clone();
             drop(self);
-            match result {
-                Ok(()) => debug!("client closed"),
-                // Boxed: an error path should not size the idle state.
-                Err(e) => boxed(goodbye(&info, stream, *e)).await,
-            }
+            // Boxed: an error path should not size the idle state.
+            boxed(goodbye(&info, stream, *e)).await;
+            None
         }
     }
 
-    /// The request loop; it only ends with an error (a client that leaves
-    /// is `ClientClosed`). The error comes boxed: `serve` reserves room for
-    /// this future's output beside the future itself for the whole session
-    /// (rustc does not overlap the two), 8 bytes instead of an inline Error.
+    /// The request loop; it ends with the shard the client is to move to, or with an error
+    /// (a client that leaves is `ClientClosed`). The error comes boxed: `serve` reserves
+    /// room for this future's output beside the future itself for the whole session (rustc
+    /// does not overlap the two), 8 bytes instead of an inline Error.
     ///
     /// This loop is what an idle client's task holds, so it is kept to the idle wait and a
     /// box: a plain function returning an async block (an `async fn` keeps its arguments
@@ -139,7 +208,7 @@ impl Session {
     fn run<'a>(
         &'a mut self,
         stream: &'a mut Stream,
-    ) -> impl std::future::Future<Output = std::result::Result<(), Box<Error>>> + 'a {
+    ) -> impl std::future::Future<Output = std::result::Result<usize, Box<Error>>> + 'a {
         async move {
             loop {
                 let cbuf = self.next_request(stream).await?;
@@ -149,6 +218,10 @@ impl Session {
                 // there: `with`, not `new`, copies no unstarted state), so a
                 // transaction allocates nothing.
                 Recycled::with(|| self.transactions(stream, cbuf)).await?;
+                // Between transactions, nothing buffered: the moment a client can move.
+                if let Some(to) = self.move_to() {
+                    return Ok(to);
+                }
             }
         }
     }
@@ -293,6 +366,7 @@ impl Session {
         self.pool
             .stats
             .record_xact(rio::now().saturating_duration_since(started));
+        self.shard.balance.request_done();
         let (cbuf, sbuf) = link.into_bufs();
         self.shard.bufs.give(sbuf);
         match end {
@@ -376,6 +450,14 @@ impl Session {
         }
         self.pool.release(&self.shard, server);
     }
+}
+
+/// Test hook: with `PGRING_TEST_MOVE_CLIENTS=1` in the environment, every pooled client moves
+/// to the next shard after every transaction, so that the black-box tests run the move path
+/// (parameters, prepared statements, cancel keys, console rows) on every request.
+fn test_hook_moves_every_client() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("PGRING_TEST_MOVE_CLIENTS").is_some_and(|v| v == "1"))
 }
 
 #[cfg(test)]

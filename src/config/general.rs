@@ -58,6 +58,11 @@ pub struct General {
     /// 100 ms), so it never takes CPU a busy PostgreSQL on the same host could use; never under
     /// a cgroup CPU quota.
     pub spin_before_park_us: u64,
+    /// pgring: move client sessions between transactions from a shard whose clients wait
+    /// markedly longer to the shard whose clients wait least (default on; see
+    /// `client::balance`). Off: a client stays on the shard that accepted it.
+    #[serde(deserialize_with = "flag")]
+    pub balance_clients: bool,
     /// pgring: `addr:port` serving Prometheus `/metrics` (e.g. `127.0.0.1:9127`); unset = off.
     pub stats_listen: Option<String>,
 
@@ -254,6 +259,7 @@ impl Default for General {
             ring_depth: 128,
             pin_shards: true,
             spin_before_park_us: 200,
+            balance_clients: true,
             stats_listen: None,
             pool_mode: PoolMode::Session,
             max_client_conn: 100,

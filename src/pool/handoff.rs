@@ -159,14 +159,30 @@ impl Pool {
     }
 
     /// A `Steal` request from shard `to`: send an idle server if we have one
-    /// and nobody here is waiting.
+    /// and nobody here is waiting. The server is first checked as a lease here would check it
+    /// (lifetime, closed by PostgreSQL while idle, `server_check_query` when due): the other
+    /// shard hands it straight to a waiter. One that fails is closed and the next idle one
+    /// tried.
     pub fn give_to_shard(self: &Rc<Self>, shard: &Rc<Shard>, to: usize) {
-        if !self.waiters.borrow().is_empty() {
+        if !self.waiters.borrow().is_empty() || self.idle_count() == 0 {
             return;
         }
-        if let Some(server) = self.pop_idle() {
-            self.send_to(shard, to, server);
-        }
+        let (pool, shard) = (self.clone(), shard.clone());
+        crate::runtime::spawn(async move {
+            while pool.waiters.borrow().is_empty() {
+                let Some(mut server) = pool.pop_idle() else {
+                    return;
+                };
+                match pool.unusable(&mut server).await {
+                    Some(reason) => pool.close(&shard, server, reason),
+                    // A client of ours may have come while the check ran: it goes first.
+                    None if pool.waiters.borrow().is_empty() => {
+                        return pool.send_to(&shard, to, server)
+                    }
+                    None => return pool.place_here(&shard, server),
+                }
+            }
+        });
     }
 
     /// A server handed over by another shard.

@@ -19,6 +19,30 @@ pub struct ClientStatements {
     max: usize,
 }
 
+/// A client's statement names with their Parse bodies, and the cap: what crosses to another
+/// shard with a moving session.
+#[derive(Debug, Default)]
+pub struct PortableStatements {
+    max: usize,
+    /// (client name, Parse body) pairs.
+    names: Vec<NameAndBody>,
+}
+
+/// A client statement name and the Parse body it stands for.
+type NameAndBody = (Box<[u8]>, Box<[u8]>);
+
+impl PortableStatements {
+    /// How many names.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// True when there are none.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}
+
 impl ClientStatements {
     /// Support with a per-server cap of `max` statements (0 = off: every
     /// message passes through untouched).
@@ -67,6 +91,26 @@ impl ClientStatements {
         if self.get(name).is_some_and(|st| st.id == id) {
             self.remove(name);
         }
+    }
+
+    /// The cap and every name with its statement's Parse body, for a session moving to
+    /// another shard (statements are interned per shard).
+    pub fn to_portable(&self) -> PortableStatements {
+        let names = self.map.iter().flat_map(|m| m.iter());
+        let names = names.map(|(name, st)| (name.clone(), st.rest.clone()));
+        PortableStatements {
+            max: self.max,
+            names: names.collect(),
+        }
+    }
+
+    /// The names of [`to_portable`](Self::to_portable), on this shard's statements.
+    pub fn from_portable(p: PortableStatements) -> Self {
+        let mut this = ClientStatements::new(p.max);
+        for (name, rest) in p.names {
+            this.insert(&name, super::intern(&rest));
+        }
+        this
     }
 
     /// DEALLOCATE ALL / DISCARD ALL.

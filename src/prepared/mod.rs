@@ -49,7 +49,7 @@ use std::rc::{Rc, Weak};
 
 use sha2::{Digest, Sha256};
 
-pub use client::ClientStatements;
+pub use client::{ClientStatements, PortableStatements};
 pub use rewrite::{Action, Reply, Rewriter};
 pub use server::ServerStatements;
 pub use splice::Splice;

@@ -25,6 +25,11 @@ use crate::server::DetachedServer;
 pub enum MeshMsg {
     /// A CancelRequest whose key belongs to the receiving shard.
     Cancel(CancelKey),
+    /// A CancelRequest whose client moved away from the key's shard: the receiver cancels
+    /// only if the client is here now, and forwards it nowhere.
+    CancelMoved(CancelKey),
+    /// A client session moving to the receiving shard (see `client::balance`).
+    Client(Box<crate::client::balance::Moving>),
     /// An idle server moving to the receiving shard, which has waiters.
     Handoff {
         /// The pool it belongs to.

@@ -71,6 +71,8 @@ pub struct Shared {
     pub stop_requested: AtomicBool,
     /// Process start, for SHOW STATE / uptime.
     pub started: std::time::Instant,
+    /// Each shard's published load, for moving clients (`client::balance`).
+    pub loads: Box<[crossbeam::utils::CachePadded<crate::client::balance::ShardLoad>]>,
 }
 
 impl Shared {
@@ -96,6 +98,7 @@ impl Shared {
             running: AtomicUsize::new(workers),
             stop_requested: AtomicBool::new(false),
             started: std::time::Instant::now(),
+            loads: crate::client::balance::loads(workers),
         })
     }
 
@@ -216,6 +219,8 @@ pub struct Shard {
     pub auth_cache: crate::client::auth_query::AuthCache,
     /// Wakes tasks waiting for RESUME or for the shard to stop.
     pub state_changed: crate::pool::Notify,
+    /// This shard's side of moving clients between shards.
+    pub balance: crate::client::balance::Balance,
 }
 
 impl Shard {
@@ -265,7 +270,9 @@ impl Shard {
     /// Handles a message from another shard.
     pub fn handle_mesh(self: &Rc<Self>, msg: MeshMsg) {
         match msg {
-            MeshMsg::Cancel(key) => crate::client::cancel::cancel_local(self, key),
+            MeshMsg::Cancel(key) => crate::client::cancel::cancel_local(self, key, true),
+            MeshMsg::CancelMoved(key) => crate::client::cancel::cancel_local(self, key, false),
+            MeshMsg::Client(moving) => crate::client::arrive(self, moving),
             MeshMsg::Handoff { pool, server } => self.pool(&pool).adopt(self, server),
             MeshMsg::Steal { pool, from } => {
                 if let Some(p) = self.pools.borrow().get(&pool).cloned() {
@@ -342,6 +349,7 @@ pub async fn run_shard(
         stopping: Cell::new(None),
         auth_cache: Default::default(),
         state_changed: crate::pool::Notify::default(),
+        balance: Default::default(),
     });
     let _ = slot.set(shard.clone());
     crate::janitor::start(&shard);

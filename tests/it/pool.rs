@@ -15,6 +15,7 @@ mod failures;
 mod handoff;
 mod lifecycle;
 mod limits;
+mod moving;
 mod timeouts;
 mod unix_server;
 mod waiting;

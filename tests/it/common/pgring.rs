@@ -31,15 +31,25 @@ impl Pgring {
         Self::start_with_userlist(toml_text, &default_userlist())
     }
 
+    /// Starts pgring with this config, the default userlist and these environment variables
+    /// (e.g. `RUST_LOG`, or a test hook).
+    pub fn start_with_env(toml_text: &str, env: &[(&str, &str)]) -> Pgring {
+        Self::start_inner(toml_text, &default_userlist(), env)
+    }
+
     /// Starts pgring with this config and this userlist text, written to `@DIR@/users.txt`.
     pub fn start_with_userlist(toml_text: &str, userlist: &str) -> Pgring {
+        Self::start_inner(toml_text, userlist, &[])
+    }
+
+    fn start_inner(toml_text: &str, userlist: &str, env: &[(&str, &str)]) -> Pgring {
         let dir = fresh_dir();
         let toml_text = toml_text.replace("@DIR@", dir.to_str().expect("UTF-8 temp dir"));
         let port = listen_port(&toml_text);
         let config = dir.join("pgring.toml");
         std::fs::write(&config, &toml_text).expect("writing pgring.toml");
         std::fs::write(dir.join("users.txt"), userlist).expect("writing users.txt");
-        let child = spawn(&config, &dir.join("pgring.log"));
+        let child = spawn(&config, &dir.join("pgring.log"), env);
         let mut pgring = Pgring { port, dir, child };
         pgring.wait_until_listening();
         pgring
@@ -48,7 +58,7 @@ impl Pgring {
     /// Starts pgring on a config file the test wrote itself (e.g. a pgbouncer.ini) in `dir`,
     /// listening on `port`; the log goes to `dir/pgring.log`. `dir` is removed on drop.
     pub fn start_file(config: &std::path::Path, dir: PathBuf, port: u16) -> Pgring {
-        let child = spawn(config, &dir.join("pgring.log"));
+        let child = spawn(config, &dir.join("pgring.log"), &[]);
         let mut pgring = Pgring { port, dir, child };
         pgring.wait_until_listening();
         pgring
@@ -127,11 +137,12 @@ impl Drop for Pgring {
     }
 }
 
-fn spawn(config: &std::path::Path, log: &std::path::Path) -> Child {
+fn spawn(config: &std::path::Path, log: &std::path::Path, env: &[(&str, &str)]) -> Child {
     let log = File::create(log).expect("creating pgring.log");
     Command::new(pgring_bin())
         .arg(config)
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("cloning log handle"))
         .stderr(log)

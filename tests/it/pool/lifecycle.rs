@@ -187,6 +187,43 @@ async fn a_server_killed_while_idle_is_not_handed_out() {
     }
 }
 
+/// The same across shards: a server killed while idle on shard 0 must not be handed to a
+/// client of shard 1 that asks for it (a steal checks the server as a lease there would; it
+/// used to send it unchecked, and the client got the dead backend's FATAL 57P01).
+#[tokio::test]
+async fn a_server_killed_while_idle_on_another_shard_is_not_handed_over() {
+    let user = pg().fresh_user("deadsteal");
+    let pgring = Pgring::start(&config_for(
+        "transaction",
+        1,
+        2,
+        "server_check_query = \"\"",
+    ));
+    let admin = pg().admin("postgres").await;
+    // Both log in first (a login on a shard new to the pool leases a server itself), then the
+    // one server ends its last transaction idle on shard 0.
+    let mut on1 = wire_on_shard(pgring.port, 1, "app", &user).await;
+    let mut on0 = wire_on_shard(pgring.port, 0, "app", &user).await;
+    let pid = on0
+        .query_value("SELECT pg_backend_pid()")
+        .await
+        .expect("pid on shard 0");
+    terminate_and_wait(&admin, pid.parse().expect("pid")).await;
+    let next = within(
+        Duration::from_secs(5),
+        "a query on shard 1",
+        on1.simple_query("SELECT pg_backend_pid()"),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("the query on shard 1 got the server killed on shard 0: {e}"));
+    let new_pid = next.first().and_then(|r| r.first().cloned().flatten());
+    assert_ne!(
+        new_pid.as_deref(),
+        Some(pid.as_str()),
+        "still the killed server?"
+    );
+}
+
 /// The same with the default empty-query check, past server_check_delay: the check (or the dead
 /// socket) finds the server gone and the query runs on a fresh one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
