@@ -22,7 +22,9 @@
 //! 6. ReadyForQuery `I` with nothing outstanding ends the transaction: the
 //!    server goes back to the pool (or straight to a waiter, possibly on
 //!    another shard), and the latency lands in the shard's histograms
-//!    ([`stats`]).
+//!    ([`stats`]). If requests wait markedly longer on this shard than on
+//!    another, the client itself may move there now, socket and session
+//!    ([`client::balance`]).
 //! 7. A client that leaves mid-transaction never returns a dirty server: it
 //!    is rolled back, or cancelled and closed.
 //!

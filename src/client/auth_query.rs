@@ -110,6 +110,41 @@ impl AuthCache {
     }
 }
 
+/// What a session moving here from another shard (`balance`) knew of its pool's server
+/// credentials: an `auth_query` secret and SCRAM pass-through keys, both learnt at client
+/// logins, per shard. Without them this shard's slice of the pool could not open a server of
+/// its own. Kept only where this shard knows nothing yet; the secret counts as stale for
+/// client logins here, which look it up again.
+pub fn adopt(
+    shard: &Rc<Shard>,
+    key: &PoolKey,
+    secret: Option<Secret>,
+    keys: Option<PassThroughKeys>,
+) {
+    let cache = &shard.auth_cache;
+    if let Some(secret) = secret {
+        let mut secrets = cache.secrets.borrow_mut();
+        if !secrets.contains_key(key) {
+            let entry = Entry {
+                secret,
+                fetched: Instant::now(),
+                generation: cache.generation.get().wrapping_sub(1),
+            };
+            secrets.insert(key.clone(), entry);
+            drop(secrets);
+            let pool = shard.pools.borrow().get(key).cloned();
+            if let Some(pool) = pool {
+                pool.reconfigure(shard);
+            }
+        }
+    }
+    if let Some(keys) = keys {
+        if cache.keys(key).is_none() {
+            remember_keys(shard, key, keys);
+        }
+    }
+}
+
 /// Remembers the pass-through keys of a client's SCRAM login for its pool; a pool that
 /// already exists re-resolves its server credentials when they are new.
 pub fn remember_keys(shard: &Rc<Shard>, key: &PoolKey, keys: PassThroughKeys) {

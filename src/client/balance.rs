@@ -18,7 +18,7 @@
 //! between transactions, holding no server, nothing buffered, the socket leaves this shard's
 //! ring and the session (pool, parameters, prepared statements, cancel key, client slots) is
 //! rebuilt on the other shard from a [`Moving`]. How many: with each shard's rate fixed by its
-//! CPU, the count that would equalise the two waits, halved against overshoot. Under balanced
+//! CPU, a quarter of the count that would equalise the two waits (against overshoot). Under balanced
 //! or light load (waits under [`MIN_GAP_US`] apart) nothing moves.
 
 use std::cell::Cell;
@@ -40,7 +40,7 @@ pub const MIN_GAP_US: u32 = 1000;
 /// A shard's clients wait "markedly longer" than another's at this ratio (in quarters: 5/4).
 const RATIO_QUARTERS: u64 = 5;
 
-/// At most this many clients leave a shard per tick (with a quarter of its waiters): a move
+/// At most this many clients leave a shard per tick: a move
 /// costs ~11 µs of CPU (measured moving every client after every transaction), so 10,000
 /// clients out of balance are evened out over seconds, for ~1.5% of a core, not in one tick.
 const MAX_PER_TICK: u64 = 128;
@@ -69,6 +69,8 @@ pub struct Balance {
     done: Cell<u32>,
     /// When the last tick was.
     since: Cell<Option<std::time::Instant>>,
+    /// The smoothed rate last published.
+    rate: Cell<u32>,
     /// Clients still to send to `to`.
     shed: Cell<u32>,
     to: Cell<usize>,
@@ -135,13 +137,14 @@ pub fn decide(me: usize, views: &[View]) -> Option<(usize, u32)> {
         return None;
     }
     // With n clients moved and each shard's rate fixed, (q_me - n) / r_me = (q_to + n) / r_to
-    // solves to n = (q_me r_to - q_to r_me) / (r_me + r_to). Halved against overshoot, and
-    // at most a quarter of our waiters (and MAX_PER_TICK) per tick.
+    // solves to n = (q_me r_to - q_to r_me) / (r_me + r_to). A quarter of it per tick
+    // (the rates are noisy, and at 10,000 clients half of it sent clients back and forth
+    // every tick), and at most MAX_PER_TICK.
     let best = views[to];
     let (qm, rm) = (u64::from(mine.waiting), u64::from(mine.rate));
     let (qt, rt) = (u64::from(best.waiting), u64::from(best.rate));
-    let n = (qm * rt).saturating_sub(qt * rm) / (rm + rt) / 2;
-    let n = n.min(qm / 4).min(MAX_PER_TICK) as u32;
+    let n = (qm * rt).saturating_sub(qt * rm) / (rm + rt) / 4;
+    let n = n.min(MAX_PER_TICK) as u32;
     (n > 0).then_some((to, n))
 }
 
@@ -158,12 +161,19 @@ pub fn tick(shard: &Shard) {
         .since
         .replace(Some(now))
         .map(|t| now.saturating_duration_since(t));
-    let rate = match elapsed {
+    let now_rate = match elapsed {
         Some(e) if done >= MIN_SAMPLES && !e.is_zero() => {
             u32::try_from(u128::from(done) * 1_000_000 / e.as_micros().max(1)).unwrap_or(u32::MAX)
         }
         _ => 0,
     };
+    // Smoothed over about two ticks (a shard's CPU comes in bursts); none without requests.
+    let rate = match (b.rate.get(), now_rate) {
+        (_, 0) => 0,
+        (0, r) => r,
+        (old, r) => ((u64::from(old) + u64::from(r)) / 2) as u32,
+    };
+    b.rate.set(rate);
     let waiting: usize = shard
         .pools
         .borrow()
@@ -230,6 +240,11 @@ pub struct Moving {
     pub(super) params: Vec<(Box<str>, Box<str>)>,
     /// Its statement names and their Parse bodies, and the cap.
     pub(super) prepared: crate::prepared::PortableStatements,
+    /// Its pool's `auth_query` secret and SCRAM pass-through keys as the old shard knew them
+    /// (see `auth_query::adopt`).
+    pub(super) server_secret: Option<crate::auth::userlist::Secret>,
+    /// SCRAM pass-through keys.
+    pub(super) keys: Option<crate::auth::scram::PassThroughKeys>,
     /// Its places under max_db/max_user_client_connections.
     pub(super) slots: super::login::ClientSlots,
     /// max_packet_size, as at login.
@@ -269,21 +284,21 @@ mod tests {
     }
 
     #[test]
-    fn a_slow_shard_sends_half_the_equalising_count_to_the_fastest() {
-        // Half the rate, as many waiting: 150 would equalise (100 ms each); half goes.
-        assert_eq!(decide(1, &[v(6000, 450), v(3000, 450)]), Some((0, 75)));
+    fn a_slow_shard_sends_a_quarter_of_the_equalising_count_to_the_fastest() {
+        // Half the rate, as many waiting: 150 would equalise (100 ms each); a quarter goes.
+        assert_eq!(decide(1, &[v(6000, 450), v(3000, 450)]), Some((0, 37)));
         // Three shards: to the one where a request waits least.
         assert_eq!(
             decide(0, &[v(3000, 300), v(5000, 300), v(6000, 300)]),
-            Some((2, 50))
+            Some((2, 25))
         );
         // The fast shard never sends.
         assert_eq!(decide(0, &[v(6000, 450), v(3000, 450)]), None);
     }
 
     #[test]
-    fn at_most_a_quarter_of_the_waiters_moves_per_tick() {
-        assert_eq!(decide(0, &[v(200, 100), v(20_000, 0)]), Some((1, 25)));
+    fn at_most_max_per_tick_move() {
+        assert_eq!(decide(0, &[v(200, 100), v(20_000, 0)]), Some((1, 24)));
         assert_eq!(decide(0, &[v(2_000, 5_000), v(20_000, 0)]), Some((1, 128)));
     }
 }

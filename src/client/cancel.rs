@@ -3,7 +3,10 @@
 //! peer id the same way), so a CancelRequest that lands on any shard's
 //! listener is forwarded through the mesh to the one shard that knows which
 //! server backend the client is using, and that shard sends PostgreSQL a
-//! CancelRequest with the backend's real key. No shared table, no lock.
+//! CancelRequest with the backend's real key. No shared table, no lock. A
+//! client keeps its key when it moves to another shard (`balance`): the key's
+//! shard, not finding it, asks the other shards (only once some client has
+//! left it, so a stray key costs no fan-out otherwise).
 
 use std::rc::Rc;
 use std::time::Duration;

@@ -5,7 +5,8 @@
 //! parameters match the client's, relay until the transaction ends, give the
 //! server back. The relay itself lives in `relay`; pooling decisions in
 //! `pool`. [`ClientInfo`] is the part of a session that the rest of the shard
-//! may see (console rows, cancel routing, KILL).
+//! may see (console rows, cancel routing, KILL). Between transactions a session
+//! may move to another shard ([`balance`]): [`arrive`] takes it up there.
 
 pub mod auth_query;
 pub mod balance;
@@ -254,6 +255,8 @@ pub fn arrive(shard: &Rc<Shard>, mut moving: Box<Moving>) {
         return;
     }
     shard.clients.borrow_mut().insert(info.key, info.clone());
+    let (secret, keys) = (moving.server_secret.take(), moving.keys);
+    auth_query::adopt(shard, &moving.pool, secret, keys);
     let pool = shard.pool(&moving.pool);
     let session = Session::arrived(shard, &info, pool, *moving);
     let shard = shard.clone();

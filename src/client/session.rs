@@ -149,6 +149,8 @@ impl Session {
                 .map(|(k, v)| (k.into(), v.into()))
                 .collect(),
             prepared: self.prepared.to_portable(),
+            server_secret: self.shard.auth_cache.server_secret(&self.pool.key),
+            keys: self.shard.auth_cache.keys(&self.pool.key),
             slots: self._slots,
             max_packet: self.max_packet,
             timeouts: self.timeouts,

@@ -79,6 +79,25 @@ async fn auth_query_scram_pass_through_end_to_end() {
     );
 }
 
+/// A client moving between shards (here after every transaction) reaches a shard where no
+/// client of its pool ever logged in, so nothing there knows the pool's SCRAM verifier or the
+/// pass-through keys: its session brings them, and that shard opens a server of its own with
+/// them (pool size 3, nothing idle there: a new server, not a handed-over one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_query_scram_pass_through_follows_a_client_to_another_shard() {
+    let general = "auth_type = \"scram-sha-256\"\nauth_user = \"postgres\"\n";
+    let pgring = Pgring::start_with(
+        &config_for("transaction", 3, 2, general),
+        AUTH_USER_ONLY,
+        &[("PGRING_TEST_MOVE_CLIENTS", "1")],
+    );
+    let client = common::connect(pgring.port, "app", "scram_user", "scrampass").await;
+    for request in 0..4 {
+        let who = value(&client, "SELECT current_user").await;
+        assert_eq!(who.as_deref(), Some("scram_user"), "request {request}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_query_refuses_a_wrong_password_and_unknown_users() {
     let pgring = start("scram-sha-256", "");

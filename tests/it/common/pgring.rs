@@ -34,15 +34,16 @@ impl Pgring {
     /// Starts pgring with this config, the default userlist and these environment variables
     /// (e.g. `RUST_LOG`, or a test hook).
     pub fn start_with_env(toml_text: &str, env: &[(&str, &str)]) -> Pgring {
-        Self::start_inner(toml_text, &default_userlist(), env)
+        Self::start_with(toml_text, &default_userlist(), env)
     }
 
     /// Starts pgring with this config and this userlist text, written to `@DIR@/users.txt`.
     pub fn start_with_userlist(toml_text: &str, userlist: &str) -> Pgring {
-        Self::start_inner(toml_text, userlist, &[])
+        Self::start_with(toml_text, userlist, &[])
     }
 
-    fn start_inner(toml_text: &str, userlist: &str, env: &[(&str, &str)]) -> Pgring {
+    /// Starts pgring with this config, this userlist text and these environment variables.
+    pub fn start_with(toml_text: &str, userlist: &str, env: &[(&str, &str)]) -> Pgring {
         let dir = fresh_dir();
         let toml_text = toml_text.replace("@DIR@", dir.to_str().expect("UTF-8 temp dir"));
         let port = listen_port(&toml_text);
