@@ -368,7 +368,9 @@ impl Session {
         self.pool
             .stats
             .record_xact(rio::now().saturating_duration_since(started));
-        self.shard.balance.request_done();
+        self.shard
+            .balance
+            .request_done(rio::now().saturating_duration_since(started));
         let (cbuf, sbuf) = link.into_bufs();
         self.shard.bufs.give(sbuf);
         match end {

@@ -105,7 +105,8 @@ async fn run_named(w: &mut Wire, stmt: &str, param: &str) -> Result<Option<Strin
 
 // ---- drivers ------------------------------------------------------------------------------------
 
-async fn tokio_postgres_client(port: u16, user: String, id: i64) -> Result<(), String> {
+/// One tokio-postgres client: two named statements, 40 rounds, every answer checked.
+pub(crate) async fn tokio_postgres_client(port: u16, user: String, id: i64) -> Result<(), String> {
     let client = common::try_connect(port, "app", &user, "")
         .await
         .map_err(|e| format!("client {id} connect: {}", describe(&e)))?;

@@ -45,6 +45,15 @@ async fn client_rows(port: u16, user: &str) -> usize {
     rows
 }
 
+/// Waits (up to 5 s) until SHOW CLIENTS lists nobody as `user`.
+async fn no_rows_left(port: u16, user: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while client_rows(port, user).await != 0 {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_moving_client_keeps_its_parameters_and_prepared_statements() {
     let pgring = moving_pgring("transaction", "");
@@ -98,14 +107,7 @@ async fn a_moving_client_keeps_its_parameters_and_prepared_statements() {
         pgring.log()
     );
     drop(client);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while client_rows(pgring.port, &user).await != 0 {
-        assert!(
-            Instant::now() < deadline,
-            "a moved client's row outlived it"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    no_rows_left(pgring.port, &user, "a moved client's row outlived it").await;
 }
 
 /// A CancelRequest names the shard that gave the key; a client that has moved away from it is
@@ -131,8 +133,9 @@ async fn a_cancel_reaches_a_client_that_moved_away_from_its_keys_shard() {
     );
 }
 
-/// Many clients moving all the time: every answer right, no error, and what they hold (client
-/// slots under max_client_conn and max_user_client_connections) given back when they leave.
+/// Many clients moving all the time (each with two named statements, 40 rounds): every answer
+/// right, no error, and what they hold (client slots under max_client_conn and
+/// max_user_client_connections) given back when they leave.
 #[tokio::test]
 async fn clients_moving_under_load_lose_nothing_and_give_their_slots_back() {
     let _heavy = common::heavy().await;
@@ -144,27 +147,8 @@ async fn clients_moving_under_load_lose_nothing_and_give_their_slots_back() {
     for round in 0..2 {
         let tasks: Vec<_> = (0..20_i64)
             .map(|id| {
-                let (port, user) = (pgring.port, user.clone());
-                tokio::spawn(async move {
-                    let client = common::try_connect(port, "app", &user, "")
-                        .await
-                        .map_err(|e| format!("client {id} connect: {}", describe(&e)))?;
-                    let stmt = client
-                        .prepare("SELECT $1::int8 * 2")
-                        .await
-                        .map_err(|e| format!("client {id} prepare: {}", describe(&e)))?;
-                    for i in 0..40_i64 {
-                        let want = id * 1000 + i;
-                        let row = client
-                            .query_one(&stmt, &[&want])
-                            .await
-                            .map_err(|e| format!("client {id} query {i}: {}", describe(&e)))?;
-                        if row.get::<_, i64>(0) != want * 2 {
-                            return Err(format!("client {id} query {i}: wrong answer"));
-                        }
-                    }
-                    Ok::<_, String>(())
-                })
+                let client = crate::prepared::tokio_postgres_client(pgring.port, user.clone(), id);
+                tokio::spawn(client)
             })
             .collect();
         for t in tasks {
@@ -173,14 +157,12 @@ async fn clients_moving_under_load_lose_nothing_and_give_their_slots_back() {
             }
         }
         // The next round needs all 20 user slots again.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while client_rows(pgring.port, &user).await != 0 {
-            assert!(
-                Instant::now() < deadline,
-                "round {round}: clients still listed"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        no_rows_left(
+            pgring.port,
+            &user,
+            &format!("round {round}: clients still listed"),
+        )
+        .await;
     }
     assert!(pgring.log().matches(MOVED).count() >= 1000);
 }
