@@ -122,6 +122,7 @@ pub fn adopt(
     keys: Option<PassThroughKeys>,
 ) {
     let cache = &shard.auth_cache;
+    let mut learnt = false;
     if let Some(secret) = secret {
         let mut secrets = cache.secrets.borrow_mut();
         if !secrets.contains_key(key) {
@@ -131,17 +132,25 @@ pub fn adopt(
                 generation: cache.generation.get().wrapping_sub(1),
             };
             secrets.insert(key.clone(), entry);
-            drop(secrets);
-            let pool = shard.pools.borrow().get(key).cloned();
-            if let Some(pool) = pool {
-                pool.reconfigure(shard);
-            }
+            learnt = true;
         }
     }
     if let Some(keys) = keys {
         if cache.keys(key).is_none() {
-            remember_keys(shard, key, keys);
+            cache.keys.borrow_mut().insert(key.clone(), keys);
+            learnt = true;
         }
+    }
+    if learnt {
+        reconfigure_pool(shard, key);
+    }
+}
+
+/// A pool slice that already exists on this shard re-resolves its server credentials.
+fn reconfigure_pool(shard: &Rc<Shard>, key: &PoolKey) {
+    let pool = shard.pools.borrow().get(key).cloned();
+    if let Some(pool) = pool {
+        pool.reconfigure(shard);
     }
 }
 
@@ -149,12 +158,8 @@ pub fn adopt(
 /// already exists re-resolves its server credentials when they are new.
 pub fn remember_keys(shard: &Rc<Shard>, key: &PoolKey, keys: PassThroughKeys) {
     let old = shard.auth_cache.keys.borrow_mut().insert(key.clone(), keys);
-    if old.as_ref() == Some(&keys) {
-        return;
-    }
-    let pool = shard.pools.borrow().get(key).cloned();
-    if let Some(pool) = pool {
-        pool.reconfigure(shard);
+    if old.as_ref() != Some(&keys) {
+        reconfigure_pool(shard, key);
     }
 }
 

@@ -49,9 +49,9 @@ pub const MIN_GAP_US: u32 = 1000;
 /// A shard's clients wait "markedly longer" than another's at this ratio (in quarters: 5/4).
 const RATIO_QUARTERS: u64 = 5;
 
-/// At most this many clients leave a shard per tick: a move
-/// costs ~11 µs of CPU (measured moving every client after every transaction), so 10,000
-/// clients out of balance are evened out over seconds, for ~1.5% of a core, not in one tick.
+/// At most this many clients leave a shard per tick: a move costs ~16 µs of CPU at 1000
+/// clients and ~67 µs at 10,000 (measured moving every client after every transaction), so
+/// clients out of balance are evened out over seconds, not in one tick.
 const MAX_PER_TICK: u64 = 128;
 
 /// Requests a shard must have finished since its last tick for its rate to count.
@@ -100,6 +100,11 @@ impl Balance {
         self.done.set(self.done.get().saturating_add(1));
         let us = u64::try_from(held.as_micros()).unwrap_or(u64::MAX);
         self.held_us.set(self.held_us.get().saturating_add(us));
+    }
+
+    /// Is this shard sending clients away now?
+    pub fn shedding(&self) -> bool {
+        self.shed.get() > 0
     }
 
     /// Where the session that just finished a transaction should go, if anywhere.
@@ -176,6 +181,17 @@ pub fn decide(me: usize, views: &[View]) -> Option<(usize, u32)> {
     (n > 0).then_some((to, n))
 }
 
+/// A published measure smoothed over about two ticks (a shard's CPU comes in bursts): half
+/// way from the last one to `now`. 0 (too few requests to tell) is no measure, and restarts
+/// the average.
+fn halfway(last: u32, now: u32) -> u32 {
+    match (last, now) {
+        (_, 0) => 0,
+        (0, n) => n,
+        (l, n) => ((u64::from(l) + u64::from(n)) / 2) as u32,
+    }
+}
+
 /// Publishes this shard's load, then decides, from every shard's published load, what to
 /// shed until the next tick.
 pub fn tick(shard: &Shard) {
@@ -186,17 +202,14 @@ pub fn tick(shard: &Shard) {
     let now = crate::runtime::io::now();
     let done = b.done.replace(0);
     let held = b.held_us.replace(0);
-    let hold = if done >= MIN_SAMPLES {
-        let now_hold = u32::try_from(held / u64::from(done))
+    let now_hold = if done >= MIN_SAMPLES {
+        u32::try_from(held / u64::from(done))
             .unwrap_or(u32::MAX)
-            .max(1);
-        match b.hold_us.get() {
-            0 => now_hold,
-            old => ((u64::from(old) + u64::from(now_hold)) / 2) as u32,
-        }
+            .max(1)
     } else {
         0
     };
+    let hold = halfway(b.hold_us.get(), now_hold);
     b.hold_us.set(hold);
     let elapsed = b
         .since
@@ -208,12 +221,7 @@ pub fn tick(shard: &Shard) {
         }
         _ => 0,
     };
-    // Smoothed over about two ticks (a shard's CPU comes in bursts); none without requests.
-    let rate = match (b.rate.get(), now_rate) {
-        (_, 0) => 0,
-        (0, r) => r,
-        (old, r) => ((u64::from(old) + u64::from(r)) / 2) as u32,
-    };
+    let rate = halfway(b.rate.get(), now_rate);
     b.rate.set(rate);
     let waiting: usize = shard
         .pools

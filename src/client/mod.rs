@@ -103,6 +103,16 @@ pub struct ClientInfo {
 #[derive(Default)]
 struct KillReason(Cell<Option<Box<str>>>);
 
+impl KillReason {
+    /// Is there a reason (without copying it)?
+    fn is_set(&self) -> bool {
+        let reason = self.0.take();
+        let set = reason.is_some();
+        self.0.set(reason);
+        set
+    }
+}
+
 impl std::fmt::Debug for KillReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let reason = self.0.take();
@@ -127,10 +137,7 @@ impl ClientInfo {
 
     /// Has the session been asked to end?
     pub fn is_killed(&self) -> bool {
-        let reason = self.kill_reason.0.take();
-        let killed = reason.is_some();
-        self.kill_reason.0.set(reason);
-        killed
+        self.kill_reason.is_set()
     }
 
     /// Why the session was killed, if it was.
@@ -229,21 +236,14 @@ pub fn arrive(shard: &Rc<Shard>, mut moving: Box<Moving>) {
         return;
     };
     let stream = Stream::adopt(fd, moving.unix);
-    let info = Rc::new(ClientInfo {
-        id: moving.id,
-        key: moving.key,
-        connect_time: moving.connect_time,
-        db: RefCell::new(moving.db.clone()),
-        user: RefCell::new(moving.user.clone()),
-        app_name: RefCell::new(Rc::from(std::mem::take(&mut moving.app_name))),
-        state: Cell::new(ClientState::Idle),
-        request_time: Cell::new(rio::now()),
-        linked: RefCell::new(None),
-        is_admin: Cell::new(false),
-        prepared_statements: Cell::new(u32::try_from(moving.prepared.len()).unwrap_or(u32::MAX)),
-        fd: stream.as_raw_fd(),
-        kill_reason: KillReason::default(),
-    });
+    let info = ClientInfo::new(moving.id, moving.key, moving.connect_time, &stream);
+    *info.db.borrow_mut() = moving.db.clone();
+    *info.user.borrow_mut() = moving.user.clone();
+    *info.app_name.borrow_mut() = Rc::from(std::mem::take(&mut moving.app_name));
+    info.state.set(ClientState::Idle);
+    let prepared = u32::try_from(moving.prepared.len()).unwrap_or(u32::MAX);
+    info.prepared_statements.set(prepared);
+    let info = Rc::new(info);
     if shard.clients.borrow().contains_key(&info.key) {
         // Two live clients drew the same key on one shard (a 2^-55 chance per move): the
         // table cannot hold both, and cancel routing needs it to. The newcomer is closed.
@@ -300,25 +300,32 @@ fn register(shard: &Rc<Shard>, stream: &Stream) -> Rc<ClientInfo> {
             break key;
         }
     };
-    // The names start empty without allocating: an empty `Arc<str>` is a shared static, and
-    // the empty `Rc<str>` is one per shard (login sets all three moments later).
-    let info = Rc::new(ClientInfo {
-        id,
-        key,
-        connect_time: SystemTime::now(),
-        db: RefCell::default(),
-        user: RefCell::default(),
-        app_name: RefCell::new(NO_APP_NAME.with(Rc::clone)),
-        state: Cell::new(ClientState::Login),
-        request_time: Cell::new(rio::now()),
-        linked: RefCell::new(None),
-        is_admin: Cell::new(false),
-        prepared_statements: Cell::new(0),
-        fd: stream.as_raw_fd(),
-        kill_reason: KillReason::default(),
-    });
+    let info = Rc::new(ClientInfo::new(id, key, SystemTime::now(), stream));
     clients.insert(key, info.clone());
     info
+}
+
+impl ClientInfo {
+    /// A client on `stream`, logging in: no names, no server, not killed. The names start
+    /// empty without allocating: an empty `Arc<str>` is a shared static, and the empty
+    /// `Rc<str>` is one per shard (login, or a move, sets all three moments later).
+    fn new(id: u64, key: CancelKey, connect_time: SystemTime, stream: &Stream) -> ClientInfo {
+        ClientInfo {
+            id,
+            key,
+            connect_time,
+            db: RefCell::default(),
+            user: RefCell::default(),
+            app_name: RefCell::new(NO_APP_NAME.with(Rc::clone)),
+            state: Cell::new(ClientState::Login),
+            request_time: Cell::new(rio::now()),
+            linked: RefCell::new(None),
+            is_admin: Cell::new(false),
+            prepared_statements: Cell::new(0),
+            fd: stream.as_raw_fd(),
+            kill_reason: KillReason::default(),
+        }
+    }
 }
 
 /// Logs the client in. A pool client comes back as its [`Session`]; an

@@ -161,13 +161,19 @@ impl Session {
     /// (transaction or statement mode) client of a shard that is not stopping, and not one
     /// being killed.
     fn move_to(&self) -> Option<usize> {
+        // Per transaction: the one-cell test first, so that nothing else is read while no
+        // shard asks for moves (the default).
+        let hook = test_hook_moves_every_client();
+        if !hook && !self.shard.balance.shedding() {
+            return None;
+        }
         if self.pool.mode() == PoolMode::Session
             || self.shard.is_stopping()
             || self.info.is_killed()
         {
             return None;
         }
-        if test_hook_moves_every_client() {
+        if hook {
             let workers = self.shard.shared.workers;
             return (workers > 1).then(|| (self.shard.id + 1) % workers);
         }
@@ -365,12 +371,9 @@ impl Session {
         .await;
         let prepared = u32::try_from(self.prepared.len()).unwrap_or(u32::MAX);
         self.info.prepared_statements.set(prepared);
-        self.pool
-            .stats
-            .record_xact(rio::now().saturating_duration_since(started));
-        self.shard
-            .balance
-            .request_done(rio::now().saturating_duration_since(started));
+        let held = rio::now().saturating_duration_since(started);
+        self.pool.stats.record_xact(held);
+        self.shard.balance.request_done(held);
         let (cbuf, sbuf) = link.into_bufs();
         self.shard.bufs.give(sbuf);
         match end {
