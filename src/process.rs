@@ -96,6 +96,30 @@ fn user_ids(user: &str) -> io::Result<(u32, u32)> {
     Ok((pwd.pw_uid, pwd.pw_gid))
 }
 
+/// The name of the OS user `uid` (for `peer` authentication), if it has one.
+pub fn user_name(uid: u32) -> Option<String> {
+    let mut buf = vec![0u8; 16 * 1024];
+    // SAFETY: passwd is plain data; getpwuid_r fills it with pointers into `buf`.
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the sizes given.
+    let rc = unsafe {
+        libc::getpwuid_r(
+            uid,
+            &mut pwd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    if rc != 0 || found.is_null() {
+        return None;
+    }
+    // SAFETY: on success pw_name points at a NUL-terminated string inside `buf`.
+    let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
+    name.to_str().ok().map(str::to_owned)
+}
+
 /// The gid of `group` (a name, or a number), for `unix_socket_group`.
 pub fn group_id(group: &str) -> io::Result<u32> {
     if let Ok(gid) = group.parse() {

@@ -11,6 +11,7 @@
 //! payload to wrap in the next `Authentication*` message. Everything here is synchronous
 //! and deterministic apart from nonce generation, so it is tested without a database.
 
+pub mod hba;
 pub mod md5;
 pub mod scram;
 pub mod userlist;

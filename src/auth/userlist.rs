@@ -121,10 +121,12 @@ pub enum LineError {
     MalformedScram,
 }
 
-/// The parsed auth_file: a map from user name to [`Secret`].
+/// The parsed auth_file: a map from user name to [`Secret`]; with `auth_type = hba`, also
+/// the parsed `auth_hba_file`, since the two are read and swapped together (start, reload).
 #[derive(Debug, Clone, Default)]
 pub struct UserList {
     users: HashMap<String, Secret>,
+    hba: Option<super::hba::Hba>,
 }
 
 impl UserList {
@@ -140,7 +142,7 @@ impl UserList {
                 users.insert(user, secret);
             }
         }
-        Ok(UserList { users })
+        Ok(UserList { users, hba: None })
     }
 
     /// Reads and parses the auth_file at `path`.
@@ -164,6 +166,17 @@ impl UserList {
     /// The secret for `user`, if the file lists them.
     pub fn get(&self, user: &str) -> Option<&Secret> {
         self.users.get(user)
+    }
+
+    /// Adds the rules of `auth_hba_file`.
+    pub fn with_hba(mut self, hba: super::hba::Hba) -> UserList {
+        self.hba = Some(hba);
+        self
+    }
+
+    /// The rules of `auth_hba_file`, when `auth_type = hba`.
+    pub fn hba(&self) -> Option<&super::hba::Hba> {
+        self.hba.as_ref()
     }
 
     /// How many users the file lists.

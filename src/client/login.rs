@@ -3,7 +3,8 @@
 //! SSLRequest and GSSENCRequest are answered `N` (TLS comes later); a
 //! CancelRequest is routed and the connection closed; a StartupMessage names
 //! the database and user. The client authenticates against pgring's auth
-//! file or `auth_query` (trust, plain, md5 or SCRAM-SHA-256), then is greeted with its
+//! file or `auth_query` (trust, plain, md5 or SCRAM-SHA-256, or per connection by the rules of
+//! `auth_hba_file`), then is greeted with its
 //! pool's server parameters overlaid with its own, a cancel key that pgring
 //! owns, and ReadyForQuery. The whole phase runs under `client_login_timeout`.
 
@@ -15,7 +16,7 @@ use tracing::{info, warn};
 use super::ClientInfo;
 use crate::auth::scram::{PassThroughKeys, ScramServer, Verifier, SCRAM_SHA_256};
 use crate::auth::userlist::Secret;
-use crate::auth::{md5, scram};
+use crate::auth::{hba, md5, scram};
 use crate::config::{AuthType, Config};
 use crate::error::{sqlstate, Error, PgError, Result};
 use crate::pool::{Counter, Pool, PoolKey};
@@ -182,8 +183,9 @@ async fn login_inner(
             format!("database \"{}\" does not exist", startup.database),
         ));
     };
+    let method = auth_method(shard, stream, config, &startup.database, &startup.user)?;
     let db_name = Some(startup.database.as_str());
-    let keys = authenticate(shard, stream, config, &startup.user, db_name, unsent).await?;
+    let keys = authenticate(shard, stream, method, &startup.user, db_name, unsent).await?;
     let slots = take_client_slots(shard, config, &startup.database, &startup.user)?;
     let key = pool_key(info, db.user.as_deref());
     if let Some(keys) = keys.filter(|_| *key.user == *startup.user) {
@@ -317,15 +319,16 @@ fn take_param(params: &mut [(String, String)], key: &str) -> Option<String> {
 async fn authenticate(
     shard: &Rc<Shard>,
     stream: &mut Stream,
-    config: &Config,
+    method: AuthType,
     user: &str,
     db: Option<&str>,
     unsent: &mut Vec<u8>,
 ) -> Result<Option<PassThroughKeys>> {
+    let config = shard.config();
     let found = match (shard.userlist().get(user), db) {
         (Some(s), _) => Some(s.clone()),
-        (None, Some(db)) if config.general.auth_type.needs_secret() => {
-            super::auth_query::lookup(shard, config, db, user).await?
+        (None, Some(db)) if method.needs_secret() => {
+            super::auth_query::lookup(shard, &config, db, user).await?
         }
         (None, _) => None,
     };
@@ -335,7 +338,7 @@ async fn authenticate(
     // gives an auth message (PG_MAX_AUTH_TOKEN_LENGTH), whatever
     // max_packet_size allows once it is in.
     let max = config.general.max_packet_size.min(MAX_AUTH_MESSAGE);
-    let ok = match (config.general.auth_type, secret) {
+    let ok = match (method, secret) {
         (AuthType::Trust | AuthType::Any, _) => true,
         (_, None) => {
             // Unknown user: still ask for a password so that probing cannot
@@ -378,6 +381,78 @@ async fn authenticate(
     }
     build::auth_ok(unsent);
     Ok(keys)
+}
+
+/// How this connection authenticates: `auth_type`, or with `hba` the method of the first
+/// `auth_hba_file` rule matching it (PgBouncer's `hba_eval`, after the database is known and
+/// before any password is asked). A `reject` rule, or no matching rule, refuses the login with
+/// PgBouncer's "login rejected"; `peer` is settled here, from the unix socket's credentials.
+fn auth_method(
+    shard: &Shard,
+    stream: &Stream,
+    config: &Config,
+    db: &str,
+    user: &str,
+) -> Result<AuthType> {
+    if config.general.auth_type != AuthType::Hba {
+        return Ok(config.general.auth_type);
+    }
+    let peer = match rio::peer_addr(stream) {
+        Some(addr) => hba::Peer::Host(addr.ip()),
+        None if stream.is_unix() => hba::Peer::Local,
+        // A TCP peer already gone: nothing to authenticate.
+        None => return Err(Error::ClientClosed),
+    };
+    let userlist = shard.userlist();
+    let rule = userlist.hba().and_then(|h| h.method(peer, db, user));
+    let Some((method, line)) = rule else {
+        info!(
+            db,
+            user,
+            ?peer,
+            "login rejected: no auth_hba_file rule matches"
+        );
+        return Err(login_rejected());
+    };
+    Ok(match method {
+        hba::Method::Trust => AuthType::Trust,
+        hba::Method::Md5 => AuthType::Md5,
+        hba::Method::Password => AuthType::Plain,
+        hba::Method::Scram => AuthType::ScramSha256,
+        hba::Method::Peer => {
+            check_peer(stream, user)?;
+            AuthType::Trust
+        }
+        hba::Method::Reject => {
+            info!(
+                db,
+                user,
+                ?peer,
+                line,
+                "login rejected by auth_hba_file line {line}"
+            );
+            return Err(login_rejected());
+        }
+    })
+}
+
+/// PgBouncer's wording; PostgreSQL's SQLSTATE for an hba refusal.
+fn login_rejected() -> Error {
+    Error::refuse(sqlstate::INVALID_AUTHORIZATION, "login rejected")
+}
+
+/// `peer`: the unix socket's peer runs as the OS user named like the login user (no ident
+/// maps, as in PgBouncer).
+fn check_peer(stream: &Stream, user: &str) -> Result<()> {
+    let os_user = stream.peer_uid().and_then(crate::process::user_name);
+    if os_user.as_deref() == Some(user) {
+        return Ok(());
+    }
+    warn!(user, os_user = ?os_user, "peer authentication failed");
+    Err(Error::refuse(
+        sqlstate::INVALID_AUTHORIZATION,
+        format!("peer authentication failed for user \"{user}\""),
+    ))
 }
 
 async fn read_password_message(stream: &mut Stream, max: u32) -> Result<Message> {
@@ -566,7 +641,8 @@ async fn admin_login(
     if own_user {
         build::auth_ok(unsent);
     } else {
-        authenticate(shard, stream, config, user, None, unsent).await?;
+        let method = auth_method(shard, stream, config, &startup.database, user)?;
+        authenticate(shard, stream, method, user, None, unsent).await?;
     }
     let is_admin = own_user || config.general.admin_users.iter().any(|u| u == user);
     let is_stats = config.general.stats_users.iter().any(|u| u == user);

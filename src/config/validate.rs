@@ -195,10 +195,7 @@ pub(crate) fn unsupported(config: &Config) -> (Vec<String>, Vec<String>) {
             "server connections would be unencrypted; set \"prefer\" or \"disable\"",
         ));
     }
-    if matches!(
-        g.auth_type,
-        AuthType::Hba | AuthType::Pam | AuthType::Ldap | AuthType::Cert
-    ) {
+    if matches!(g.auth_type, AuthType::Pam | AuthType::Ldap | AuthType::Cert) {
         let why = "every login would be refused";
         errors.push(not_implemented("auth_type", g.auth_type.as_str(), why));
     }

@@ -570,6 +570,11 @@ pub async fn read_either(a: &mut Stream, abuf: &mut Buf, b: &mut Stream, bbuf: &
     .await
 }
 
+/// The peer's address of a TCP stream; `None` on the unix socket.
+pub fn peer_addr(stream: &Stream) -> Option<SocketAddr> {
+    inet_addr(stream, socket2::Socket::peer_addr)
+}
+
 /// The local address of a TCP stream; `None` on the unix socket.
 pub fn local_addr(stream: &Stream) -> Option<SocketAddr> {
     inet_addr(stream, socket2::Socket::local_addr)

@@ -179,11 +179,23 @@ pub fn counter(map: &RwLock<HashMap<Arc<str>, Arc<Counter>>>, name: &str) -> Arc
     m.entry(name.into()).or_default().clone()
 }
 
-/// Loads `auth_file` if configured (an empty list otherwise).
+/// Loads `auth_file` if configured (an empty list otherwise) and, with `auth_type = hba`,
+/// `auth_hba_file`.
 pub fn load_userlist(config: &Config) -> Result<UserList, String> {
-    match &config.general.auth_file {
-        Some(path) => UserList::load(path.as_ref()).map_err(|e| format!("{}: {e}", path.display())),
-        None => Ok(UserList::parse("").map_err(|e| e.to_string())?),
+    let users = match &config.general.auth_file {
+        Some(path) => {
+            UserList::load(path.as_ref()).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+        None => UserList::parse("").map_err(|e| e.to_string())?,
+    };
+    let general = &config.general;
+    match (&general.auth_hba_file, general.auth_type) {
+        (Some(path), crate::config::AuthType::Hba) => {
+            let hba = crate::auth::hba::Hba::load(path)
+                .map_err(|e| format!("auth_hba_file {}: {e}", path.display()))?;
+            Ok(users.with_hba(hba))
+        }
+        _ => Ok(users),
     }
 }
 

@@ -59,19 +59,6 @@ fn start(extra: &str) -> Pgring {
     Pgring::start_file(&ini, dir, port)
 }
 
-/// tokio-postgres over the unix socket in `dir`.
-async fn unix_connect(
-    dir: &Path,
-    port: u16,
-    db: &str,
-    user: &str,
-) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let mut config = tokio_postgres::Config::new();
-    config.host_path(dir).port(port).dbname(db).user(user);
-    config.connect_timeout(common::CONNECT_TIMEOUT);
-    common::try_connect_with(&config).await
-}
-
 /// psql with no password prompt (`-w`); its output, or its error text.
 fn psql(host: &str, port: u16, db: &str, user: &str, sql: &str) -> Result<String, String> {
     let out = Command::new(pg().bin.join("psql"))
@@ -98,7 +85,7 @@ async fn workload(dir: &Path, port: u16) -> Result<(), String> {
     let tcp = common::try_connect(port, "app", "postgres", "")
         .await
         .map_err(|e| format!("tcp connect: {}", describe(&e)))?;
-    let unix = unix_connect(dir, port, "app", "postgres")
+    let unix = common::unix_connect(dir, port, "app", "postgres")
         .await
         .map_err(|e| format!("unix connect: {}", describe(&e)))?;
     for (name, client) in [("tcp", &tcp), ("unix", &unix)] {

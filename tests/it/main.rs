@@ -13,6 +13,7 @@ mod authquery;
 mod core;
 mod dropin;
 mod fixture;
+mod hba;
 mod load;
 mod pool;
 mod prepared;

@@ -81,6 +81,19 @@ pub async fn try_connect(
     try_connect_with(&client_config(port, db, user, password)).await
 }
 
+/// tokio-postgres over the unix socket in `dir` (no password).
+pub async fn unix_connect(
+    dir: &std::path::Path,
+    port: u16,
+    db: &str,
+    user: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let mut config = tokio_postgres::Config::new();
+    config.host_path(dir).port(port).dbname(db).user(user);
+    config.connect_timeout(CONNECT_TIMEOUT);
+    try_connect_with(&config).await
+}
+
 /// Connects to 127.0.0.1:port (pgring or PostgreSQL); panics if refused.
 pub async fn connect(port: u16, db: &str, user: &str, password: &str) -> tokio_postgres::Client {
     try_connect(port, db, user, password)
