@@ -60,7 +60,7 @@ pub fn cancel_local(shard: &Rc<Shard>, key: CancelKey, owner: bool) {
         debug!(pid = key.pid, "cancel request for no known client");
         return;
     };
-    let Some(link) = client.linked.borrow().clone() else {
+    let Some(link) = client.linked.borrow().as_deref().cloned() else {
         debug!(client = client.id, "cancel request for an idle client");
         return;
     };

@@ -29,6 +29,7 @@ use crate::error::Error;
 use crate::protocol::startup::CancelKey;
 use crate::runtime::io as rio;
 use crate::runtime::mesh::MeshMsg;
+use crate::runtime::recycle::Recycled;
 use crate::runtime::{Shard, Stream};
 use crate::server::{ServerAddr, ServerConn};
 use balance::Moving;
@@ -88,7 +89,7 @@ pub struct ClientInfo {
     pub request_time: Cell<Instant>,
     /// The linked server, if any. Boxed: it is only there during a
     /// transaction, and an idle client should not carry its ~100 bytes.
-    pub linked: RefCell<Option<Box<Linked>>>,
+    pub linked: RefCell<Option<Recycled<Linked>>>,
     /// Is this an admin console session.
     pub is_admin: Cell<bool>,
     /// Prepared statements the client has (SHOW CLIENTS
@@ -173,7 +174,9 @@ impl ClientInfo {
     }
 
     fn link(&self, server: &ServerConn) {
-        *self.linked.borrow_mut() = Some(Box::new(Linked {
+        // Recycled: a block from the shard's free list, so a transaction allocates nothing
+        // (an idle client holds no link).
+        *self.linked.borrow_mut() = Some(Recycled::new(Linked {
             server_id: server.meta.id,
             addr: server.meta.addr.clone(),
             backend_key: server.meta.backend_key,

@@ -107,6 +107,8 @@ pub struct Pool {
     settings: RefCell<PoolSettings>,
     idle: RefCell<Vec<ServerConn>>,
     waiters: RefCell<VecDeque<Rc<Waiter>>>,
+    /// Served waiters kept for reuse (at most `recycle::KEEP`).
+    spare_waiters: RefCell<Vec<Rc<Waiter>>>,
     active: Cell<u32>,
     opening: Cell<u32>,
     /// The shard the next released servers go to, and how many (decided each janitor
@@ -144,6 +146,7 @@ impl Pool {
             settings: RefCell::new(settings),
             idle: RefCell::new(Vec::new()),
             waiters: RefCell::new(VecDeque::new()),
+            spare_waiters: RefCell::new(Vec::new()),
             active: Cell::new(0),
             opening: Cell::new(0),
             give_to: Cell::new(None),
@@ -449,11 +452,7 @@ impl Pool {
     }
 
     async fn wait(self: &Rc<Self>, shard: &Rc<Shard>) -> Grant {
-        let waiter = Rc::new(Waiter {
-            since: crate::runtime::io::now(),
-            grant: RefCell::new(None),
-            waker: RefCell::new(None),
-        });
+        let waiter = self.new_waiter();
         self.waiters.borrow_mut().push_back(waiter.clone());
         self.set_waiting_counter();
         self.ask_other_shards_if_short(shard);
@@ -473,7 +472,38 @@ impl Pool {
             self.stats
                 .record_wait(crate::runtime::io::now().saturating_duration_since(waiter.since));
         }
+        self.keep_waiter(waiter);
         grant
+    }
+
+    /// A waiter, in the block of one that has finished waiting if there is one: a client
+    /// waits on most transactions under load, and this keeps that free of allocation.
+    fn new_waiter(&self) -> Rc<Waiter> {
+        let fresh = || Waiter {
+            since: crate::runtime::io::now(),
+            grant: RefCell::new(None),
+            waker: RefCell::new(None),
+        };
+        let spare = self.spare_waiters.borrow_mut().pop();
+        match spare {
+            Some(mut w) => match Rc::get_mut(&mut w) {
+                Some(reused) => {
+                    *reused = fresh();
+                    w
+                }
+                None => Rc::new(fresh()),
+            },
+            None => Rc::new(fresh()),
+        }
+    }
+
+    /// Keeps a waiter that has been served for [`new_waiter`](Self::new_waiter), if nothing
+    /// else holds it (the queue and the giver let go of it when they handed over).
+    fn keep_waiter(&self, waiter: Rc<Waiter>) {
+        let mut spare = self.spare_waiters.borrow_mut();
+        if Rc::strong_count(&waiter) == 1 && spare.len() < crate::runtime::recycle::KEEP {
+            spare.push(waiter);
+        }
     }
 
     /// Returns a clean server (ReadyForQuery `I`) from a client.

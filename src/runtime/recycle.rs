@@ -1,4 +1,5 @@
-//! Heap blocks reused per thread, for a future boxed once per transaction.
+//! Heap blocks reused per thread, for what is boxed once per transaction (the lease future,
+//! a client's link to its server).
 //!
 //! A session boxes its lease (wait, parameter sync, relay, release: ~1 KB of state) so
 //! that an idle client does not carry it. That is one allocation and one free per
@@ -127,6 +128,22 @@ impl<T> Drop for Recycled<T> {
         if layout.size() != 0 {
             give(layout, self.ptr.cast());
         }
+    }
+}
+
+/// Shared access only: a `DerefMut` would let a pinned future be swapped out of its block.
+impl<T> std::ops::Deref for Recycled<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        // SAFETY: the value lives at `ptr` from `new` until `drop`.
+        unsafe { self.ptr.as_ref() }
+    }
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for Recycled<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).fmt(f)
     }
 }
 
