@@ -67,7 +67,14 @@ pub async fn set(shard: &Rc<Shard>, key: &str, value: &str) -> Result<Vec<String
     let mut config = (*old).clone();
     config.general = general;
     config.validate().map_err(|e| e.to_string())?;
-    let notes = switch(shard, config, shard.userlist()).await?;
+    // The files these keys name (or decide whether to read) are read again with them.
+    let reads_files = key.starts_with("client_tls") || key.starts_with("auth_");
+    let userlist = if reads_files {
+        Arc::new(load_userlist(&config)?)
+    } else {
+        shard.userlist()
+    };
+    let notes = switch(shard, config, userlist).await?;
     info!(key, value, "SET");
     Ok(notes)
 }

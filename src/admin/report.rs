@@ -112,6 +112,8 @@ pub struct ConnRow {
     pub link: Option<u64>,
     /// Backend pid for servers.
     pub remote_pid: u32,
+    /// TLS version and cipher (clients that use TLS).
+    pub tls: Option<String>,
     /// application_name.
     pub app_name: String,
     /// prepared_statements: the client's mapped names, or the statements
@@ -174,7 +176,7 @@ pub fn build(shard: &Rc<Shard>, conns: bool) -> ShardReport {
             }
         }
         if conns {
-            report.clients.push(client_row(c));
+            report.clients.push(client_row(shard, c));
             if let Some(row) = linked_server_row(shard, &key, c) {
                 report.servers.push(row);
             }
@@ -236,7 +238,7 @@ pub fn wall(at: Instant) -> SystemTime {
         .unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
-fn client_row(c: &ClientInfo) -> ConnRow {
+fn client_row(shard: &Shard, c: &ClientInfo) -> ConnRow {
     let (state, wait) = match c.state.get() {
         ClientState::Active => ("active", Duration::ZERO),
         ClientState::Waiting => ("waiting", c.request_time.get().elapsed()),
@@ -257,6 +259,11 @@ fn client_row(c: &ClientInfo) -> ConnRow {
         id: c.id,
         link: c.linked.borrow().as_ref().map(|l| l.server_id),
         remote_pid: 0,
+        tls: shard
+            .tls_clients
+            .borrow()
+            .get(&c.key)
+            .map(|t| t.to_string()),
         app_name: c.app_name.borrow().to_string(),
         prepared: c.prepared_statements.get() as usize,
     }
@@ -280,6 +287,7 @@ fn linked_server_row(shard: &Shard, key: &PoolKey, c: &ClientInfo) -> Option<Con
         id: l.server_id,
         link: Some(c.id),
         remote_pid: l.backend_key.pid,
+        tls: None,
         app_name: c.app_name.borrow().to_string(),
         prepared: l.prepared,
     })
@@ -302,6 +310,7 @@ fn idle_server_rows(shard: &Shard, key: &PoolKey, pool: &Pool, out: &mut Vec<Con
             id: s.meta.id,
             link: None,
             remote_pid: s.meta.backend_key.pid,
+            tls: None,
             app_name: String::new(),
             prepared: s.meta.prepared.len(),
         })

@@ -152,7 +152,7 @@ fn socket_row(c: &ConnRow, listen_port: u16) -> Vec<Option<String>> {
         v(ptr(c.id)),
         v(c.link.map(ptr).unwrap_or_default()),
         v(c.remote_pid),
-        v(""),
+        v(c.tls.as_deref().unwrap_or("")),
         v(&c.app_name),
         v(c.prepared),
         v(c.id),

@@ -9,8 +9,7 @@
 //! - methods `trust`, `reject`, `md5`, `password`, `scram-sha-256` and `peer`.
 //!
 //! Everything else (`replication`, `samerole`, `+group`, regular expressions, host names,
-//! `samehost`, `cert` and `hostssl` matching without TLS, `map=` and other options, `include`
-//! directives) is refused with its line number rather than read loosely: a rule pgring cannot
+//! `samehost`, `cert`, `map=` and other options, `include` directives) is refused with its line number rather than read loosely: a rule pgring cannot
 //! honour would let in or keep out clients the operator did not mean to. As in PostgreSQL, the
 //! first rule matching the connection decides, and a connection no rule matches is refused.
 //!
@@ -44,8 +43,13 @@ pub enum Method {
 pub enum Peer {
     /// Over the unix socket.
     Local,
-    /// Over TCP from this address (without TLS: pgring does not speak it).
-    Host(IpAddr),
+    /// Over TCP.
+    Host {
+        /// The client's address.
+        addr: IpAddr,
+        /// Whether it speaks TLS (`hostssl` rules need it, `hostnossl` rules refuse it).
+        tls: bool,
+    },
 }
 
 /// Why the file could not be read: every problem, each with its line.
@@ -85,7 +89,6 @@ struct Rule {
 enum Kind {
     Local,
     Host,
-    /// `hostssl`: never matches, since pgring has no TLS.
     HostSsl,
     HostNoSsl,
 }
@@ -162,7 +165,9 @@ impl Rule {
     fn matches(&self, peer: Peer, db: &str, user: &str) -> bool {
         let kind = match (self.kind, peer) {
             (Kind::Local, Peer::Local) => true,
-            (Kind::Host | Kind::HostNoSsl, Peer::Host(ip)) => self.address.contains(ip),
+            (Kind::Host, Peer::Host { addr, .. })
+            | (Kind::HostSsl, Peer::Host { addr, tls: true })
+            | (Kind::HostNoSsl, Peer::Host { addr, tls: false }) => self.address.contains(addr),
             _ => false,
         };
         kind && self.databases.iter().any(|n| n.matches(db, Some(user)))
@@ -515,7 +520,17 @@ mod tests {
     }
 
     fn host(ip: &str) -> Peer {
-        Peer::Host(ip.parse().unwrap())
+        Peer::Host {
+            addr: ip.parse().unwrap(),
+            tls: false,
+        }
+    }
+
+    fn host_tls(ip: &str) -> Peer {
+        Peer::Host {
+            addr: ip.parse().unwrap(),
+            tls: true,
+        }
     }
 
     fn method_of(h: &Hba, peer: Peer, db: &str, user: &str) -> Option<Method> {
@@ -586,10 +601,20 @@ host  c, d              all        all  password
     }
 
     #[test]
-    fn hostssl_never_matches_without_tls_and_local_needs_the_socket() {
-        let h = hba("hostssl all all all trust\nlocal all all md5\n");
-        assert_eq!(method_of(&h, host("127.0.0.1"), "d", "u"), None);
-        assert_eq!(method_of(&h, Peer::Local, "d", "u"), Some(Method::Md5));
+    fn hostssl_needs_tls_hostnossl_refuses_it_and_local_needs_the_socket() {
+        let h =
+            hba("hostssl all all all trust\nhostnossl all all all md5\nlocal all all password\n");
+        assert_eq!(
+            method_of(&h, host_tls("127.0.0.1"), "d", "u"),
+            Some(Method::Trust)
+        );
+        assert_eq!(
+            method_of(&h, host("127.0.0.1"), "d", "u"),
+            Some(Method::Md5)
+        );
+        assert_eq!(method_of(&h, Peer::Local, "d", "u"), Some(Method::Password));
+        let h = hba("hostnossl all all all md5\n");
+        assert_eq!(method_of(&h, host_tls("127.0.0.1"), "d", "u"), None);
     }
 
     #[test]

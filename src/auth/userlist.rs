@@ -121,12 +121,15 @@ pub enum LineError {
     MalformedScram,
 }
 
-/// The parsed auth_file: a map from user name to [`Secret`]; with `auth_type = hba`, also
-/// the parsed `auth_hba_file`, since the two are read and swapped together (start, reload).
+/// The parsed auth_file: a map from user name to [`Secret`]. It also carries what the other
+/// files the configuration names say, since all are read and swapped together (start,
+/// RELOAD): with `auth_type = hba` the parsed `auth_hba_file`, and with client TLS on, the TLS
+/// configuration built from `client_tls_cert_file` and `client_tls_key_file`.
 #[derive(Debug, Clone, Default)]
 pub struct UserList {
     users: HashMap<String, Secret>,
     hba: Option<super::hba::Hba>,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
 
 impl UserList {
@@ -142,7 +145,11 @@ impl UserList {
                 users.insert(user, secret);
             }
         }
-        Ok(UserList { users, hba: None })
+        Ok(UserList {
+            users,
+            hba: None,
+            tls: None,
+        })
     }
 
     /// Reads and parses the auth_file at `path`.
@@ -177,6 +184,17 @@ impl UserList {
     /// The rules of `auth_hba_file`, when `auth_type = hba`.
     pub fn hba(&self) -> Option<&super::hba::Hba> {
         self.hba.as_ref()
+    }
+
+    /// Adds the TLS configuration for clients.
+    pub fn with_tls(mut self, tls: std::sync::Arc<rustls::ServerConfig>) -> UserList {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// The TLS configuration for clients, when `client_tls_sslmode` is not `disable`.
+    pub fn tls(&self) -> Option<&std::sync::Arc<rustls::ServerConfig>> {
+        self.tls.as_ref()
     }
 
     /// How many users the file lists.

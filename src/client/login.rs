@@ -1,6 +1,7 @@
 //! Login: from the first packet to the first ReadyForQuery.
 //!
-//! SSLRequest and GSSENCRequest are answered `N` (TLS comes later); a
+//! SSLRequest is answered `S` and TLS begins when `client_tls_sslmode` is on (else `N`), and
+//! GSSENCRequest `N`; a
 //! CancelRequest is routed and the connection closed; a StartupMessage names
 //! the database and user. The client authenticates against pgring's auth
 //! file or `auth_query` (trust, plain, md5 or SCRAM-SHA-256, or per connection by the rules of
@@ -22,6 +23,7 @@ use crate::error::{sqlstate, Error, PgError, Result};
 use crate::pool::{Counter, Pool, PoolKey};
 use crate::protocol::startup::{self, parse_startup, startup_len, StartupPacket};
 use crate::protocol::{build, frontend, tag};
+use crate::runtime::io::Buf;
 use crate::runtime::io::{self as rio, timeout};
 use crate::runtime::shard::counter;
 use crate::runtime::{Shard, Stream};
@@ -171,6 +173,7 @@ async fn login_inner(
     if let Some((_, app)) = startup.params.iter().find(|(k, _)| k == "application_name") {
         *info.app_name.borrow_mut() = app.as_str().into();
     }
+    check_tls_required(stream, config)?;
     crate::admin::check_login_allowed(shard, &startup.database)?;
     if ADMIN_DBS.contains(&startup.database.as_str()) {
         return admin_login(shard, info, stream, config, &startup, unsent)
@@ -198,7 +201,8 @@ async fn login_inner(
     greet(stream, info, &pool, &params, unsent).await?;
     pool.stats.record_login();
     // PgBouncer 1.18's `log_connections` wording (client.c), which operators grep for.
-    info!(db = %startup.database, user = %startup.user, tls = "no", "login attempt: db={} user={} tls=no", startup.database, startup.user);
+    let tls = remember_tls(shard, info, stream);
+    info!(db = %startup.database, user = %startup.user, %tls, "login attempt: db={} user={} tls={tls}", startup.database, startup.user);
     Ok(Some(LoggedIn::Pool {
         pool,
         params,
@@ -261,7 +265,8 @@ async fn read_startup(shard: &Rc<Shard>, stream: &mut Stream) -> Result<Option<S
             }
         };
         match packet {
-            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
+            StartupPacket::SslRequest => answer_ssl_request(shard, stream, &buf).await?,
+            StartupPacket::GssEncRequest => {
                 rio::write_all(stream, b"N")
                     .await
                     .map_err(Error::ClientIo)?;
@@ -273,6 +278,53 @@ async fn read_startup(shard: &Rc<Shard>, stream: &mut Stream) -> Result<Option<S
             StartupPacket::Startup { params, .. } => return decode_startup(params).map(Some),
         }
     }
+}
+
+/// SSLRequest: `S` and the TLS handshake when `client_tls_sslmode` is on and this is a TCP
+/// client not yet in TLS, else `N` (PostgreSQL does not offer TLS on its unix socket either).
+/// Bytes the client sent after its SSLRequest, before our answer, would be plaintext that
+/// looks as if it came through TLS (CVE-2021-23214): refused.
+async fn answer_ssl_request(shard: &Shard, stream: &mut Stream, after: &Buf) -> Result<()> {
+    let userlist = shard.userlist();
+    let tls = userlist
+        .tls()
+        .filter(|_| !stream.is_unix() && !stream.is_tls());
+    let Some(config) = tls else {
+        return rio::write_all(stream, b"N").await.map_err(Error::ClientIo);
+    };
+    if !after.data().is_empty() {
+        return Err(Error::refuse(
+            sqlstate::PROTOCOL_VIOLATION,
+            "received unencrypted data after SSL request",
+        ));
+    }
+    rio::write_all(stream, b"S")
+        .await
+        .map_err(Error::ClientIo)?;
+    stream.start_tls(config.clone()).map_err(Error::ClientIo)
+}
+
+/// Notes a TLS client's version and cipher for SHOW CLIENTS; returns it for the login line
+/// (`no` without TLS, as PgBouncer logs it).
+fn remember_tls(shard: &Shard, info: &ClientInfo, stream: &Stream) -> String {
+    let Some(tls) = stream.tls_info() else {
+        return "no".into();
+    };
+    let shown = tls.as_str().into();
+    shard.tls_clients.borrow_mut().insert(info.key, shown);
+    tls
+}
+
+/// `client_tls_sslmode = require`: a TCP client that did not ask for TLS is refused, with
+/// PgBouncer's wording (the unix socket is exempt, as in PgBouncer).
+fn check_tls_required(stream: &Stream, config: &Config) -> Result<()> {
+    if config.general.client_tls_sslmode.requires_tls() && !stream.is_unix() && !stream.is_tls() {
+        return Err(Error::refuse(
+            sqlstate::INVALID_AUTHORIZATION,
+            "SSL required",
+        ));
+    }
+    Ok(())
 }
 
 /// Splits the startup parameters into user, database and settings, moving the strings
@@ -398,7 +450,10 @@ fn auth_method(
         return Ok(config.general.auth_type);
     }
     let peer = match rio::peer_addr(stream) {
-        Some(addr) => hba::Peer::Host(addr.ip()),
+        Some(addr) => hba::Peer::Host {
+            addr: addr.ip(),
+            tls: stream.is_tls(),
+        },
         None if stream.is_unix() => hba::Peer::Local,
         // A TCP peer already gone: nothing to authenticate.
         None => return Err(Error::ClientClosed),
@@ -653,6 +708,7 @@ async fn admin_login(
         )));
     }
     info.is_admin.set(true);
+    remember_tls(shard, info, stream);
     let mut out = std::mem::take(unsent);
     for (k, v) in [
         ("server_version", crate::admin::SERVER_VERSION),

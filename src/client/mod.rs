@@ -284,6 +284,7 @@ fn client_span(shard: &Shard, info: &ClientInfo) -> (ClientSpan, ClientSpan) {
 /// The session is over: it leaves the shard's lists and the client count.
 fn unregister(shard: &Shard, info: &ClientInfo) {
     shard.clients.borrow_mut().remove(&info.key);
+    shard.tls_clients.borrow_mut().remove(&info.key);
     shard.shared.client_count.fetch_sub(1, Ordering::AcqRel);
 }
 

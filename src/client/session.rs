@@ -160,14 +160,16 @@ impl Session {
     /// Should this client, between transactions, go to another shard now? Only a pooled
     /// (transaction or statement mode) client of a shard that is not stopping, and not one
     /// being killed.
-    fn move_to(&self) -> Option<usize> {
+    fn move_to(&self, stream: &Stream) -> Option<usize> {
         // Per transaction: the one-cell test first, so that nothing else is read while no
         // shard asks for moves (the default).
         let hook = test_hook_moves_every_client();
         if !hook && !self.shard.balance.shedding() {
             return None;
         }
+        // A TLS session's state lives in this shard's memory with the socket: it stays.
         if self.pool.mode() == PoolMode::Session
+            || stream.is_tls()
             || self.shard.is_stopping()
             || self.info.is_killed()
         {
@@ -227,7 +229,7 @@ impl Session {
                 // transaction allocates nothing.
                 Recycled::with(|| self.transactions(stream, cbuf)).await?;
                 // Between transactions, nothing buffered: the moment a client can move.
-                if let Some(to) = self.move_to() {
+                if let Some(to) = self.move_to(stream) {
                     return Ok(to);
                 }
             }

@@ -313,7 +313,7 @@ app = host=127.0.0.1
 auth_type = hba
 auth_hba_file = hba.conf
 disable_pqexec = 1
-client_tls_sslmode = require
+client_tls_sslmode = verify-ca
 client_tls_key_file = k
 client_tls_cert_file = c
 server_tls_sslmode = verify-full
@@ -338,7 +338,7 @@ replica = host=10.0.0.1 target_session_attrs=read-only
         .replace("[peers]\n1 = host=10.0.0.9\n", "");
     let found = problems("values", &text).join("\n");
     for needle in [
-        "client_tls_sslmode: \"require\" is not implemented",
+        "client_tls_sslmode: \"verify-ca\" is not implemented",
         "server_tls_sslmode: \"verify-full\" is not implemented",
     ] {
         assert!(found.contains(needle), "{needle} missing from:\n{found}");

@@ -114,6 +114,14 @@ pub enum SslMode {
 }
 
 impl SslMode {
+    /// For `client_tls_sslmode`: a client on TCP must use TLS (`require` and stronger).
+    pub fn requires_tls(self) -> bool {
+        matches!(
+            self,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
+        )
+    }
+
     /// PgBouncer's spelling.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -176,12 +176,15 @@ pub(crate) fn unsupported(config: &Config) -> (Vec<String>, Vec<String>) {
     let not_implemented = |key: &str, value: &str, why: &str| {
         format!("[general] {key}: \"{value}\" is not implemented by pgring: {why}")
     };
-    if g.client_tls_sslmode != SslMode::Disable {
+    if matches!(
+        g.client_tls_sslmode,
+        SslMode::VerifyCa | SslMode::VerifyFull
+    ) {
         let mode = g.client_tls_sslmode.as_str();
         errors.push(not_implemented(
             "client_tls_sslmode",
             mode,
-            "clients would be served without TLS; set \"disable\"",
+            "client certificates are not checked; set \"require\"",
         ));
     }
     if matches!(

@@ -20,6 +20,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -29,6 +30,7 @@ use super::executor::current;
 use super::reactor::{Dir, IoState};
 
 pub use super::executor::{now, sleep, spawn, wake_next};
+use super::tls::{self, Tls};
 
 /// A connection, client or server side: TCP or a unix socket.
 #[derive(Debug)]
@@ -36,6 +38,48 @@ pub struct Stream {
     fd: OwnedFd,
     io: Rc<IoState>,
     unix: bool,
+    /// A client's TLS session, once it asked for one (boxed: 8 bytes for every other stream).
+    tls: Option<Box<Tls>>,
+}
+
+/// The socket part of a [`Stream`], as [`Tls`] drives it.
+struct RawSocket<'a> {
+    io: &'a Rc<IoState>,
+    fd: RawFd,
+}
+
+impl<'a> RawSocket<'a> {
+    fn of(io: &'a Rc<IoState>, fd: &OwnedFd) -> Self {
+        RawSocket {
+            io,
+            fd: fd.as_raw_fd(),
+        }
+    }
+}
+
+impl tls::Socket for RawSocket<'_> {
+    fn poll_recv(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        let (fd, want) = (self.fd, buf.len());
+        poll_io(self.io, Dir::Read, cx, || {
+            // SAFETY: recv writes at most buf.len() bytes into buf.
+            unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), want, libc::MSG_DONTWAIT) }
+        })
+    }
+
+    fn poll_send(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let fd = self.fd;
+        poll_io(self.io, Dir::Write, cx, || {
+            // SAFETY: send reads at most buf.len() bytes from buf.
+            unsafe {
+                libc::send(
+                    fd,
+                    buf.as_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            }
+        })
+    }
 }
 
 fn set_nonblocking(fd: RawFd) -> io::Result<()> {
@@ -99,6 +143,7 @@ impl Stream {
             io: IoState::new(fd.as_raw_fd()),
             fd,
             unix,
+            tls: None,
         })
     }
 
@@ -158,16 +203,44 @@ impl Stream {
             io: IoState::new(fd.as_raw_fd()),
             fd,
             unix,
+            tls: None,
         }
     }
 
+    /// Switches to TLS (the client was just answered `S`): from now on reads and writes go
+    /// through the session, starting with its handshake.
+    pub fn start_tls(&mut self, config: Arc<rustls::ServerConfig>) -> io::Result<()> {
+        self.tls = Some(Box::new(Tls::new(config)?));
+        Ok(())
+    }
+
+    /// Whether this stream speaks TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// The TLS version and cipher, as PgBouncer's logs and SHOW CLIENTS `tls` show them.
+    pub fn tls_info(&self) -> Option<String> {
+        self.tls.as_deref().map(Tls::describe)
+    }
+
     /// Leaves this shard's reactor and gives the socket back (to move it to another shard).
+    /// Only a plain stream can: a TLS session does not move (sessions check [`is_tls`]).
+    ///
+    /// [`is_tls`]: Stream::is_tls
     pub fn into_fd(self) -> OwnedFd {
+        debug_assert!(self.tls.is_none(), "a TLS stream cannot move");
         let this = std::mem::ManuallyDrop::new(self);
         current().reactor.forget(&this.io);
         // SAFETY: `this` is never dropped; each field is read out exactly once.
-        let (fd, io) = unsafe { (std::ptr::read(&this.fd), std::ptr::read(&this.io)) };
-        drop(io);
+        let (fd, io, tls) = unsafe {
+            (
+                std::ptr::read(&this.fd),
+                std::ptr::read(&this.io),
+                std::ptr::read(&this.tls),
+            )
+        };
+        drop((io, tls));
         fd
     }
 }
@@ -194,9 +267,14 @@ impl AsyncRead for Stream {
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
-        let fd = self.fd.as_raw_fd();
+        let this = self.get_mut();
+        if let Some(tls) = this.tls.as_deref_mut() {
+            let sock = RawSocket::of(&this.io, &this.fd);
+            return tls.poll_read(&sock, cx, buf);
+        }
+        let fd = this.fd.as_raw_fd();
         let want = buf.len();
-        let r = poll_io(&self.io, Dir::Read, cx, || {
+        let r = poll_io(&this.io, Dir::Read, cx, || {
             // SAFETY: recv writes at most buf.len() bytes into buf.
             unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), want, libc::MSG_DONTWAIT) }
         });
@@ -204,7 +282,7 @@ impl AsyncRead for Stream {
             // A short read almost always emptied the socket: next time wait for a poll instead
             // of paying a recv that says EAGAIN. (If more came meanwhile the poll fires at once.)
             if n > 0 && n < want {
-                self.io.clear_ready(Dir::Read);
+                this.io.clear_ready(Dir::Read);
             }
         }
         r
@@ -217,8 +295,13 @@ impl AsyncWrite for Stream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let fd = self.fd.as_raw_fd();
-        poll_io(&self.io, Dir::Write, cx, || {
+        let this = self.get_mut();
+        if let Some(tls) = this.tls.as_deref_mut() {
+            let sock = RawSocket::of(&this.io, &this.fd);
+            return tls.poll_write(&sock, cx, buf);
+        }
+        let fd = this.fd.as_raw_fd();
+        poll_io(&this.io, Dir::Write, cx, || {
             // SAFETY: send reads at most buf.len() bytes from buf.
             unsafe {
                 libc::send(
@@ -235,9 +318,15 @@ impl AsyncWrite for Stream {
         Poll::Ready(Ok(()))
     }
 
-    fn poll_close(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Some(tls) = this.tls.as_deref_mut() {
+            // close_notify, if the socket takes it now; the shutdown follows regardless.
+            let sock = RawSocket::of(&this.io, &this.fd);
+            let _ = tls.poll_close(&sock, cx);
+        }
         // SAFETY: shutdown on our open socket.
-        unsafe { libc::shutdown(self.fd.as_raw_fd(), libc::SHUT_WR) };
+        unsafe { libc::shutdown(this.fd.as_raw_fd(), libc::SHUT_WR) };
         Poll::Ready(Ok(()))
     }
 }
@@ -370,6 +459,7 @@ pub async fn connect(addr: &socket2::SockAddr, deadline: Duration) -> io::Result
         io: IoState::new(socket.as_raw_fd()),
         fd: OwnedFd::from(socket),
         unix,
+        tls: None,
     };
     if in_progress {
         wait_connected(&stream, deadline).await?;

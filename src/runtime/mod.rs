@@ -21,6 +21,7 @@ mod spare;
 pub mod tcp;
 #[cfg(test)]
 mod tests;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -179,8 +179,8 @@ pub fn counter(map: &RwLock<HashMap<Arc<str>, Arc<Counter>>>, name: &str) -> Arc
     m.entry(name.into()).or_default().clone()
 }
 
-/// Loads `auth_file` if configured (an empty list otherwise) and, with `auth_type = hba`,
-/// `auth_hba_file`.
+/// Loads `auth_file` if configured (an empty list otherwise), with `auth_type = hba`
+/// `auth_hba_file`, and with client TLS on its certificate and key.
 pub fn load_userlist(config: &Config) -> Result<UserList, String> {
     let users = match &config.general.auth_file {
         Some(path) => {
@@ -189,12 +189,22 @@ pub fn load_userlist(config: &Config) -> Result<UserList, String> {
         None => UserList::parse("").map_err(|e| e.to_string())?,
     };
     let general = &config.general;
-    match (&general.auth_hba_file, general.auth_type) {
+    let users = match (&general.auth_hba_file, general.auth_type) {
         (Some(path), crate::config::AuthType::Hba) => {
             let hba = crate::auth::hba::Hba::load(path)
                 .map_err(|e| format!("auth_hba_file {}: {e}", path.display()))?;
-            Ok(users.with_hba(hba))
+            users.with_hba(hba)
         }
+        _ => users,
+    };
+    let tls_files = (&general.client_tls_cert_file, &general.client_tls_key_file);
+    match (general.client_tls_sslmode, tls_files) {
+        (crate::config::SslMode::Disable, _) => Ok(users),
+        (_, (Some(cert), Some(key))) => {
+            let tls = super::tls::acceptor(cert, key).map_err(|e| format!("client TLS: {e}"))?;
+            Ok(users.with_tls(tls))
+        }
+        // Validation asks for both files first.
         _ => Ok(users),
     }
 }
@@ -214,6 +224,9 @@ pub struct Shard {
     /// KILL_CLIENT, the one lookup by id, scans it, as PgBouncer scans its client lists
     /// for a cancel key.
     pub clients: RefCell<HashMap<CancelKey, Rc<ClientInfo>>>,
+    /// The TLS version and cipher of the clients that use TLS (SHOW CLIENTS `tls`): here, not
+    /// in `ClientInfo`, so that the others carry nothing for it.
+    pub tls_clients: RefCell<HashMap<CancelKey, Box<str>>>,
     /// Senders to the other shards.
     pub mesh: Outbox,
     /// Relay buffer free list.
@@ -352,6 +365,7 @@ pub async fn run_shard(
         userlist: RefCell::new(userlist),
         pools: RefCell::new(HashMap::new()),
         clients: RefCell::new(HashMap::new()),
+        tls_clients: RefCell::new(HashMap::new()),
         mesh,
         bufs: BufPool::default(),
         stats: ShardStats::default(),

@@ -19,3 +19,4 @@ mod pool;
 mod prepared;
 mod protocol;
 mod restart;
+mod tls;

@@ -1,0 +1,200 @@
+//! Client-side TLS (`client_tls_sslmode`): a rustls server session inside a [`Stream`].
+//!
+//! A client that sends SSLRequest is answered `S` when pgring has a certificate, and from then
+//! on every byte of its [`Stream`] goes through [`Tls`]: reads take ciphertext from the socket
+//! and hand out plaintext, writes take plaintext and send ciphertext. Everything above the
+//! stream (login, relay, console) is unchanged, and a stream without TLS pays one branch.
+//!
+//! The socket work stays ours (the reactor's readiness, non-blocking `recv`/`send`): rustls
+//! only sees byte slices, through `read_tls` from a buffer we filled and `write_tls` into
+//! [`Tls::out`], which we send. Server connections are plain (`server_tls_sslmode` is not
+//! implemented), and a TLS client never moves to another shard (its session state would have
+//! to move with the socket).
+//!
+//! [`Stream`]: super::Stream
+
+use std::io::{self, Read, Write as _};
+use std::path::Path;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ServerConfig, ServerConnection};
+
+/// Ciphertext read from the socket per `recv`: at most one TLS record's worth of plaintext
+/// comes of it, which rustls's received-plaintext buffer (16 KiB) always has room for, since
+/// we only read when that buffer is empty.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Builds the TLS configuration for clients from `client_tls_cert_file` (a PEM chain, leaf
+/// first) and `client_tls_key_file` (a PEM private key). TLS 1.2 and 1.3 with rustls's safe
+/// defaults, as PgBouncer's `secure` protocols and ciphers; no client certificates.
+pub fn acceptor(cert_file: &Path, key_file: &Path) -> Result<Arc<ServerConfig>, String> {
+    let shown = |p: &Path, e: &dyn std::fmt::Display| format!("{}: {e}", p.display());
+    let certs = CertificateDer::pem_file_iter(cert_file)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| shown(cert_file, &e))?;
+    if certs.is_empty() {
+        return Err(shown(cert_file, &"no certificate in the file"));
+    }
+    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| shown(key_file, &e))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("{}: {e}", key_file.display()))?;
+    Ok(Arc::new(config))
+}
+
+/// One client's TLS session.
+pub struct Tls {
+    conn: ServerConnection,
+    /// Ciphertext produced but not yet sent.
+    out: Vec<u8>,
+    /// Plaintext taken by the last `poll_write` whose ciphertext is not all sent yet: it is
+    /// reported written once it is (the caller polls again with the same bytes after
+    /// `Pending`, and they must not be taken twice).
+    unacked: usize,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+/// Socket I/O for one poll, as `Stream` does it: non-blocking, readiness from the reactor.
+pub(super) trait Socket {
+    /// `recv` into `buf` once readable (0: end of stream).
+    fn poll_recv(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>>;
+    /// `send` from `buf` once writable.
+    fn poll_send(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>>;
+}
+
+impl Tls {
+    /// A session for a client that was just answered `S`.
+    pub fn new(config: Arc<ServerConfig>) -> io::Result<Tls> {
+        let conn = ServerConnection::new(config).map_err(io::Error::other)?;
+        Ok(Tls {
+            conn,
+            out: Vec::new(),
+            unacked: 0,
+        })
+    }
+
+    /// PgBouncer's `tls_get_connection_info` style: `TLSv1.3/TLS13_AES_256_GCM_SHA384`.
+    pub fn describe(&self) -> String {
+        let version = match self.conn.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_owned(),
+            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_owned(),
+            Some(v) => format!("{v:?}"),
+            None => "handshaking".to_owned(),
+        };
+        match self.conn.negotiated_cipher_suite() {
+            Some(suite) => format!("{version}/{:?}", suite.suite()),
+            None => version,
+        }
+    }
+
+    /// Plaintext into `buf`, reading and decrypting what the socket has as needed (and
+    /// sending what the handshake owes first).
+    pub(super) fn poll_read(
+        &mut self,
+        sock: &impl Socket,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            match self.conn.reader().read(buf) {
+                // 0: the client said close_notify.
+                Ok(n) => return Poll::Ready(Ok(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+            if let Err(e) = std::task::ready!(self.poll_flush(sock, cx)) {
+                return Poll::Ready(Err(e));
+            }
+            let mut raw = [0u8; READ_CHUNK];
+            let n = match std::task::ready!(sock.poll_recv(cx, &mut raw)) {
+                Ok(0) => return Poll::Ready(Ok(0)),
+                Ok(n) => n,
+                Err(e) => return Poll::Ready(Err(e)),
+            };
+            if let Err(e) = self.take_ciphertext(&raw[..n]) {
+                return Poll::Ready(Err(e));
+            }
+        }
+    }
+
+    /// Feeds ciphertext to rustls and processes it: handshake messages queue replies (sent by
+    /// the next flush), records become plaintext.
+    fn take_ciphertext(&mut self, mut raw: &[u8]) -> io::Result<()> {
+        while !raw.is_empty() {
+            let used = self.conn.read_tls(&mut raw)?;
+            if let Err(e) = self.conn.process_new_packets() {
+                // The alert rustls queued for the client goes out if the socket takes it now.
+                let _ = self.conn.write_tls(&mut self.out);
+                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+            }
+            if used == 0 {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Encrypts `buf` and sends it; `Ready(n)` once its ciphertext has all been sent.
+    pub(super) fn poll_write(
+        &mut self,
+        sock: &impl Socket,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.unacked == 0 && !buf.is_empty() {
+            // Anything still queued goes first, so rustls's buffer has room for `buf`.
+            if let Err(e) = std::task::ready!(self.poll_flush(sock, cx)) {
+                return Poll::Ready(Err(e));
+            }
+            self.unacked = self.conn.writer().write(buf)?;
+        }
+        if let Err(e) = std::task::ready!(self.poll_flush(sock, cx)) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(std::mem::take(&mut self.unacked)))
+    }
+
+    /// Sends every ciphertext byte rustls has produced.
+    pub(super) fn poll_flush(
+        &mut self,
+        sock: &impl Socket,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            if self.out.is_empty() {
+                if !self.conn.wants_write() {
+                    return Poll::Ready(Ok(()));
+                }
+                self.conn.write_tls(&mut self.out)?;
+                continue;
+            }
+            let n = std::task::ready!(sock.poll_send(cx, &self.out))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.out.drain(..n);
+        }
+    }
+
+    /// Queues close_notify and sends what is queued, if the socket takes it now.
+    pub(super) fn poll_close(
+        &mut self,
+        sock: &impl Socket,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.conn.send_close_notify();
+        self.poll_flush(sock, cx)
+    }
+}

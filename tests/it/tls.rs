@@ -1,0 +1,172 @@
+//! Client TLS (`client_tls_sslmode`): libpq's psql and pgbench over TLS through pgring (login,
+//! transaction pooling, large results, the console's SHOW CLIENTS `tls` column), `require`
+//! refusing a plaintext TCP client but not the unix socket, `prefer` leaving the choice to the
+//! client, and `hostssl` rules matching TLS clients only.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::common::pgring::fresh_dir;
+use crate::common::{config_for, pg, Pgring};
+
+/// A self-signed certificate and key for 127.0.0.1, written to `dir`; returns the
+/// `[general]` lines that use them with `mode`.
+fn tls_general(dir: &Path, mode: &str) -> String {
+    let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
+        .expect("making a test certificate");
+    let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
+    std::fs::write(&cert, made.cert.pem()).expect("writing server.crt");
+    std::fs::write(&key, made.key_pair.serialize_pem()).expect("writing server.key");
+    format!(
+        "client_tls_sslmode = \"{mode}\"\nclient_tls_cert_file = \"{}\"\nclient_tls_key_file = \"{}\"",
+        cert.display(),
+        key.display()
+    )
+}
+
+/// psql (libpq) with this `sslmode`: its output, or its error text.
+fn psql(host: &str, port: u16, db: &str, sslmode: &str, sql: &str) -> Result<String, String> {
+    let out = Command::new(pg().bin.join("psql"))
+        .args(["-X", "-w", "-At", "-h", host, "-p", &port.to_string()])
+        .args(["-U", "postgres", "-d", db, "-c", sql])
+        .env("PGSSLMODE", sslmode)
+        .env_remove("PGPASSWORD")
+        .output()
+        .expect("running psql");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn tls_pgring(mode: &str, extra: &str) -> (Pgring, std::path::PathBuf) {
+    let files = fresh_dir();
+    let general = format!("{}\n{extra}", tls_general(&files, mode));
+    (
+        Pgring::start(&config_for("transaction", 4, 2, &general)),
+        files,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn require_serves_libpq_over_tls_and_refuses_plain_tcp() {
+    let (pgring, files) = tls_pgring("require", "");
+    let port = pgring.port;
+    // A result of many TLS records, and the server really is PostgreSQL behind a pool.
+    let big = psql(
+        "127.0.0.1",
+        port,
+        "app",
+        "require",
+        "SELECT length(repeat('x', 200000))",
+    );
+    assert_eq!(big.as_deref(), Ok("200000"), "{}", pgring.log());
+    let err = psql("127.0.0.1", port, "app", "disable", "SELECT 1").unwrap_err();
+    assert!(err.contains("SSL required"), "{err}");
+    // The unix socket is exempt, as in PgBouncer.
+    let dir = pgring.dir.to_str().expect("UTF-8 dir");
+    assert_eq!(
+        psql(dir, port, "app", "disable", "SELECT 1").as_deref(),
+        Ok("1")
+    );
+
+    // Transaction pooling over TLS: 20 pgbench clients on 4 servers.
+    let out = Command::new(pg().bin.join("pgbench"))
+        .args(["-n", "-c", "20", "-j", "2", "-t", "100", "-h", "127.0.0.1"])
+        .args([
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "-b",
+            "select-only",
+        ])
+        .arg("bench")
+        .env("PGSSLMODE", "require")
+        .output()
+        .expect("running pgbench");
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}\n{}", pgring.log());
+    assert!(said.contains("number of failed transactions: 0"), "{said}");
+
+    // The console shows each TLS client's version and cipher.
+    let sql = "SHOW CLIENTS";
+    let rows = psql("127.0.0.1", port, "pgbouncer", "require", sql).expect("SHOW CLIENTS");
+    assert!(rows.contains("|TLSv1.3/TLS13_"), "{rows}");
+    assert!(pgring.log().contains("tls=TLSv1.3/"), "{}", pgring.log());
+    let _ = std::fs::remove_dir_all(files);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefer_lets_the_client_choose_and_hostssl_rules_see_tls() {
+    let rules_dir = fresh_dir();
+    let rules = rules_dir.join("hba.conf");
+    std::fs::write(
+        &rules,
+        "hostssl all all 127.0.0.1/32 trust\nhostnossl app all 127.0.0.1/32 trust\n",
+    )
+    .expect("writing hba.conf");
+    let hba = format!(
+        "auth_type = \"hba\"\nauth_hba_file = \"{}\"",
+        rules.display()
+    );
+    let (pgring, files) = tls_pgring("prefer", &hba);
+    let port = pgring.port;
+    assert_eq!(
+        psql("127.0.0.1", port, "bench", "require", "SELECT 1").as_deref(),
+        Ok("1")
+    );
+    assert_eq!(
+        psql("127.0.0.1", port, "app", "disable", "SELECT 1").as_deref(),
+        Ok("1")
+    );
+    // Without TLS only the hostnossl rule for app applies.
+    let err = psql("127.0.0.1", port, "bench", "disable", "SELECT 1").unwrap_err();
+    assert!(err.contains("login rejected"), "{err}");
+    let _ = std::fs::remove_dir_all(files);
+    let _ = std::fs::remove_dir_all(rules_dir);
+}
+
+/// Bad input around the handshake hurts only that client: bytes sent after SSLRequest before
+/// the answer are refused with 08P01 (they would pass as encrypted, CVE-2021-23214), a client
+/// that answers `S` with garbage instead of a ClientHello is dropped, and TLS clients carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_around_the_handshake_closes_only_that_client() {
+    use crate::common::wire::{self, ErrorFields, Wire};
+    let (pgring, files) = tls_pgring("require", "");
+    let port = pgring.port;
+    let mut ssl_request = 8u32.to_be_bytes().to_vec();
+    ssl_request.extend_from_slice(&80_877_103u32.to_be_bytes());
+
+    let mut early = Wire::connect(port).await;
+    let mut both = ssl_request.clone();
+    both.extend_from_slice(&wire::startup(&[("user", "postgres"), ("database", "app")]));
+    early.send(&both).await;
+    let reply = early.recv().await.expect("an ErrorResponse");
+    assert_eq!(reply.tag, b'E');
+    let fields = ErrorFields::parse(&reply.body);
+    assert_eq!(fields.code(), "08P01", "{}", fields.message());
+    assert!(fields
+        .message()
+        .contains("unencrypted data after SSL request"));
+
+    let mut garbage = Wire::connect(port).await;
+    garbage.send(&ssl_request).await;
+    assert_eq!(garbage.recv_byte().await, Some(b'S'));
+    garbage.send_lossy(&[0x47; 64]).await;
+    // rustls answers with an alert record, then the connection closes.
+    let mut rest = Vec::new();
+    while let Some(b) = garbage.recv_byte().await {
+        rest.push(b);
+    }
+    assert!(
+        rest.first().is_none_or(|&b| b == 0x15),
+        "not an alert: {rest:?}"
+    );
+
+    let ok = psql("127.0.0.1", port, "app", "require", "SELECT 1");
+    assert_eq!(ok.as_deref(), Ok("1"), "{}", pgring.log());
+    let _ = std::fs::remove_dir_all(files);
+}
