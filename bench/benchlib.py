@@ -335,11 +335,40 @@ class Postgres(Target):
             time.sleep(0.3)
 
 
+def make_tls_files(directory):
+    """A self-signed certificate and key for 127.0.0.1 (openssl CLI), readable by the postgres
+    user; None when openssl is missing (the TLS scenarios are then skipped)."""
+    if not shutil.which("openssl"):
+        return None
+    directory.mkdir(parents=True, exist_ok=True)
+    cert, key = directory / "server.crt", directory / "server.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "7",
+                    "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    if is_root():
+        for f in (directory, cert, key):
+            shutil.chown(f, PG_USER, PG_USER)
+    return cert, key
+
+
+def tls_lines(tls, quote):
+    """The same client TLS settings for both poolers: TLS offered (`prefer`), so each scenario
+    picks it or not with the client's PGSSLMODE."""
+    if not tls:
+        return ""
+    cert, key = tls
+    q = quote
+    return (f"client_tls_sslmode = {q}prefer{q}\nclient_tls_cert_file = {q}{cert}{q}\n"
+            f"client_tls_key_file = {q}{key}{q}\n")
+
+
 class PgBouncer(Target):
     name, label = "pgbouncer", "PgBouncer"
 
-    def __init__(self, port, pg_port, workdir, cleanup, pool_size=20, max_client_conn=15000):
+    def __init__(self, port, pg_port, workdir, cleanup, pool_size=20, max_client_conn=15000,
+                 tls=None):
         super().__init__(port)
+        self.tls = tls
         self.dir = workdir / "pgbouncer"
         self.pg_port, self.cleanup = pg_port, cleanup
         self.pool_size, self.max_client_conn = pool_size, max_client_conn
@@ -366,7 +395,7 @@ admin_users = {PG_USER}
 logfile = {self.log}
 log_connections = 0
 log_disconnections = 0
-""")
+""" + tls_lines(self.tls, quote=""))
         self.log.touch()
         if is_root():  # PgBouncer runs as postgres and opens its own logfile
             shutil.chown(self.dir, PG_USER, PG_USER)
@@ -393,8 +422,9 @@ class Pgring(Target):
     name, label = "pgring", "pgring"
 
     def __init__(self, port, pg_port, workdir, cleanup, binary, workers, pool_size=20,
-                 max_client_conn=15000, extra_general=()):
+                 max_client_conn=15000, extra_general=(), tls=None):
         super().__init__(port)
+        self.tls = tls
         self.extra_general = list(extra_general)
         self.dir = workdir / "pgring"
         self.pg_port, self.cleanup, self.binary, self.workers = pg_port, cleanup, binary, workers
@@ -415,7 +445,7 @@ default_pool_size = {self.pool_size}
 max_client_conn = {self.max_client_conn}
 admin_users = ["{PG_USER}"]
 workers = {self.workers}
-""" + "".join(f"{line}\n" for line in self.extra_general) + f"""
+""" + tls_lines(self.tls, quote='"') + "".join(f"{line}\n" for line in self.extra_general) + f"""
 [databases.{DB}]
 host = "127.0.0.1"
 port = {self.pg_port}
@@ -464,7 +494,8 @@ def pgbench_cmd(port, clients, duration, mode="simple", workload="select-only", 
 _RE = {
     "xacts": re.compile(r"number of transactions actually processed: (\d+)(?:/(\d+))?"),
     "failed": re.compile(r"number of failed transactions: (\d+)"),
-    "tps": re.compile(r"tps = ([\d.]+) \((?:without|excluding)"),
+    # With -C pgbench has no "initial connection time": its TPS includes the reconnections.
+    "tps": re.compile(r"tps = ([\d.]+) \((?:without|excluding|including reconnection)"),
     "latency_avg_ms": re.compile(r"latency average = ([\d.]+) ms"),
     "conn_ms": re.compile(r"initial connection time = ([\d.]+) ms"),
 }
@@ -543,7 +574,7 @@ def connect_allowance(clients, direct):
 
 def run_pgbench(port, clients, duration, workdir, tag, mode="simple", workload="select-only",
                 script=None, cpu_pid=None, cleanup=None, host="127.0.0.1", user=PG_USER, db=DB,
-                direct=False, keep_latencies=False):
+                direct=False, keep_latencies=False, tls=False, connect_each=False):
     """One pgbench run with per-transaction logs; returns TPS, percentiles, CPU per xact, errors.
 
     TPS is pgbench's own figure, which excludes the initial connection time; the percentiles cover
@@ -551,12 +582,16 @@ def run_pgbench(port, clients, duration, workdir, tag, mode="simple", workload="
     prefix = str(workdir / f"log-{tag}")
     extra = connect_allowance(clients, direct)
     cmd = pgbench_cmd(port, clients, duration + extra, mode, workload, script, prefix, host, user, db)
+    if connect_each:
+        cmd.insert(-1, "-C")
     cpu0 = cpu_us(cpu_pid) if cpu_pid else None
     host0, t0 = host_cpu_us(), time.monotonic()
     popen = cleanup.popen if cleanup else (lambda c, **kw: subprocess.Popen(c, **kw))
     # A connect timeout, so a pooler that accepts but never answers fails the run instead of
     # hanging it; a run that outlives its time by a minute is stopped and marked timed out.
-    env = {**os.environ, "PGCONNECT_TIMEOUT": "30"}
+    # TLS only where the scenario asks: both poolers offer it, and libpq's default (prefer)
+    # would take it everywhere.
+    env = {**os.environ, "PGCONNECT_TIMEOUT": "30", "PGSSLMODE": "require" if tls else "disable"}
     p = popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(workdir),
               env=env)
     timed_out = False
@@ -572,6 +607,7 @@ def run_pgbench(port, clients, duration, workdir, tag, mode="simple", workload="
     r["timed_out"] = timed_out
     r.update({"clients": clients, "mode": mode, "workload": script or workload,
               "duration_s": duration, "connect_allowance_s": extra, "wall_s": round(wall, 2),
+              "tls": tls, "connect_each": connect_each,
               "command": " ".join(cmd)})
     if r["conn_ms"] is not None:
         r["measured_s"] = round(duration + extra - r["conn_ms"] / 1000, 2)
