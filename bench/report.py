@@ -228,7 +228,8 @@ def tps_overview(result):
         res = sc["results"]
         v = {n: (cell_status(res.get(n)) or fmt_num(get(res.get(n), "tps"))) for n in NAMES}
         p = get(res.get("pgring"), "tps")
-        lines.append(f"| {sc['workload']} -M {sc['mode']} | {sc['clients']:,} | {v['direct']} | "
+        extra = (" -C" if sc.get("connect_each") else "") + (", TLS" if sc.get("tls") else "")
+        lines.append(f"| {sc['workload']} -M {sc['mode']}{extra} | {sc['clients']:,} | {v['direct']} | "
                      f"{v['pgbouncer']} | {v['pgring']} | "
                      f"{fmt_ratio(ratio(p, get(res.get('pgbouncer'), 'tps')))} | "
                      f"{fmt_ratio(ratio(p, get(res.get('direct'), 'tps')))} |")

@@ -30,7 +30,7 @@ use super::executor::current;
 use super::reactor::{Dir, IoState};
 
 pub use super::executor::{now, sleep, spawn, wake_next};
-use super::tls::{self, Tls};
+use super::tls::{self, Socket as _, Tls};
 
 /// A connection, client or server side: TCP or a unix socket.
 #[derive(Debug)]
@@ -268,16 +268,12 @@ impl AsyncRead for Stream {
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        let sock = RawSocket::of(&this.io, &this.fd);
         if let Some(tls) = this.tls.as_deref_mut() {
-            let sock = RawSocket::of(&this.io, &this.fd);
             return tls.poll_read(&sock, cx, buf);
         }
-        let fd = this.fd.as_raw_fd();
         let want = buf.len();
-        let r = poll_io(&this.io, Dir::Read, cx, || {
-            // SAFETY: recv writes at most buf.len() bytes into buf.
-            unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), want, libc::MSG_DONTWAIT) }
-        });
+        let r = sock.poll_recv(cx, buf);
         if let Poll::Ready(Ok(n)) = r {
             // A short read almost always emptied the socket: next time wait for a poll instead
             // of paying a recv that says EAGAIN. (If more came meanwhile the poll fires at once.)
@@ -296,22 +292,11 @@ impl AsyncWrite for Stream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if let Some(tls) = this.tls.as_deref_mut() {
-            let sock = RawSocket::of(&this.io, &this.fd);
-            return tls.poll_write(&sock, cx, buf);
+        let sock = RawSocket::of(&this.io, &this.fd);
+        match this.tls.as_deref_mut() {
+            Some(tls) => tls.poll_write(&sock, cx, buf),
+            None => sock.poll_send(cx, buf),
         }
-        let fd = this.fd.as_raw_fd();
-        poll_io(&this.io, Dir::Write, cx, || {
-            // SAFETY: send reads at most buf.len() bytes from buf.
-            unsafe {
-                libc::send(
-                    fd,
-                    buf.as_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-                )
-            }
-        })
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -322,8 +307,7 @@ impl AsyncWrite for Stream {
         let this = self.get_mut();
         if let Some(tls) = this.tls.as_deref_mut() {
             // close_notify, if the socket takes it now; the shutdown follows regardless.
-            let sock = RawSocket::of(&this.io, &this.fd);
-            let _ = tls.poll_close(&sock, cx);
+            let _ = tls.poll_close(&RawSocket::of(&this.io, &this.fd), cx);
         }
         // SAFETY: shutdown on our open socket.
         unsafe { libc::shutdown(this.fd.as_raw_fd(), libc::SHUT_WR) };

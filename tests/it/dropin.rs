@@ -61,17 +61,7 @@ fn start(extra: &str) -> Pgring {
 
 /// psql with no password prompt (`-w`); its output, or its error text.
 fn psql(host: &str, port: u16, db: &str, user: &str, sql: &str) -> Result<String, String> {
-    let out = Command::new(pg().bin.join("psql"))
-        .args(["-X", "-w", "-At", "-h", host, "-p", &port.to_string()])
-        .args(["-U", user, "-d", db, "-c", sql])
-        .env_remove("PGPASSWORD")
-        .output()
-        .expect("running psql");
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
+    common::psql(host, port, db, user, "prefer", sql)
 }
 
 fn socket_file(dir: &Path, port: u16) -> PathBuf {

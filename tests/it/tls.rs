@@ -24,20 +24,9 @@ fn tls_general(dir: &Path, mode: &str) -> String {
     )
 }
 
-/// psql (libpq) with this `sslmode`: its output, or its error text.
+/// psql (libpq) as postgres with this `sslmode`: its output, or its error text.
 fn psql(host: &str, port: u16, db: &str, sslmode: &str, sql: &str) -> Result<String, String> {
-    let out = Command::new(pg().bin.join("psql"))
-        .args(["-X", "-w", "-At", "-h", host, "-p", &port.to_string()])
-        .args(["-U", "postgres", "-d", db, "-c", sql])
-        .env("PGSSLMODE", sslmode)
-        .env_remove("PGPASSWORD")
-        .output()
-        .expect("running psql");
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
+    crate::common::psql(host, port, db, "postgres", sslmode, sql)
 }
 
 fn tls_pgring(mode: &str, extra: &str) -> (Pgring, std::path::PathBuf) {

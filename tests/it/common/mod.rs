@@ -81,6 +81,30 @@ pub async fn try_connect(
     try_connect_with(&client_config(port, db, user, password)).await
 }
 
+/// psql (libpq) with no password prompt (`-w`) and `PGSSLMODE=sslmode`: its output, or its
+/// error text.
+pub fn psql(
+    host: &str,
+    port: u16,
+    db: &str,
+    user: &str,
+    sslmode: &str,
+    sql: &str,
+) -> Result<String, String> {
+    let out = std::process::Command::new(pg().bin.join("psql"))
+        .args(["-X", "-w", "-At", "-h", host, "-p", &port.to_string()])
+        .args(["-U", user, "-d", db, "-c", sql])
+        .env("PGSSLMODE", sslmode)
+        .env_remove("PGPASSWORD")
+        .output()
+        .expect("running psql");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
 /// tokio-postgres over the unix socket in `dir` (no password).
 pub async fn unix_connect(
     dir: &std::path::Path,
