@@ -6,10 +6,10 @@
 //! - databases `all`, `sameuser`, `@file`, names (comma-separated, quoted or not);
 //! - users `all`, `@file`, names;
 //! - addresses `all`, `ADDR/LEN` and `ADDR MASK`, IPv4 and IPv6;
-//! - methods `trust`, `reject`, `md5`, `password`, `scram-sha-256` and `peer`.
+//! - methods `trust`, `reject`, `md5`, `password`, `scram-sha-256`, `peer` and `cert`.
 //!
 //! Everything else (`replication`, `samerole`, `+group`, regular expressions, host names,
-//! `samehost`, `cert`, `map=` and other options, `include` directives) is refused with its line number rather than read loosely: a rule pgring cannot
+//! `samehost`, `map=` and other options, `include` directives) is refused with its line number rather than read loosely: a rule pgring cannot
 //! honour would let in or keep out clients the operator did not mean to. As in PostgreSQL, the
 //! first rule matching the connection decides, and a connection no rule matches is refused.
 //!
@@ -36,6 +36,8 @@ pub enum Method {
     Scram,
     /// Unix socket peer whose OS user name is the login user name.
     Peer,
+    /// TLS client certificate whose CommonName is the login user name.
+    Cert,
 }
 
 /// The connection being judged.
@@ -369,6 +371,11 @@ fn parse_rule(
             "peer authentication works on local (unix socket) rules only".into(),
         ));
     }
+    if method == Method::Cert && kind == Kind::Local {
+        return Err(bad(
+            "cert authentication needs TLS, which the unix socket has not".into(),
+        ));
+    }
     Ok(Rule {
         line,
         kind,
@@ -482,7 +489,7 @@ fn method(text: &str) -> Result<Method, String> {
         "password" => Method::Password,
         "scram-sha-256" => Method::Scram,
         "peer" => Method::Peer,
-        "cert" => return Err("method \"cert\" needs TLS, which pgring does not implement".into()),
+        "cert" => Method::Cert,
         other => return Err(format!("unsupported authentication method \"{other}\"")),
     })
 }
@@ -496,6 +503,7 @@ impl fmt::Display for Method {
             Method::Password => "password",
             Method::Scram => "scram-sha-256",
             Method::Peer => "peer",
+            Method::Cert => "cert",
         })
     }
 }
@@ -657,7 +665,7 @@ host  c, d              all        all  password
 host replication all all trust
 host all +staff all trust
 host all all db.example.com trust
-host all all 10.0.0.0/8 cert
+local all all cert
 local all all peer map=omicron
 hostgssenc all all all trust
 host all all 10.0.0.0/33 trust
@@ -670,7 +678,7 @@ host all all
             "line 1: database keyword \"replication\"",
             "line 2: group membership \"+staff\"",
             "line 3: invalid address \"db.example.com\"",
-            "line 4: method \"cert\" needs TLS",
+            "line 4: cert authentication needs TLS",
             "line 5: option \"map=omicron\"",
             "line 6: unsupported record type \"hostgssenc\"",
             "line 7: invalid prefix length",

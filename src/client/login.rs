@@ -446,9 +446,20 @@ fn auth_method(
     db: &str,
     user: &str,
 ) -> Result<AuthType> {
-    if config.general.auth_type != AuthType::Hba {
-        return Ok(config.general.auth_type);
+    let method = match config.general.auth_type {
+        AuthType::Hba => hba_method(shard, stream, db, user)?,
+        other => other,
+    };
+    if method == AuthType::Cert {
+        check_cert(stream, user)?;
+        return Ok(AuthType::Trust);
     }
+    Ok(method)
+}
+
+/// The method of the first `auth_hba_file` rule matching this connection (see
+/// [`auth_method`]).
+fn hba_method(shard: &Shard, stream: &Stream, db: &str, user: &str) -> Result<AuthType> {
     let peer = match rio::peer_addr(stream) {
         Some(addr) => hba::Peer::Host {
             addr: addr.ip(),
@@ -474,6 +485,7 @@ fn auth_method(
         hba::Method::Md5 => AuthType::Md5,
         hba::Method::Password => AuthType::Plain,
         hba::Method::Scram => AuthType::ScramSha256,
+        hba::Method::Cert => AuthType::Cert,
         hba::Method::Peer => {
             check_peer(stream, user)?;
             AuthType::Trust
@@ -494,6 +506,21 @@ fn auth_method(
 /// PgBouncer's wording; PostgreSQL's SQLSTATE for an hba refusal.
 fn login_rejected() -> Error {
     Error::refuse(sqlstate::INVALID_AUTHORIZATION, "login rejected")
+}
+
+/// `cert`: the client logged in over TLS with a certificate that chains to
+/// `client_tls_ca_file` (checked in the handshake) and whose CommonName is the login user name,
+/// as PgBouncer takes it.
+fn check_cert(stream: &Stream, user: &str) -> Result<()> {
+    let common_name = stream.tls_peer_common_name();
+    if common_name.as_deref() == Some(user) {
+        return Ok(());
+    }
+    warn!(user, common_name = ?common_name, tls = stream.is_tls(), "certificate authentication failed");
+    Err(Error::refuse(
+        sqlstate::INVALID_AUTHORIZATION,
+        format!("certificate authentication failed for user \"{user}\""),
+    ))
 }
 
 /// `peer`: the unix socket's peer runs as the OS user named like the login user (no ident

@@ -338,7 +338,7 @@ replica = host=10.0.0.1 target_session_attrs=read-only
         .replace("[peers]\n1 = host=10.0.0.9\n", "");
     let found = problems("values", &text).join("\n");
     for needle in [
-        "client_tls_sslmode: \"verify-ca\" is not implemented",
+        "client_tls_sslmode: \"verify-ca\" needs client_tls_ca_file",
         "server_tls_sslmode: \"verify-full\" is not implemented",
     ] {
         assert!(found.contains(needle), "{needle} missing from:\n{found}");

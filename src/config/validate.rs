@@ -85,12 +85,27 @@ fn auth(config: &Config, out: &mut Vec<String>) {
 }
 
 fn tls(g: &General, out: &mut Vec<String>) {
-    let wants_tls = g.client_tls_sslmode != SslMode::Disable;
-    if wants_tls && (g.client_tls_key_file.is_none() || g.client_tls_cert_file.is_none()) {
+    let mode = g.client_tls_sslmode;
+    let files = g.client_tls_key_file.is_some() && g.client_tls_cert_file.is_some();
+    if mode != SslMode::Disable && !files {
         out.push(format!(
-            "[general] client_tls_sslmode: {:?} needs client_tls_key_file and client_tls_cert_file",
-            g.client_tls_sslmode
+            "[general] client_tls_sslmode: \"{}\" needs client_tls_key_file and client_tls_cert_file",
+            mode.as_str()
         ));
+    }
+    let verifies = matches!(mode, SslMode::VerifyCa | SslMode::VerifyFull);
+    if verifies && g.client_tls_ca_file.is_none() {
+        out.push(format!(
+            "[general] client_tls_sslmode: \"{}\" needs client_tls_ca_file (the roots client certificates must chain to)",
+            mode.as_str()
+        ));
+    }
+    let cert_ready = mode != SslMode::Disable && g.client_tls_ca_file.is_some();
+    if g.auth_type == AuthType::Cert && !cert_ready {
+        out.push(
+            "[general] auth_type: \"cert\" needs client TLS (client_tls_sslmode) and client_tls_ca_file"
+                .into(),
+        );
     }
 }
 
@@ -177,17 +192,6 @@ pub(crate) fn unsupported(config: &Config) -> (Vec<String>, Vec<String>) {
         format!("[general] {key}: \"{value}\" is not implemented by pgring: {why}")
     };
     if matches!(
-        g.client_tls_sslmode,
-        SslMode::VerifyCa | SslMode::VerifyFull
-    ) {
-        let mode = g.client_tls_sslmode.as_str();
-        errors.push(not_implemented(
-            "client_tls_sslmode",
-            mode,
-            "client certificates are not checked; set \"require\"",
-        ));
-    }
-    if matches!(
         g.server_tls_sslmode,
         SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
     ) {
@@ -198,7 +202,7 @@ pub(crate) fn unsupported(config: &Config) -> (Vec<String>, Vec<String>) {
             "server connections would be unencrypted; set \"prefer\" or \"disable\"",
         ));
     }
-    if matches!(g.auth_type, AuthType::Pam | AuthType::Ldap | AuthType::Cert) {
+    if matches!(g.auth_type, AuthType::Pam | AuthType::Ldap) {
         let why = "every login would be refused";
         errors.push(not_implemented("auth_type", g.auth_type.as_str(), why));
     }

@@ -219,6 +219,11 @@ impl Stream {
         self.tls.is_some()
     }
 
+    /// The CommonName of the client's verified certificate, if it sent one.
+    pub fn tls_peer_common_name(&self) -> Option<String> {
+        self.tls.as_deref().and_then(Tls::peer_common_name)
+    }
+
     /// The TLS version and cipher, as PgBouncer's logs and SHOW CLIENTS `tls` show them.
     pub fn tls_info(&self) -> Option<String> {
         self.tls.as_deref().map(Tls::describe)

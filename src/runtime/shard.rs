@@ -200,8 +200,17 @@ pub fn load_userlist(config: &Config) -> Result<UserList, String> {
     let tls_files = (&general.client_tls_cert_file, &general.client_tls_key_file);
     match (general.client_tls_sslmode, tls_files) {
         (crate::config::SslMode::Disable, _) => Ok(users),
-        (_, (Some(cert), Some(key))) => {
-            let tls = super::tls::acceptor(cert, key).map_err(|e| format!("client TLS: {e}"))?;
+        (mode, (Some(cert), Some(key))) => {
+            let files = super::tls::TlsFiles {
+                cert,
+                key,
+                ca: general.client_tls_ca_file.as_deref(),
+                require_client_cert: matches!(
+                    mode,
+                    crate::config::SslMode::VerifyCa | crate::config::SslMode::VerifyFull
+                ),
+            };
+            let tls = super::tls::acceptor(&files).map_err(|e| format!("client TLS: {e}"))?;
             Ok(users.with_tls(tls))
         }
         // Validation asks for both files first.

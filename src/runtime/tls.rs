@@ -20,6 +20,7 @@ use std::task::{Context, Poll};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
 use rustls::{ServerConfig, ServerConnection};
 
 /// Ciphertext read from the socket per `recv`: at most one TLS record's worth of plaintext
@@ -27,26 +28,66 @@ use rustls::{ServerConfig, ServerConnection};
 /// we only read when that buffer is empty.
 const READ_CHUNK: usize = 16 * 1024;
 
-/// Builds the TLS configuration for clients from `client_tls_cert_file` (a PEM chain, leaf
-/// first) and `client_tls_key_file` (a PEM private key). TLS 1.2 and 1.3 with rustls's safe
-/// defaults, as PgBouncer's `secure` protocols and ciphers; no client certificates.
-pub fn acceptor(cert_file: &Path, key_file: &Path) -> Result<Arc<ServerConfig>, String> {
-    let shown = |p: &Path, e: &dyn std::fmt::Display| format!("{}: {e}", p.display());
-    let certs = CertificateDer::pem_file_iter(cert_file)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| shown(cert_file, &e))?;
-    if certs.is_empty() {
-        return Err(shown(cert_file, &"no certificate in the file"));
-    }
-    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| shown(key_file, &e))?;
+/// Where the TLS configuration for clients comes from (`client_tls_*`).
+pub struct TlsFiles<'a> {
+    /// `client_tls_cert_file`: a PEM chain, leaf first.
+    pub cert: &'a Path,
+    /// `client_tls_key_file`: a PEM private key.
+    pub key: &'a Path,
+    /// `client_tls_ca_file`: the roots client certificates must chain to, if any.
+    pub ca: Option<&'a Path>,
+    /// `verify-ca`/`verify-full`: a client without a valid certificate fails the handshake.
+    /// Otherwise a certificate is asked for (with a CA file) but not required.
+    pub require_client_cert: bool,
+}
+
+/// Builds the TLS configuration for clients: TLS 1.2 and 1.3 with rustls's safe defaults, as
+/// PgBouncer's `secure` protocols and ciphers; client certificates checked against
+/// `client_tls_ca_file` when one is given.
+pub fn acceptor(files: &TlsFiles<'_>) -> Result<Arc<ServerConfig>, String> {
+    let certs = read_certs(files.cert)?;
+    let key = PrivateKeyDer::from_pem_file(files.key).map_err(|e| shown(files.key, &e))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ServerConfig::builder_with_provider(provider)
+    let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
+        .map_err(|e| e.to_string())?;
+    let builder = match files.ca {
+        None if files.require_client_cert => {
+            return Err("verify-ca and verify-full need client_tls_ca_file".into())
+        }
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in read_certs(ca)? {
+                roots.add(cert).map_err(|e| shown(ca, &e))?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let verifier = if files.require_client_cert {
+                verifier
+            } else {
+                verifier.allow_unauthenticated()
+            };
+            builder.with_client_cert_verifier(verifier.build().map_err(|e| shown(ca, &e))?)
+        }
+    };
+    let config = builder
         .with_single_cert(certs, key)
-        .map_err(|e| format!("{}: {e}", key_file.display()))?;
+        .map_err(|e| shown(files.key, &e))?;
     Ok(Arc::new(config))
+}
+
+fn shown(p: &Path, e: &dyn std::fmt::Display) -> String {
+    format!("{}: {e}", p.display())
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| shown(path, &e))?;
+    if certs.is_empty() {
+        return Err(shown(path, &"no certificate in the file"));
+    }
+    Ok(certs)
 }
 
 /// One client's TLS session.
@@ -97,6 +138,15 @@ impl Tls {
             Some(suite) => format!("{version}/{:?}", suite.suite()),
             None => version,
         }
+    }
+
+    /// The CommonName of the client's certificate (verified against `client_tls_ca_file`
+    /// during the handshake), for `auth_type = cert`: PgBouncer takes the user name from it.
+    pub fn peer_common_name(&self) -> Option<String> {
+        let leaf = self.conn.peer_certificates()?.first()?;
+        let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+        let cn = cert.subject().iter_common_name().next()?;
+        cn.as_str().ok().map(str::to_owned)
     }
 
     /// Plaintext into `buf`, reading and decrypting what the socket has as needed (and

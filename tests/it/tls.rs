@@ -1,7 +1,8 @@
 //! Client TLS (`client_tls_sslmode`): libpq's psql and pgbench over TLS through pgring (login,
 //! transaction pooling, large results, the console's SHOW CLIENTS `tls` column), `require`
 //! refusing a plaintext TCP client but not the unix socket, `prefer` leaving the choice to the
-//! client, and `hostssl` rules matching TLS clients only.
+//! client, `hostssl` rules matching TLS clients only, and client certificates (`verify-ca`,
+//! `auth_type = cert`).
 
 use std::path::Path;
 use std::process::Command;
@@ -157,5 +158,84 @@ async fn bad_input_around_the_handshake_closes_only_that_client() {
 
     let ok = psql("127.0.0.1", port, "app", "require", "SELECT 1");
     assert_eq!(ok.as_deref(), Ok("1"), "{}", pgring.log());
+    let _ = std::fs::remove_dir_all(files);
+}
+
+/// A CA and a certificate it signed for `common_name` (client auth), PEM: (ca, cert, key).
+fn signed_client_cert(common_name: &str) -> (String, String, String) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    };
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "pgring test CA");
+    let ca_cert = ca.self_signed(&ca_key).expect("CA certificate");
+    let key = KeyPair::generate().expect("client key");
+    let mut client = CertificateParams::new(Vec::<String>::new()).expect("client params");
+    client
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = client
+        .signed_by(&key, &ca_cert, &ca_key)
+        .expect("client certificate");
+    (ca_cert.pem(), cert.pem(), key.serialize_pem())
+}
+
+/// Writes a libpq client key: libpq refuses one that others may read.
+fn write_private(path: &Path, pem: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, pem).expect("writing a key");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod 600");
+}
+
+/// `verify-ca` + `auth_type = cert`: a certificate from `client_tls_ca_file` whose CommonName is
+/// the user logs in without a password; the wrong user, no certificate, or one from another CA
+/// does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_ca_and_cert_auth_take_the_user_from_the_client_certificate() {
+    let files = fresh_dir();
+    let (ca, cert, key) = signed_client_cert("postgres");
+    std::fs::write(files.join("ca.crt"), ca).expect("writing ca.crt");
+    std::fs::write(files.join("client.crt"), cert).expect("writing client.crt");
+    write_private(&files.join("client.key"), &key);
+    // Right CommonName, but signed by a CA pgring does not trust.
+    let (_, rogue_cert, rogue_key) = signed_client_cert("postgres");
+    std::fs::write(files.join("rogue.crt"), rogue_cert).expect("writing rogue.crt");
+    write_private(&files.join("rogue.key"), &rogue_key);
+
+    let general = format!(
+        "{}\nclient_tls_ca_file = \"{}\"\nauth_type = \"cert\"",
+        tls_general(&files, "verify-ca"),
+        files.join("ca.crt").display()
+    );
+    let pgring = Pgring::start(&config_for("transaction", 2, 2, &general));
+    let port = pgring.port;
+    let with = |cert: &str, key: &str, user: &str| {
+        let (cert, key) = (files.join(cert), files.join(key));
+        let env = [
+            ("PGSSLMODE", "require"),
+            ("PGSSLCERT", cert.to_str().unwrap()),
+            ("PGSSLKEY", key.to_str().unwrap()),
+        ];
+        crate::common::psql_env("127.0.0.1", port, "app", user, &env, "SELECT current_user")
+    };
+    let ok = with("client.crt", "client.key", "postgres");
+    assert_eq!(ok.as_deref(), Ok("postgres"), "{}", pgring.log());
+    let wrong_user = with("client.crt", "client.key", "md5_user").unwrap_err();
+    assert!(
+        wrong_user.contains("certificate authentication failed"),
+        "{wrong_user}"
+    );
+    assert!(
+        with("rogue.crt", "rogue.key", "postgres").is_err(),
+        "a certificate from another CA"
+    );
+    assert!(
+        with("none.crt", "none.key", "postgres").is_err(),
+        "no client certificate"
+    );
     let _ = std::fs::remove_dir_all(files);
 }

@@ -91,10 +91,23 @@ pub fn psql(
     sslmode: &str,
     sql: &str,
 ) -> Result<String, String> {
+    psql_env(host, port, db, user, &[("PGSSLMODE", sslmode)], sql)
+}
+
+/// psql (libpq) with no password prompt and these libpq environment variables (PGSSLMODE,
+/// PGSSLCERT...): its output, or its error text.
+pub fn psql_env(
+    host: &str,
+    port: u16,
+    db: &str,
+    user: &str,
+    env: &[(&str, &str)],
+    sql: &str,
+) -> Result<String, String> {
     let out = std::process::Command::new(pg().bin.join("psql"))
         .args(["-X", "-w", "-At", "-h", host, "-p", &port.to_string()])
         .args(["-U", user, "-d", db, "-c", sql])
-        .env("PGSSLMODE", sslmode)
+        .envs(env.iter().copied())
         .env_remove("PGPASSWORD")
         .output()
         .expect("running psql");
