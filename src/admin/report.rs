@@ -310,7 +310,7 @@ fn idle_server_rows(shard: &Shard, key: &PoolKey, pool: &Pool, out: &mut Vec<Con
             id: s.meta.id,
             link: None,
             remote_pid: s.meta.backend_key.pid,
-            tls: None,
+            tls: s.stream.tls_info(),
             app_name: String::new(),
             prepared: s.meta.prepared.len(),
         })

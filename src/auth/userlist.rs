@@ -124,12 +124,14 @@ pub enum LineError {
 /// The parsed auth_file: a map from user name to [`Secret`]. It also carries what the other
 /// files the configuration names say, since all are read and swapped together (start,
 /// RELOAD): with `auth_type = hba` the parsed `auth_hba_file`, and with client TLS on, the TLS
-/// configuration built from `client_tls_cert_file` and `client_tls_key_file`.
+/// configuration built from `client_tls_cert_file` and `client_tls_key_file`, and the one
+/// for server connections (`server_tls_*`).
 #[derive(Debug, Clone, Default)]
 pub struct UserList {
     users: HashMap<String, Secret>,
     hba: Option<super::hba::Hba>,
     tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    server_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl UserList {
@@ -149,6 +151,7 @@ impl UserList {
             users,
             hba: None,
             tls: None,
+            server_tls: None,
         })
     }
 
@@ -195,6 +198,18 @@ impl UserList {
     /// The TLS configuration for clients, when `client_tls_sslmode` is not `disable`.
     pub fn tls(&self) -> Option<&std::sync::Arc<rustls::ServerConfig>> {
         self.tls.as_ref()
+    }
+
+    /// Adds the TLS configuration for server connections.
+    pub fn with_server_tls(mut self, tls: std::sync::Arc<rustls::ClientConfig>) -> UserList {
+        self.server_tls = Some(tls);
+        self
+    }
+
+    /// The TLS configuration for server connections (`server_tls_sslmode` `prefer` and
+    /// stronger).
+    pub fn server_tls(&self) -> Option<&std::sync::Arc<rustls::ClientConfig>> {
+        self.server_tls.as_ref()
     }
 
     /// How many users the file lists.

@@ -339,7 +339,7 @@ replica = host=10.0.0.1 target_session_attrs=read-only
     let found = problems("values", &text).join("\n");
     for needle in [
         "client_tls_sslmode: \"verify-ca\" needs client_tls_ca_file",
-        "server_tls_sslmode: \"verify-full\" is not implemented",
+        "server_tls_sslmode: \"verify-full\" needs server_tls_ca_file",
     ] {
         assert!(found.contains(needle), "{needle} missing from:\n{found}");
     }

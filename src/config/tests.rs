@@ -287,6 +287,7 @@ fn pgbouncer_spellings_are_accepted() {
         server_round_robin = 1
         tcp_keepalive = 0
         server_tls_sslmode = "verify-full"
+        server_tls_ca_file = "root.crt"
         [databases.app]
         load_balance_hosts = "disable"
         "#,

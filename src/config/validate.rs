@@ -100,6 +100,13 @@ fn tls(g: &General, out: &mut Vec<String>) {
             mode.as_str()
         ));
     }
+    let server = g.server_tls_sslmode;
+    if matches!(server, SslMode::VerifyCa | SslMode::VerifyFull) && g.server_tls_ca_file.is_none() {
+        out.push(format!(
+            "[general] server_tls_sslmode: \"{}\" needs server_tls_ca_file (the roots PostgreSQL's certificate must chain to)",
+            server.as_str()
+        ));
+    }
     let cert_ready = mode != SslMode::Disable && g.client_tls_ca_file.is_some();
     if g.auth_type == AuthType::Cert && !cert_ready {
         out.push(
@@ -191,17 +198,6 @@ pub(crate) fn unsupported(config: &Config) -> (Vec<String>, Vec<String>) {
     let not_implemented = |key: &str, value: &str, why: &str| {
         format!("[general] {key}: \"{value}\" is not implemented by pgring: {why}")
     };
-    if matches!(
-        g.server_tls_sslmode,
-        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
-    ) {
-        let mode = g.server_tls_sslmode.as_str();
-        errors.push(not_implemented(
-            "server_tls_sslmode",
-            mode,
-            "server connections would be unencrypted; set \"prefer\" or \"disable\"",
-        ));
-    }
     if matches!(g.auth_type, AuthType::Pam | AuthType::Ldap) {
         let why = "every login would be refused";
         errors.push(not_implemented("auth_type", g.auth_type.as_str(), why));

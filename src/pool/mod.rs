@@ -642,22 +642,27 @@ impl Drop for WaitGuard {
 /// or md5). A SCRAM verifier cannot log in by itself: then the keys of a
 /// client's SCRAM login to this pool are used (pass-through), if any yet.
 fn server_password(shard: &Shard, config: &Config, key: &PoolKey) -> ServerCredentials {
+    let userlist = shard.userlist();
+    let tls = userlist.server_tls().cloned();
     if let Some(p) = config.database(&key.db).and_then(|d| d.password.clone()) {
         return ServerCredentials {
             password: Some(p),
             scram_keys: None,
+            tls,
         };
     }
     use crate::auth::userlist::Secret;
-    let secret = shard.userlist().get(&key.user).cloned();
+    let secret = userlist.get(&key.user).cloned();
     match secret.or_else(|| shard.auth_cache.server_secret(key)) {
         Some(Secret::Plain(p)) | Some(Secret::Md5(p)) => ServerCredentials {
             password: Some(p),
             scram_keys: None,
+            tls,
         },
         _ => ServerCredentials {
             password: None,
             scram_keys: shard.auth_cache.keys(key),
+            tls,
         },
     }
 }

@@ -196,6 +196,12 @@ pub fn startup(buf: &mut Vec<u8>, params: &[(&str, &str)]) {
     finish(buf, at);
 }
 
+/// SSLRequest: asks the server for TLS (it answers one byte, `S` or `N`).
+pub fn ssl_request(buf: &mut Vec<u8>) {
+    buf.extend_from_slice(&8u32.to_be_bytes());
+    buf.extend_from_slice(&super::startup::SSL_REQUEST_CODE.to_be_bytes());
+}
+
 /// CancelRequest.
 pub fn cancel_request(buf: &mut Vec<u8>, key: CancelKey) {
     buf.extend_from_slice(&16u32.to_be_bytes());

@@ -30,7 +30,8 @@ use super::executor::current;
 use super::reactor::{Dir, IoState};
 
 pub use super::executor::{now, sleep, spawn, wake_next};
-use super::tls::{self, Socket as _, Tls};
+pub use super::tls::Tls;
+use super::tls::{self, Socket as _};
 
 /// A connection, client or server side: TCP or a unix socket.
 #[derive(Debug)]
@@ -199,11 +200,17 @@ impl Stream {
     /// Adopts a socket that came out of [`Stream::into_fd`] on another shard: already
     /// non-blocking, family known, so no syscall is needed.
     pub fn adopt(fd: OwnedFd, unix: bool) -> Stream {
+        Self::adopt_with(fd, unix, None)
+    }
+
+    /// [`adopt`](Stream::adopt) with the TLS session that came out of
+    /// [`into_parts`](Stream::into_parts).
+    pub fn adopt_with(fd: OwnedFd, unix: bool, tls: Option<Box<Tls>>) -> Stream {
         Stream {
             io: IoState::new(fd.as_raw_fd()),
             fd,
             unix,
-            tls: None,
+            tls,
         }
     }
 
@@ -212,6 +219,30 @@ impl Stream {
     pub fn start_tls(&mut self, config: Arc<rustls::ServerConfig>) -> io::Result<()> {
         self.tls = Some(Box::new(Tls::new(config)?));
         Ok(())
+    }
+
+    /// Switches a server connection to TLS (PostgreSQL answered our SSLRequest with `S`); the
+    /// handshake runs with the first read or write.
+    pub fn start_tls_client(
+        &mut self,
+        config: Arc<rustls::ClientConfig>,
+        name: rustls::pki_types::ServerName<'static>,
+    ) -> io::Result<()> {
+        self.tls = Some(Box::new(Tls::client(config, name)?));
+        Ok(())
+    }
+
+    /// Completes the TLS handshake started by [`start_tls_client`](Stream::start_tls_client)
+    /// (no-op on a plain stream).
+    pub async fn tls_handshake(&mut self) -> io::Result<()> {
+        std::future::poll_fn(|cx| {
+            let sock = RawSocket::of(&self.io, &self.fd);
+            match self.tls.as_deref_mut() {
+                Some(tls) => tls.poll_handshake(&sock, cx),
+                None => Poll::Ready(Ok(())),
+            }
+        })
+        .await
     }
 
     /// Whether this stream speaks TLS.
@@ -229,12 +260,18 @@ impl Stream {
         self.tls.as_deref().map(Tls::describe)
     }
 
-    /// Leaves this shard's reactor and gives the socket back (to move it to another shard).
-    /// Only a plain stream can: a TLS session does not move (sessions check [`is_tls`]).
+    /// Leaves this shard's reactor and gives the socket back (to move a client to another
+    /// shard). Only a plain stream: a client's TLS session stays (sessions check [`is_tls`]).
     ///
     /// [`is_tls`]: Stream::is_tls
     pub fn into_fd(self) -> OwnedFd {
-        debug_assert!(self.tls.is_none(), "a TLS stream cannot move");
+        debug_assert!(self.tls.is_none(), "a TLS client cannot move");
+        self.into_parts().0
+    }
+
+    /// Leaves this shard's reactor with its TLS session, if any (a server connection handed to
+    /// another shard: the session is plain memory and moves with the socket).
+    pub fn into_parts(self) -> (OwnedFd, Option<Box<Tls>>) {
         let this = std::mem::ManuallyDrop::new(self);
         current().reactor.forget(&this.io);
         // SAFETY: `this` is never dropped; each field is read out exactly once.
@@ -245,8 +282,8 @@ impl Stream {
                 std::ptr::read(&this.tls),
             )
         };
-        drop((io, tls));
-        fd
+        drop(io);
+        (fd, tls)
     }
 }
 

@@ -180,7 +180,8 @@ pub fn counter(map: &RwLock<HashMap<Arc<str>, Arc<Counter>>>, name: &str) -> Arc
 }
 
 /// Loads `auth_file` if configured (an empty list otherwise), with `auth_type = hba`
-/// `auth_hba_file`, and with client TLS on its certificate and key.
+/// `auth_hba_file`, with client TLS on its certificate and key, and the TLS configuration for
+/// server connections.
 pub fn load_userlist(config: &Config) -> Result<UserList, String> {
     let users = match &config.general.auth_file {
         Some(path) => {
@@ -196,6 +197,10 @@ pub fn load_userlist(config: &Config) -> Result<UserList, String> {
             users.with_hba(hba)
         }
         _ => users,
+    };
+    let users = match server_tls(general)? {
+        Some(tls) => users.with_server_tls(tls),
+        None => users,
     };
     let tls_files = (&general.client_tls_cert_file, &general.client_tls_key_file);
     match (general.client_tls_sslmode, tls_files) {
@@ -216,6 +221,29 @@ pub fn load_userlist(config: &Config) -> Result<UserList, String> {
         // Validation asks for both files first.
         _ => Ok(users),
     }
+}
+
+/// The TLS configuration for server connections: none for `disable` and `allow` (pgring
+/// connects in plain and does not retry with TLS).
+fn server_tls(
+    general: &crate::config::General,
+) -> Result<Option<std::sync::Arc<rustls::ClientConfig>>, String> {
+    use super::tls::ServerCheck;
+    use crate::config::SslMode;
+    let check = match general.server_tls_sslmode {
+        SslMode::Disable | SslMode::Allow => return Ok(None),
+        SslMode::Prefer | SslMode::Require => ServerCheck::None,
+        SslMode::VerifyCa => ServerCheck::Chain,
+        SslMode::VerifyFull => ServerCheck::ChainAndName,
+    };
+    let client_cert = general
+        .server_tls_cert_file
+        .as_deref()
+        .zip(general.server_tls_key_file.as_deref());
+    let ca = general.server_tls_ca_file.as_deref();
+    super::tls::connector(check, ca, client_cert)
+        .map(Some)
+        .map_err(|e| format!("server TLS: {e}"))
 }
 
 /// One core's world.

@@ -1,15 +1,18 @@
-//! Client-side TLS (`client_tls_sslmode`): a rustls server session inside a [`Stream`].
+//! TLS inside a [`Stream`]: rustls sessions for clients (`client_tls_sslmode`, pgring the
+//! server) and for server connections (`server_tls_sslmode`, pgring the client).
 //!
-//! A client that sends SSLRequest is answered `S` when pgring has a certificate, and from then
-//! on every byte of its [`Stream`] goes through [`Tls`]: reads take ciphertext from the socket
-//! and hand out plaintext, writes take plaintext and send ciphertext. Everything above the
-//! stream (login, relay, console) is unchanged, and a stream without TLS pays one branch.
+//! A client that sends SSLRequest is answered `S` when pgring has a certificate; a server
+//! connection sends SSLRequest and, on `S`, finishes the handshake before its startup message.
+//! From then on every byte of the [`Stream`] goes through [`Tls`]: reads take ciphertext from
+//! the socket and hand out plaintext, writes take plaintext and send ciphertext. Everything
+//! above the stream (login, relay, console) is unchanged, and a stream without TLS pays one
+//! branch.
 //!
 //! The socket work stays ours (the reactor's readiness, non-blocking `recv`/`send`): rustls
 //! only sees byte slices, through `read_tls` from a buffer we filled and `write_tls` into
-//! [`Tls::out`], which we send. Server connections are plain (`server_tls_sslmode` is not
-//! implemented), and a TLS client never moves to another shard (its session state would have
-//! to move with the socket).
+//! [`Tls::out`], which we send. A server handed to another shard takes its session along
+//! (`Stream::into_parts`); a TLS client never moves (clients move only for balance, and
+//! keeping them is simpler than carrying the session through the client hand-over).
 //!
 //! [`Stream`]: super::Stream
 
@@ -18,10 +21,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::ServerName;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{ServerConfig, ServerConnection};
+use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerConnection};
 
 /// Ciphertext read from the socket per `recv`: at most one TLS record's worth of plaintext
 /// comes of it, which rustls's received-plaintext buffer (16 KiB) always has room for, since
@@ -76,6 +82,152 @@ pub fn acceptor(files: &TlsFiles<'_>) -> Result<Arc<ServerConfig>, String> {
     Ok(Arc::new(config))
 }
 
+/// How server connections check PostgreSQL's certificate (`server_tls_sslmode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerCheck {
+    /// `prefer`, `require`: encrypted, certificate not checked (libpq's meaning).
+    None,
+    /// `verify-ca`: the chain must end at `server_tls_ca_file`.
+    Chain,
+    /// `verify-full`: the chain, and the host name (or address) in the certificate.
+    ChainAndName,
+}
+
+/// Builds the TLS configuration for server connections: `server_tls_ca_file` for the roots
+/// (`verify-ca`, `verify-full`), `server_tls_cert_file` + `server_tls_key_file` for a client
+/// certificate if both are set.
+pub fn connector(
+    check: ServerCheck,
+    ca: Option<&Path>,
+    client_cert: Option<(&Path, &Path)>,
+) -> Result<Arc<ClientConfig>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let verifier: Arc<dyn ServerCertVerifier> = match (check, ca) {
+        (ServerCheck::None, _) => Arc::new(AnyServerCert(provider)),
+        (_, None) => return Err("verify-ca and verify-full need server_tls_ca_file".into()),
+        (check, Some(ca)) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in read_certs(ca)? {
+                roots.add(cert).map_err(|e| shown(ca, &e))?;
+            }
+            let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| shown(ca, &e))?;
+            match check {
+                ServerCheck::Chain => Arc::new(ChainOnly(webpki)),
+                _ => webpki,
+            }
+        }
+    };
+    let builder = builder
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let config = match client_cert {
+        Some((cert, key)) => {
+            let certs = read_certs(cert)?;
+            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| shown(key, &e))?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| shown(cert, &e))?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
+}
+
+/// `require`/`prefer`: any certificate (libpq does not check it either in these modes), but
+/// the handshake's signatures are still verified, so the session is with the key holder.
+#[derive(Debug)]
+struct AnyServerCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AnyServerCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &self.0.signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &self.0.signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// `verify-ca`: the web PKI check, except that a certificate for another name passes.
+#[derive(Debug)]
+struct ChainOnly(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        use rustls::{CertificateError, Error};
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            Err(Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
 fn shown(p: &Path, e: &dyn std::fmt::Display) -> String {
     format!("{}: {e}", p.display())
 }
@@ -90,9 +242,10 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     Ok(certs)
 }
 
-/// One client's TLS session.
+/// One TLS session: a client's (pgring the server) or a server connection's (pgring the
+/// client).
 pub struct Tls {
-    conn: ServerConnection,
+    conn: Connection,
     /// Ciphertext produced but not yet sent.
     out: Vec<u8>,
     /// Plaintext taken by the last `poll_write` whose ciphertext is not all sent yet: it is
@@ -119,11 +272,22 @@ impl Tls {
     /// A session for a client that was just answered `S`.
     pub fn new(config: Arc<ServerConfig>) -> io::Result<Tls> {
         let conn = ServerConnection::new(config).map_err(io::Error::other)?;
-        Ok(Tls {
+        Ok(Tls::over(conn.into()))
+    }
+
+    /// A session to a PostgreSQL server that answered our SSLRequest with `S`; `name` is
+    /// what its certificate is checked against (with `verify-full`).
+    pub fn client(config: Arc<ClientConfig>, name: ServerName<'static>) -> io::Result<Tls> {
+        let conn = ClientConnection::new(config, name).map_err(io::Error::other)?;
+        Ok(Tls::over(conn.into()))
+    }
+
+    fn over(conn: Connection) -> Tls {
+        Tls {
             conn,
             out: Vec::new(),
             unacked: 0,
-        })
+        }
     }
 
     /// PgBouncer's `tls_get_connection_info` style: `TLSv1.3/TLS13_AES_256_GCM_SHA384`.
@@ -194,6 +358,26 @@ impl Tls {
             }
         }
         Ok(())
+    }
+
+    /// Drives the handshake to its end (a server connection does it before its startup message,
+    /// so a refused certificate is a connect error, not a broken login).
+    pub(super) fn poll_handshake(
+        &mut self,
+        sock: &impl Socket,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            std::task::ready!(self.poll_flush(sock, cx))?;
+            if !self.conn.is_handshaking() {
+                return Poll::Ready(Ok(()));
+            }
+            let mut raw = [0u8; READ_CHUNK];
+            match std::task::ready!(sock.poll_recv(cx, &mut raw))? {
+                0 => return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into())),
+                n => self.take_ciphertext(&raw[..n])?,
+            }
+        }
     }
 
     /// Encrypts `buf` and sends it; `Ready(n)` once its ciphertext has all been sent.

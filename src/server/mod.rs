@@ -35,6 +35,9 @@ pub struct ServerCredentials {
     pub password: Option<String>,
     /// Keys from a client's SCRAM login (pass-through).
     pub scram_keys: Option<scram::PassThroughKeys>,
+    /// The TLS configuration for server connections (`server_tls_sslmode` `prefer` and
+    /// stronger; `None`: plain).
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 /// How to reach and log into PostgreSQL for one pool.
@@ -61,6 +64,10 @@ pub struct ConnectSettings {
     pub connect_query: Option<String>,
     /// max_packet_size.
     pub max_packet: u32,
+    /// TLS to the server: asked for with SSLRequest on TCP (never on a unix socket, as libpq).
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// `server_tls_sslmode` `require` and stronger: a server that answers `N` is refused.
+    pub tls_required: bool,
 }
 
 impl ConnectSettings {
@@ -92,6 +99,8 @@ impl ConnectSettings {
             connect_timeout: config.general.server_connect_timeout.duration(),
             connect_query: db.and_then(|d| d.connect_query.clone()),
             max_packet: config.general.max_packet_size,
+            tls: creds.tls,
+            tls_required: config.general.server_tls_sslmode.requires_tls(),
         }
     }
 }
@@ -136,6 +145,8 @@ pub struct ServerConn {
 #[derive(Debug)]
 pub struct DetachedServer {
     fd: OwnedFd,
+    /// Its TLS session, which moves with it.
+    tls: Option<Box<rio::Tls>>,
     /// The socket's family travels with it: the adopting shard must not ask the kernel.
     unix: bool,
     meta: Box<ServerMeta>,
@@ -145,9 +156,12 @@ impl ServerConn {
     /// Detaches from this shard's reactor. Must not be called with a read
     /// pending (servers are only moved while idle in a pool).
     pub fn detach(self) -> std::io::Result<DetachedServer> {
+        let unix = self.stream.is_unix();
+        let (fd, tls) = self.stream.into_parts();
         Ok(DetachedServer {
-            unix: self.stream.is_unix(),
-            fd: self.stream.into_fd(),
+            unix,
+            fd,
+            tls,
             meta: self.meta,
         })
     }
@@ -155,7 +169,7 @@ impl ServerConn {
     /// Attaches a detached connection to the current shard's reactor.
     pub fn attach(d: DetachedServer) -> std::io::Result<ServerConn> {
         // into_fd left the socket non-blocking; its family came along in `d`.
-        let stream = Stream::adopt(d.fd, d.unix);
+        let stream = Stream::adopt_with(d.fd, d.unix, d.tls);
         Ok(ServerConn {
             stream,
             meta: d.meta,
@@ -330,7 +344,68 @@ fn cannot_connect(server: String, reason: String) -> Error {
     )
 }
 
+/// SSLRequest, then TLS if PostgreSQL answers `S` (libpq's order). Exactly one byte is read:
+/// anything the server sent after it, before the handshake, would pass as encrypted
+/// (CVE-2021-23222), so it is left for the handshake to reject.
+async fn negotiate_tls(conn: &mut ServerConn, cs: &ConnectSettings) -> Result<()> {
+    let Some(config) = cs.tls.clone() else {
+        return Ok(());
+    };
+    if !matches!(conn.meta.addr, ServerAddr::Tcp(_)) {
+        return Ok(());
+    }
+    let mut request = Vec::with_capacity(8);
+    build::ssl_request(&mut request);
+    rio::write_all(&mut conn.stream, &request)
+        .await
+        .map_err(Error::ServerIo)?;
+    let mut answer = [0u8; 1];
+    futures_lite::AsyncReadExt::read_exact(&mut conn.stream, &mut answer)
+        .await
+        .map_err(Error::ServerIo)?;
+    match answer[0] {
+        b'S' => {
+            let name = tls_name(cs, &conn.meta.addr);
+            let stream = &mut conn.stream;
+            let handshake = match stream.start_tls_client(config, name) {
+                Ok(()) => stream.tls_handshake().await,
+                Err(e) => Err(e),
+            };
+            handshake.map_err(|e| {
+                let shown = cs.shown(&conn.meta.addr);
+                cannot_connect(shown, format!("TLS handshake failed: {e}"))
+            })
+        }
+        b'N' if !cs.tls_required => Ok(()),
+        b'N' => Err(Error::refuse(
+            sqlstate::CONNECTION_FAILURE,
+            format!(
+                "server {} does not support TLS, which server_tls_sslmode requires",
+                cs.shown(&conn.meta.addr)
+            ),
+        )),
+        other => Err(Error::ServerProtocol(
+            crate::protocol::ProtocolError::Unexpected(other),
+        )),
+    }
+}
+
+/// The name a server's certificate is checked against (`verify-full`): the configured host
+/// when it is one name, else the address connected to.
+fn tls_name(cs: &ConnectSettings, addr: &ServerAddr) -> rustls::pki_types::ServerName<'static> {
+    let configured = (!cs.host.contains(','))
+        .then(|| rustls::pki_types::ServerName::try_from(cs.host.clone()).ok())
+        .flatten();
+    match (configured, addr) {
+        (Some(name), _) => name,
+        (None, ServerAddr::Tcp(a)) => a.ip().into(),
+        // Unix sockets never get here (no TLS on them).
+        (None, ServerAddr::Unix { .. }) => std::net::Ipv4Addr::LOCALHOST.into(),
+    }
+}
+
 async fn login(conn: &mut ServerConn, cs: &ConnectSettings) -> Result<()> {
+    negotiate_tls(conn, cs).await?;
     let mut out = Vec::new();
     build::startup(&mut out, &[("user", &cs.user), ("database", &cs.dbname)]);
     rio::write_all(&mut conn.stream, &out)

@@ -239,3 +239,65 @@ async fn verify_ca_and_cert_auth_take_the_user_from_the_client_certificate() {
     );
     let _ = std::fs::remove_dir_all(files);
 }
+
+/// `ssl` of the backend serving this query, as PostgreSQL sees it.
+async fn backend_ssl(port: u16) -> Result<String, String> {
+    let client = crate::common::try_connect(port, "app", "postgres", "")
+        .await
+        .map_err(|e| crate::common::describe(&e))?;
+    let sql = "SELECT ssl::text FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
+    let row = client
+        .query_one(sql, &[])
+        .await
+        .map_err(|e| crate::common::describe(&e))?;
+    Ok(row.get(0))
+}
+
+/// Server connections: `prefer` (the default) speaks TLS to a PostgreSQL that has it, including
+/// servers handed between shards; `disable` does not; `verify-full` checks the certificate's
+/// chain and address, and a server whose certificate does not chain to `server_tls_ca_file`
+/// is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_connections_use_tls_as_server_tls_sslmode_says() {
+    let prefer = Pgring::start(&config_for("transaction", 2, 2, ""));
+    assert_eq!(
+        backend_ssl(prefer.port).await.as_deref(),
+        Ok("true"),
+        "{}",
+        prefer.log()
+    );
+    let disable = Pgring::start(&config_for(
+        "transaction",
+        2,
+        2,
+        "server_tls_sslmode = \"disable\"",
+    ));
+    assert_eq!(backend_ssl(disable.port).await.as_deref(), Ok("false"));
+
+    let ca = pg().ca_file();
+    let full = format!(
+        "server_tls_sslmode = \"verify-full\"\nserver_tls_ca_file = \"{}\"",
+        ca.display()
+    );
+    let full = Pgring::start(&config_for("transaction", 2, 2, &full));
+    assert_eq!(
+        backend_ssl(full.port).await.as_deref(),
+        Ok("true"),
+        "{}",
+        full.log()
+    );
+
+    let files = fresh_dir();
+    let (other_ca, _, _) = signed_client_cert("nobody");
+    std::fs::write(files.join("other-ca.crt"), other_ca).expect("writing other-ca.crt");
+    let wrong = format!(
+        "server_tls_sslmode = \"verify-ca\"\nserver_tls_ca_file = \"{}\"",
+        files.join("other-ca.crt").display()
+    );
+    let wrong = Pgring::start(&config_for("transaction", 2, 2, &wrong));
+    let err = backend_ssl(wrong.port)
+        .await
+        .expect_err("a server with an untrusted certificate");
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    let _ = std::fs::remove_dir_all(files);
+}

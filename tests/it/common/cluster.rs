@@ -122,6 +122,7 @@ impl PgCluster {
     /// Users, databases, pg_hba.conf and pgbench's tables.
     fn configure(&self) -> Result<(), String> {
         self.psql_script("postgres", SETUP_SQL)?;
+        self.enable_tls()?;
         std::fs::write(self.dir.join("data/pg_hba.conf"), PG_HBA)
             .map_err(|e| format!("writing pg_hba.conf: {e}"))?;
         self.psql("postgres", "SELECT pg_reload_conf()")?;
@@ -139,6 +140,47 @@ impl PgCluster {
             .args(["-p", &self.port.to_string(), "bench"]))?;
         self.psql("bench", "GRANT ALL ON SCHEMA public TO PUBLIC; GRANT ALL ON ALL TABLES IN SCHEMA public TO PUBLIC")?;
         Ok(())
+    }
+
+    /// TLS on, with a certificate for 127.0.0.1 signed by a test CA ([`PgCluster::ca_file`]):
+    /// pgring's default `server_tls_sslmode = prefer` then speaks TLS to this server in every
+    /// test, as it would to a production PostgreSQL with `ssl = on`.
+    fn enable_tls(&self) -> Result<(), String> {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+        let fail = |e: rcgen::Error| format!("making the test certificates: {e}");
+        let ca_key = KeyPair::generate().map_err(fail)?;
+        let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(fail)?;
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "pgring test PostgreSQL CA");
+        let ca_cert = ca.self_signed(&ca_key).map_err(fail)?;
+        let key = KeyPair::generate().map_err(fail)?;
+        let names = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
+        let server = CertificateParams::new(names).map_err(fail)?;
+        let cert = server.signed_by(&key, &ca_cert, &ca_key).map_err(fail)?;
+        let data = self.dir.join("data");
+        let write = |name: &str, text: String| {
+            let path = data.join(name);
+            std::fs::write(&path, text).map_err(|e| format!("writing {name}: {e}"))?;
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::Permissions::from_mode(0o600);
+            std::fs::set_permissions(&path, mode).map_err(|e| format!("chmod {name}: {e}"))?;
+            // SAFETY: geteuid has no preconditions.
+            if unsafe { libc::geteuid() } == 0 {
+                run(Command::new("chown").args(["postgres:postgres", path_str(&path)]))?;
+            }
+            Ok::<(), String>(())
+        };
+        write("server.crt", cert.pem())?;
+        write("server.key", key.serialize_pem())?;
+        std::fs::write(self.ca_file(), ca_cert.pem()).map_err(|e| format!("writing ca: {e}"))?;
+        self.psql("postgres", "ALTER SYSTEM SET ssl = on")?;
+        Ok(())
+    }
+
+    /// The CA that signed the server's certificate (for `verify-ca` / `verify-full`).
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("test-ca.crt")
     }
 
     /// Runs SQL as `postgres` over the unix socket; returns psql's unaligned output.
