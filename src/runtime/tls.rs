@@ -242,6 +242,12 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     Ok(certs)
 }
 
+thread_local! {
+    /// Ciphertext just received, on its way into rustls (see `poll_recv_ciphertext`).
+    static SCRATCH: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0u8; READ_CHUNK].into_boxed_slice());
+}
+
 /// One TLS session: a client's (pgring the server) or a server connection's (pgring the
 /// client).
 pub struct Tls {
@@ -331,16 +337,30 @@ impl Tls {
             if let Err(e) = std::task::ready!(self.poll_flush(sock, cx)) {
                 return Poll::Ready(Err(e));
             }
-            let mut raw = [0u8; READ_CHUNK];
-            let n = match std::task::ready!(sock.poll_recv(cx, &mut raw)) {
+            match std::task::ready!(self.poll_recv_ciphertext(sock, cx)) {
                 Ok(0) => return Poll::Ready(Ok(0)),
-                Ok(n) => n,
+                Ok(_) => {}
                 Err(e) => return Poll::Ready(Err(e)),
-            };
-            if let Err(e) = self.take_ciphertext(&raw[..n]) {
-                return Poll::Ready(Err(e));
             }
         }
+    }
+
+    /// Receives what the socket has (at most [`READ_CHUNK`]) and feeds it to rustls; the count
+    /// (0: end of stream). The bytes land in a per-thread scratch buffer, not in a buffer per
+    /// connection (an idle TLS client holds none) nor on the stack (a 16 KiB zeroing per read).
+    fn poll_recv_ciphertext(
+        &mut self,
+        sock: &impl Socket,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<usize>> {
+        SCRATCH.with(|scratch| {
+            let mut raw = scratch.borrow_mut();
+            let n = std::task::ready!(sock.poll_recv(cx, &mut raw[..]))?;
+            if n > 0 {
+                self.take_ciphertext(&raw[..n])?;
+            }
+            Poll::Ready(Ok(n))
+        })
     }
 
     /// Feeds ciphertext to rustls and processes it: handshake messages queue replies (sent by
@@ -372,10 +392,8 @@ impl Tls {
             if !self.conn.is_handshaking() {
                 return Poll::Ready(Ok(()));
             }
-            let mut raw = [0u8; READ_CHUNK];
-            match std::task::ready!(sock.poll_recv(cx, &mut raw))? {
-                0 => return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into())),
-                n => self.take_ciphertext(&raw[..n])?,
+            if std::task::ready!(self.poll_recv_ciphertext(sock, cx))? == 0 {
+                return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
             }
         }
     }
