@@ -25,7 +25,9 @@ mod tests;
 pub use entries::{Database, User};
 pub use general::{General, DEFAULT_AUTH_QUERY, EMPTY_CHECK_QUERY};
 pub use reload::{changes, reload_changes, Change, RESTART_KEYS};
-pub use types::{split_list, AuthType, FileMode, LoadBalanceHosts, PoolMode, Seconds, SslMode};
+pub use types::{
+    split_list, AuthType, FileMode, LoadBalanceHosts, PoolMode, Seconds, SslMode, TlsProtocols,
+};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

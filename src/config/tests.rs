@@ -469,3 +469,24 @@ fn listen_addrs_and_health_check_helpers() {
     g.server_check_query = "SELECT 1".into();
     assert_eq!(g.health_check_query(), Some("SELECT 1"));
 }
+
+#[test]
+fn tls_protocol_lists_map_to_the_versions_rustls_speaks() {
+    let p = |s: &str| TlsProtocols::parse(s);
+    let both = TlsProtocols {
+        v12: true,
+        v13: true,
+        dropped: false,
+    };
+    assert_eq!(p("secure"), Ok(both));
+    assert_eq!(p("TLSv1.2,tlsv1.3"), Ok(both));
+    let only13 = p("tlsv1.3").unwrap();
+    assert!(only13.v13 && !only13.v12 && !only13.dropped);
+    let legacy = p("tlsv1.1:tlsv1.2").unwrap();
+    assert!(
+        legacy.v12 && !legacy.v13 && legacy.dropped,
+        "1.1 is dropped, with a warning"
+    );
+    assert!(p("tlsv1.0").unwrap_err().contains("leaves no TLS version"));
+    assert!(p("sslv3").unwrap_err().contains("unknown TLS protocol"));
+}

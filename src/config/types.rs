@@ -135,6 +135,47 @@ impl SslMode {
     }
 }
 
+/// TLS versions out of PgBouncer's `client_tls_protocols` / `server_tls_protocols`: a list
+/// (comma, colon or space separated) of `tlsv1.0` ... `tlsv1.3`, `secure` (1.2 and 1.3),
+/// `all`, `legacy`, `default`. pgring (rustls) speaks only 1.2 and 1.3, so 1.0 and 1.1 drop
+/// out (`dropped`); a list left with neither is an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TlsProtocols {
+    /// TLS 1.2 allowed.
+    pub v12: bool,
+    /// TLS 1.3 allowed.
+    pub v13: bool,
+    /// The list asked for versions pgring does not speak.
+    pub dropped: bool,
+}
+
+impl TlsProtocols {
+    /// Parses a `*_tls_protocols` value.
+    pub fn parse(list: &str) -> Result<TlsProtocols, String> {
+        let mut p = TlsProtocols {
+            v12: false,
+            v13: false,
+            dropped: false,
+        };
+        for word in list.split([',', ':', ' ']).filter(|w| !w.is_empty()) {
+            match word.to_ascii_lowercase().as_str() {
+                "tlsv1.2" => p.v12 = true,
+                "tlsv1.3" => p.v13 = true,
+                "secure" | "default" => (p.v12, p.v13) = (true, true),
+                "all" | "legacy" => (p.v12, p.v13, p.dropped) = (true, true, true),
+                "tlsv1.0" | "tlsv1.1" => p.dropped = true,
+                other => return Err(format!("unknown TLS protocol \"{other}\" in \"{list}\"")),
+            }
+        }
+        if !p.v12 && !p.v13 {
+            return Err(format!(
+                "\"{list}\" leaves no TLS version pgring speaks (1.2, 1.3)"
+            ));
+        }
+        Ok(p)
+    }
+}
+
 /// How a database entry with several hosts picks one (`load_balance_hosts`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]

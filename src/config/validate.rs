@@ -202,6 +202,23 @@ pub(crate) fn unsupported(config: &Config) -> (Vec<String>, Vec<String>) {
         let why = "every login would be refused";
         errors.push(not_implemented("auth_type", g.auth_type.as_str(), why));
     }
+    for (key, protocols, ciphers) in [
+        ("client", &g.client_tls_protocols, &g.client_tls_ciphers),
+        ("server", &g.server_tls_protocols, &g.server_tls_ciphers),
+    ] {
+        match super::TlsProtocols::parse(protocols) {
+            Err(e) => errors.push(format!("[general] {key}_tls_protocols: {e}")),
+            Ok(p) if p.dropped => warnings.push(format!(
+                "[general] {key}_tls_protocols: \"{protocols}\": pgring speaks TLS 1.2 and 1.3 only"
+            )),
+            Ok(_) => {}
+        }
+        if !matches!(ciphers.as_str(), "default" | "secure" | "normal" | "fast") {
+            warnings.push(format!(
+                "[general] {key}_tls_ciphers: \"{ciphers}\" is not honoured: rustls's safe default cipher suites are used"
+            ));
+        }
+    }
     if !g.dns_zone_check_period.is_zero() {
         warnings
             .push("[general] dns_zone_check_period: ignored by pgring (no DNS zone checks)".into());

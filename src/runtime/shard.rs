@@ -214,6 +214,7 @@ pub fn load_userlist(config: &Config) -> Result<UserList, String> {
                     mode,
                     crate::config::SslMode::VerifyCa | crate::config::SslMode::VerifyFull
                 ),
+                protocols: &general.client_tls_protocols,
             };
             let tls = super::tls::acceptor(&files).map_err(|e| format!("client TLS: {e}"))?;
             Ok(users.with_tls(tls))
@@ -241,7 +242,7 @@ fn server_tls(
         .as_deref()
         .zip(general.server_tls_key_file.as_deref());
     let ca = general.server_tls_ca_file.as_deref();
-    super::tls::connector(check, ca, client_cert)
+    super::tls::connector(check, ca, client_cert, &general.server_tls_protocols)
         .map(Some)
         .map_err(|e| format!("server TLS: {e}"))
 }

@@ -21,6 +21,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use crate::config::TlsProtocols;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::pem::PemObject;
@@ -34,6 +35,19 @@ use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerCon
 /// we only read when that buffer is empty.
 const READ_CHUNK: usize = 16 * 1024;
 
+/// The rustls versions of a `*_tls_protocols` list (see [`TlsProtocols`]).
+fn protocol_versions(list: &str) -> Result<Vec<&'static rustls::SupportedProtocolVersion>, String> {
+    let p = TlsProtocols::parse(list)?;
+    let mut versions = Vec::new();
+    if p.v13 {
+        versions.push(&rustls::version::TLS13);
+    }
+    if p.v12 {
+        versions.push(&rustls::version::TLS12);
+    }
+    Ok(versions)
+}
+
 /// Where the TLS configuration for clients comes from (`client_tls_*`).
 pub struct TlsFiles<'a> {
     /// `client_tls_cert_file`: a PEM chain, leaf first.
@@ -45,6 +59,8 @@ pub struct TlsFiles<'a> {
     /// `verify-ca`/`verify-full`: a client without a valid certificate fails the handshake.
     /// Otherwise a certificate is asked for (with a CA file) but not required.
     pub require_client_cert: bool,
+    /// `client_tls_protocols`.
+    pub protocols: &'a str,
 }
 
 /// Builds the TLS configuration for clients: TLS 1.2 and 1.3 with rustls's safe defaults, as
@@ -54,8 +70,9 @@ pub fn acceptor(files: &TlsFiles<'_>) -> Result<Arc<ServerConfig>, String> {
     let certs = read_certs(files.cert)?;
     let key = PrivateKeyDer::from_pem_file(files.key).map_err(|e| shown(files.key, &e))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let versions = protocol_versions(files.protocols)?;
     let builder = ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(&versions)
         .map_err(|e| e.to_string())?;
     let builder = match files.ca {
         None if files.require_client_cert => {
@@ -100,10 +117,12 @@ pub fn connector(
     check: ServerCheck,
     ca: Option<&Path>,
     client_cert: Option<(&Path, &Path)>,
+    protocols: &str,
 ) -> Result<Arc<ClientConfig>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let versions = protocol_versions(protocols)?;
     let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(&versions)
         .map_err(|e| e.to_string())?;
     let verifier: Arc<dyn ServerCertVerifier> = match (check, ca) {
         (ServerCheck::None, _) => Arc::new(AnyServerCert(provider)),

@@ -90,7 +90,7 @@ async fn require_serves_libpq_over_tls_and_refuses_plain_tcp() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn prefer_lets_the_client_choose_and_hostssl_rules_see_tls() {
+async fn prefer_lets_the_client_choose_hostssl_rules_see_tls_and_protocols_are_honoured() {
     let rules_dir = fresh_dir();
     let rules = rules_dir.join("hba.conf");
     std::fs::write(
@@ -99,7 +99,7 @@ async fn prefer_lets_the_client_choose_and_hostssl_rules_see_tls() {
     )
     .expect("writing hba.conf");
     let hba = format!(
-        "auth_type = \"hba\"\nauth_hba_file = \"{}\"",
+        "auth_type = \"hba\"\nauth_hba_file = \"{}\"\nclient_tls_protocols = \"tlsv1.2\"",
         rules.display()
     );
     let (pgring, files) = tls_pgring("prefer", &hba);
@@ -108,6 +108,8 @@ async fn prefer_lets_the_client_choose_and_hostssl_rules_see_tls() {
         psql("127.0.0.1", port, "bench", "require", "SELECT 1").as_deref(),
         Ok("1")
     );
+    // client_tls_protocols is honoured: libpq would pick 1.3 if it were offered.
+    assert!(pgring.log().contains("tls=TLSv1.2/"), "{}", pgring.log());
     assert_eq!(
         psql("127.0.0.1", port, "app", "disable", "SELECT 1").as_deref(),
         Ok("1")
