@@ -6,11 +6,13 @@
 //! - databases `all`, `sameuser`, `@file`, names (comma-separated, quoted or not);
 //! - users `all`, `@file`, names;
 //! - addresses `all`, `ADDR/LEN` and `ADDR MASK`, IPv4 and IPv6;
-//! - methods `trust`, `reject`, `md5`, `password`, `scram-sha-256`, `peer` and `cert`.
+//! - methods `trust`, `reject`, `md5`, `password`, `scram-sha-256`, `peer` and `cert`, the last
+//!   two with an optional `map=` into `auth_ident_file` ([`IdentMap`], literal names).
 //!
 //! Everything else (`replication`, `samerole`, `+group`, regular expressions, host names,
-//! `samehost`, `map=` and other options, `include` directives) is refused with its line number rather than read loosely: a rule pgring cannot
-//! honour would let in or keep out clients the operator did not mean to. As in PostgreSQL, the
+//! `samehost`, other options, `include` directives) is refused with its line number rather
+//! than read loosely: a rule pgring cannot honour would let in or keep out clients the
+//! operator did not mean to. As in PostgreSQL, the
 //! first rule matching the connection decides, and a connection no rule matches is refused.
 //!
 //! The file is read once at start and at each reload (with `auth_file`, see
@@ -85,6 +87,20 @@ struct Rule {
     users: Vec<Name>,
     address: Address,
     method: Method,
+    /// `map=NAME` (peer and cert): the `auth_ident_file` map that says which OS user or
+    /// certificate name may log in as which user.
+    map: Option<String>,
+}
+
+/// The rule a connection matched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision<'a> {
+    /// Its method.
+    pub method: Method,
+    /// Its line in the file (for the log).
+    pub line: usize,
+    /// Its `map=`, if any.
+    pub map: Option<&'a str>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -145,11 +161,22 @@ impl Hba {
 
     /// The method of the first rule matching, with that rule's line; `None` when no rule
     /// matches (the connection is refused).
-    pub fn method(&self, peer: Peer, db: &str, user: &str) -> Option<(Method, usize)> {
+    pub fn method(&self, peer: Peer, db: &str, user: &str) -> Option<Decision<'_>> {
         self.rules
             .iter()
             .find(|r| r.matches(peer, db, user))
-            .map(|r| (r.method, r.line))
+            .map(|r| Decision {
+                method: r.method,
+                line: r.line,
+                map: r.map.as_deref(),
+            })
+    }
+
+    /// The `map=` names the rules use, with their lines (checked against `auth_ident_file`).
+    pub fn maps(&self) -> impl Iterator<Item = (&str, usize)> + '_ {
+        self.rules
+            .iter()
+            .filter_map(|r| r.map.as_deref().map(|m| (m, r.line)))
     }
 
     /// How many rules the file holds.
@@ -360,11 +387,19 @@ fn parse_rule(
         address
     };
     let method = method(&word(next, "authentication method")?.text).map_err(&bad)?;
-    if let Some(option) = fields.get(next + 1).and_then(|f| f.first()) {
-        return Err(bad(format!(
-            "option \"{}\" is not supported (PgBouncer takes none)",
-            option.text
-        )));
+    let mut map = None;
+    for option in fields.iter().skip(next + 1).flatten() {
+        match option.text.split_once('=') {
+            Some(("map", name)) if matches!(method, Method::Peer | Method::Cert) => {
+                map = Some(name.to_owned())
+            }
+            _ => {
+                return Err(bad(format!(
+                    "option \"{}\" is not supported (only map= on peer and cert rules)",
+                    option.text
+                )))
+            }
+        }
     }
     if method == Method::Peer && kind != Kind::Local {
         return Err(bad(
@@ -383,7 +418,62 @@ fn parse_rule(
         users,
         address,
         method,
+        map,
     })
+}
+
+/// `auth_ident_file` (pg_ident.conf format): `MAP SYSTEM-USERNAME DATABASE-USERNAME` lines,
+/// which let an hba rule's `map=` admit an OS user (`peer`) or certificate name (`cert`) as a
+/// user of another name. Literal names only (PostgreSQL's `/regex` form is refused).
+#[derive(Clone, Debug, Default)]
+pub struct IdentMap {
+    entries: Vec<(String, String, String)>,
+}
+
+impl IdentMap {
+    /// Reads the file at `path`.
+    pub fn load(path: &Path) -> Result<IdentMap, HbaError> {
+        IdentMap::parse(&read(path)?)
+    }
+
+    /// Parses the file's text; every bad line is reported.
+    pub fn parse(text: &str) -> Result<IdentMap, HbaError> {
+        let (mut entries, mut problems) = (Vec::new(), Vec::new());
+        for (line, fields) in records(text) {
+            let words: Vec<&Item> = fields.iter().flatten().collect();
+            match words.as_slice() {
+                [_, system, _] if system.text.starts_with('/') && !system.quoted => {
+                    problems.push(format!(
+                        "line {line}: regular expression \"{}\" is not supported",
+                        system.text
+                    ))
+                }
+                [map, system, user] if fields.len() == 3 => {
+                    entries.push((map.text.clone(), system.text.clone(), user.text.clone()))
+                }
+                _ => problems.push(format!(
+                    "line {line}: expected MAP SYSTEM-USERNAME DATABASE-USERNAME"
+                )),
+            }
+        }
+        if problems.is_empty() {
+            Ok(IdentMap { entries })
+        } else {
+            Err(HbaError::Lines(problems))
+        }
+    }
+
+    /// Whether map `map` lets `system` log in as `user`.
+    pub fn allows(&self, map: &str, system: &str, user: &str) -> bool {
+        self.entries
+            .iter()
+            .any(|(m, s, u)| m == map && s == system && u == user)
+    }
+
+    /// Whether the file defines map `map`.
+    pub fn has(&self, map: &str) -> bool {
+        self.entries.iter().any(|(m, _, _)| m == map)
+    }
 }
 
 /// A database or user field (the first of `fields`), with `@file`s read in.
@@ -542,7 +632,7 @@ mod tests {
     }
 
     fn method_of(h: &Hba, peer: Peer, db: &str, user: &str) -> Option<Method> {
-        h.method(peer, db, user).map(|(m, _)| m)
+        h.method(peer, db, user).map(|d| d.method)
     }
 
     #[test]
@@ -579,7 +669,7 @@ host    all       all    192.168.1.0 255.255.255.0 password
         );
         assert_eq!(method_of(&h, host("192.168.2.77"), "x", "y"), None);
         assert_eq!(
-            h.method(host("10.0.0.1"), "app", "bob").map(|(_, l)| l),
+            h.method(host("10.0.0.1"), "app", "bob").map(|d| d.line),
             Some(3)
         );
     }
@@ -666,7 +756,7 @@ host replication all all trust
 host all +staff all trust
 host all all db.example.com trust
 local all all cert
-local all all peer map=omicron
+local all all peer clientcert=verify-full
 hostgssenc all all all trust
 host all all 10.0.0.0/33 trust
 host all all 10.0.0.1 255.0.255.0 trust
@@ -679,7 +769,7 @@ host all all
             "line 2: group membership \"+staff\"",
             "line 3: invalid address \"db.example.com\"",
             "line 4: cert authentication needs TLS",
-            "line 5: option \"map=omicron\"",
+            "line 5: option \"clientcert=verify-full\"",
             "line 6: unsupported record type \"hostgssenc\"",
             "line 7: invalid prefix length",
             "line 8: invalid mask",
@@ -688,6 +778,31 @@ host all all
         ] {
             assert!(found.contains(needle), "{needle} missing from:\n{found}");
         }
+    }
+
+    #[test]
+    fn ident_maps_admit_listed_pairs_and_rules_carry_their_map() {
+        let ident = IdentMap::parse("# comment\nops  alice  app\nops bob \"app\"\n").unwrap();
+        assert!(ident.allows("ops", "alice", "app"));
+        assert!(ident.allows("ops", "bob", "app"));
+        assert!(!ident.allows("ops", "alice", "bob"));
+        assert!(!ident.allows("dev", "alice", "app"));
+        assert!(ident.has("ops") && !ident.has("dev"));
+        let bad = IdentMap::parse("ops /^(.*)$ \\1\nops alice\n")
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("line 1: regular expression"), "{bad}");
+        assert!(bad.contains("line 2: expected MAP"), "{bad}");
+
+        let h = hba("local all all peer map=ops\nhostssl all all all cert map=certs\n");
+        let d = h.method(Peer::Local, "d", "u").unwrap();
+        assert_eq!((d.method, d.map), (Method::Peer, Some("ops")));
+        assert_eq!(h.maps().collect::<Vec<_>>(), [("ops", 1), ("certs", 2)]);
+        let found = problems("host all all all md5 map=ops\n");
+        assert!(
+            found.contains("only map= on peer and cert rules"),
+            "{found}"
+        );
     }
 
     #[test]

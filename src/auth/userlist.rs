@@ -130,6 +130,7 @@ pub enum LineError {
 pub struct UserList {
     users: HashMap<String, Secret>,
     hba: Option<super::hba::Hba>,
+    ident: Option<super::hba::IdentMap>,
     tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     server_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
@@ -150,6 +151,7 @@ impl UserList {
         Ok(UserList {
             users,
             hba: None,
+            ident: None,
             tls: None,
             server_tls: None,
         })
@@ -187,6 +189,17 @@ impl UserList {
     /// The rules of `auth_hba_file`, when `auth_type = hba`.
     pub fn hba(&self) -> Option<&super::hba::Hba> {
         self.hba.as_ref()
+    }
+
+    /// Adds the maps of `auth_ident_file`.
+    pub fn with_ident(mut self, ident: super::hba::IdentMap) -> UserList {
+        self.ident = Some(ident);
+        self
+    }
+
+    /// The maps of `auth_ident_file`, when `auth_type = hba` and it is set.
+    pub fn ident(&self) -> Option<&super::hba::IdentMap> {
+        self.ident.as_ref()
     }
 
     /// Adds the TLS configuration for clients.

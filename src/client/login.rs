@@ -446,19 +446,19 @@ fn auth_method(
     db: &str,
     user: &str,
 ) -> Result<AuthType> {
-    let method = match config.general.auth_type {
-        AuthType::Hba => hba_method(shard, stream, db, user)?,
-        other => other,
-    };
-    if method == AuthType::Cert {
-        check_cert(stream, user)?;
-        return Ok(AuthType::Trust);
+    match config.general.auth_type {
+        AuthType::Hba => hba_method(shard, stream, db, user),
+        AuthType::Cert => {
+            check_cert(stream, user, None)?;
+            Ok(AuthType::Trust)
+        }
+        other => Ok(other),
     }
-    Ok(method)
 }
 
 /// The method of the first `auth_hba_file` rule matching this connection (see
-/// [`auth_method`]).
+/// [`auth_method`]); `peer` and `cert` are settled here, through the rule's ident map if it
+/// names one.
 fn hba_method(shard: &Shard, stream: &Stream, db: &str, user: &str) -> Result<AuthType> {
     let peer = match rio::peer_addr(stream) {
         Some(addr) => hba::Peer::Host {
@@ -471,7 +471,7 @@ fn hba_method(shard: &Shard, stream: &Stream, db: &str, user: &str) -> Result<Au
     };
     let userlist = shard.userlist();
     let rule = userlist.hba().and_then(|h| h.method(peer, db, user));
-    let Some((method, line)) = rule else {
+    let Some(rule) = rule else {
         info!(
             db,
             user,
@@ -480,17 +480,22 @@ fn hba_method(shard: &Shard, stream: &Stream, db: &str, user: &str) -> Result<Au
         );
         return Err(login_rejected());
     };
-    Ok(match method {
+    let map = rule.map.zip(userlist.ident());
+    Ok(match rule.method {
         hba::Method::Trust => AuthType::Trust,
         hba::Method::Md5 => AuthType::Md5,
         hba::Method::Password => AuthType::Plain,
         hba::Method::Scram => AuthType::ScramSha256,
-        hba::Method::Cert => AuthType::Cert,
+        hba::Method::Cert => {
+            check_cert(stream, user, map)?;
+            AuthType::Trust
+        }
         hba::Method::Peer => {
-            check_peer(stream, user)?;
+            check_peer(stream, user, map)?;
             AuthType::Trust
         }
         hba::Method::Reject => {
+            let line = rule.line;
             info!(
                 db,
                 user,
@@ -508,12 +513,22 @@ fn login_rejected() -> Error {
     Error::refuse(sqlstate::INVALID_AUTHORIZATION, "login rejected")
 }
 
+/// Whether `system` (an OS user, a certificate name) may log in as `user`: the same name, or
+/// through the rule's ident map when it names one.
+fn admits(system: Option<&str>, user: &str, map: Option<(&str, &hba::IdentMap)>) -> bool {
+    match (system, map) {
+        (None, _) => false,
+        (Some(system), Some((name, ident))) => ident.allows(name, system, user),
+        (Some(system), None) => system == user,
+    }
+}
+
 /// `cert`: the client logged in over TLS with a certificate that chains to
-/// `client_tls_ca_file` (checked in the handshake) and whose CommonName is the login user name,
-/// as PgBouncer takes it.
-fn check_cert(stream: &Stream, user: &str) -> Result<()> {
+/// `client_tls_ca_file` (checked in the handshake) and whose CommonName is the login user name
+/// (as PgBouncer takes it) or maps to it.
+fn check_cert(stream: &Stream, user: &str, map: Option<(&str, &hba::IdentMap)>) -> Result<()> {
     let common_name = stream.tls_peer_common_name();
-    if common_name.as_deref() == Some(user) {
+    if admits(common_name.as_deref(), user, map) {
         return Ok(());
     }
     warn!(user, common_name = ?common_name, tls = stream.is_tls(), "certificate authentication failed");
@@ -523,11 +538,11 @@ fn check_cert(stream: &Stream, user: &str) -> Result<()> {
     ))
 }
 
-/// `peer`: the unix socket's peer runs as the OS user named like the login user (no ident
-/// maps, as in PgBouncer).
-fn check_peer(stream: &Stream, user: &str) -> Result<()> {
+/// `peer`: the unix socket's peer runs as the OS user named like the login user, or one the
+/// rule's ident map lets in as it.
+fn check_peer(stream: &Stream, user: &str, map: Option<(&str, &hba::IdentMap)>) -> Result<()> {
     let os_user = stream.peer_uid().and_then(crate::process::user_name);
-    if os_user.as_deref() == Some(user) {
+    if admits(os_user.as_deref(), user, map) {
         return Ok(());
     }
     warn!(user, os_user = ?os_user, "peer authentication failed");

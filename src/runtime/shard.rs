@@ -194,7 +194,12 @@ pub fn load_userlist(config: &Config) -> Result<UserList, String> {
         (Some(path), crate::config::AuthType::Hba) => {
             let hba = crate::auth::hba::Hba::load(path)
                 .map_err(|e| format!("auth_hba_file {}: {e}", path.display()))?;
-            users.with_hba(hba)
+            let ident = load_ident(general, &hba)?;
+            let users = users.with_hba(hba);
+            match ident {
+                Some(ident) => users.with_ident(ident),
+                None => users,
+            }
         }
         _ => users,
     };
@@ -222,6 +227,28 @@ pub fn load_userlist(config: &Config) -> Result<UserList, String> {
         // Validation asks for both files first.
         _ => Ok(users),
     }
+}
+
+/// `auth_ident_file`, if set; every `map=` of the hba rules must name a map it defines.
+fn load_ident(
+    general: &crate::config::General,
+    hba: &crate::auth::hba::Hba,
+) -> Result<Option<crate::auth::hba::IdentMap>, String> {
+    let ident = match &general.auth_ident_file {
+        Some(path) => Some(
+            crate::auth::hba::IdentMap::load(path)
+                .map_err(|e| format!("auth_ident_file {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+    for (map, line) in hba.maps() {
+        if !ident.as_ref().is_some_and(|i| i.has(map)) {
+            return Err(format!(
+                "auth_hba_file line {line}: map={map} is not defined (auth_ident_file)"
+            ));
+        }
+    }
+    Ok(ident)
 }
 
 /// The TLS configuration for server connections: none for `disable` and `allow` (pgring

@@ -1,6 +1,7 @@
 //! `auth_type = hba`: the first `auth_hba_file` rule matching a connection (type, database,
 //! user, address) picks its method; `reject` and no matching rule refuse it with PgBouncer's
-//! "login rejected" (SQLSTATE 28000); `peer` checks the unix socket's OS user; RELOAD re-reads
+//! "login rejected" (SQLSTATE 28000); `peer` checks the unix socket's OS user (through an
+//! `auth_ident_file` map); RELOAD re-reads
 //! the file.
 
 use crate::common::pgring::fresh_dir;
@@ -26,7 +27,7 @@ async fn assert_out(port: u16, db: &str, user: &str, password: &str, code: &str,
 
 const RULES: &str = "\
 # TYPE     DATABASE   USER                   ADDRESS        METHOD
-local      all        all                                   peer
+local      all        all                                   peer map=local
 host       app        trust_user             127.0.0.1/32   reject
 host       app        md5_user               127.0.0.1/32   md5
 hostssl    app        all                    all            trust
@@ -41,9 +42,19 @@ async fn hba_rules_choose_the_method_per_connection() {
     let rules_dir = fresh_dir();
     let rules = rules_dir.join("hba.conf");
     std::fs::write(&rules, RULES).expect("writing hba.conf");
+    // SAFETY: getuid has no preconditions.
+    let me = pgring::process::user_name(unsafe { libc::getuid() }).expect("own user name");
+    // The OS user may log in as itself and, through the map, as trust_user.
+    let ident = rules_dir.join("ident.conf");
+    std::fs::write(
+        &ident,
+        format!("# MAP  SYSTEM  USER\nlocal {me} {me}\nlocal {me} trust_user\n"),
+    )
+    .expect("writing ident.conf");
     let general = format!(
-        "auth_type = \"hba\"\nauth_hba_file = \"{}\"",
-        rules.display()
+        "auth_type = \"hba\"\nauth_hba_file = \"{}\"\nauth_ident_file = \"{}\"",
+        rules.display(),
+        ident.display()
     );
     let mut toml = config_for("transaction", 2, 2, &general);
     // Logging in as the OS user over the socket: the pool's servers log in as postgres.
@@ -80,15 +91,15 @@ async fn hba_rules_choose_the_method_per_connection() {
     )
     .await;
 
-    // peer: the socket's OS user must be the login user.
-    // SAFETY: getuid has no preconditions.
-    let me = pgring::process::user_name(unsafe { libc::getuid() }).expect("own user name");
+    // peer: the socket's OS user must be the login user, or map to it.
     let ok = common::unix_connect(&pgring.dir, port, "peer", &me).await;
     let client = ok.unwrap_or_else(|e| panic!("peer login as {me}: {}", describe(&e)));
     assert_eq!(
         value(&client, "SELECT current_user").await.as_deref(),
         Some("postgres")
     );
+    let mapped = common::unix_connect(&pgring.dir, port, "peer", "trust_user").await;
+    mapped.unwrap_or_else(|e| panic!("peer login as trust_user through the map: {}", describe(&e)));
     if me != "md5_user" {
         match common::unix_connect(&pgring.dir, port, "peer", "md5_user").await {
             Ok(_) => panic!("peer login as md5_user from OS user {me}"),
