@@ -68,7 +68,9 @@ pub async fn set(shard: &Rc<Shard>, key: &str, value: &str) -> Result<Vec<String
     config.general = general;
     config.validate().map_err(|e| e.to_string())?;
     // The files these keys name (or decide whether to read) are read again with them.
-    let reads_files = key.starts_with("client_tls") || key.starts_with("auth_");
+    let reads_files = ["client_tls", "server_tls", "auth_"]
+        .iter()
+        .any(|prefix| key.starts_with(prefix));
     let userlist = if reads_files {
         Arc::new(load_userlist(&config)?)
     } else {

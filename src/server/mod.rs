@@ -351,9 +351,9 @@ async fn negotiate_tls(conn: &mut ServerConn, cs: &ConnectSettings) -> Result<()
     let Some(config) = cs.tls.clone() else {
         return Ok(());
     };
-    if !matches!(conn.meta.addr, ServerAddr::Tcp(_)) {
+    let ServerAddr::Tcp(addr) = conn.meta.addr else {
         return Ok(());
-    }
+    };
     let mut request = Vec::with_capacity(8);
     build::ssl_request(&mut request);
     rio::write_all(&mut conn.stream, &request)
@@ -365,7 +365,7 @@ async fn negotiate_tls(conn: &mut ServerConn, cs: &ConnectSettings) -> Result<()
         .map_err(Error::ServerIo)?;
     match answer[0] {
         b'S' => {
-            let name = tls_name(cs, &conn.meta.addr);
+            let name = tls_name(cs, addr);
             let stream = &mut conn.stream;
             let handshake = match stream.start_tls_client(config, name) {
                 Ok(()) => stream.tls_handshake().await,
@@ -392,15 +392,11 @@ async fn negotiate_tls(conn: &mut ServerConn, cs: &ConnectSettings) -> Result<()
 
 /// The name a server's certificate is checked against (`verify-full`): the configured host
 /// when it is one name, else the address connected to.
-fn tls_name(cs: &ConnectSettings, addr: &ServerAddr) -> rustls::pki_types::ServerName<'static> {
-    let configured = (!cs.host.contains(','))
-        .then(|| rustls::pki_types::ServerName::try_from(cs.host.clone()).ok())
-        .flatten();
-    match (configured, addr) {
-        (Some(name), _) => name,
-        (None, ServerAddr::Tcp(a)) => a.ip().into(),
-        // Unix sockets never get here (no TLS on them).
-        (None, ServerAddr::Unix { .. }) => std::net::Ipv4Addr::LOCALHOST.into(),
+fn tls_name(cs: &ConnectSettings, addr: SocketAddr) -> rustls::pki_types::ServerName<'static> {
+    let one_name = !cs.host.contains(',');
+    match rustls::pki_types::ServerName::try_from(cs.host.clone()) {
+        Ok(name) if one_name => name,
+        _ => addr.ip().into(),
     }
 }
 
