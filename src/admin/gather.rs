@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use super::control::{self, ShardCommand};
 use super::report::{self, ShardReport};
 use super::AdminRequest;
-use crate::auth::userlist::UserList;
 use crate::config::Config;
+use crate::runtime::files::Files;
 use crate::runtime::mesh::MeshMsg;
 use crate::runtime::{self, Shard};
 
@@ -35,7 +35,7 @@ pub enum Op {
     /// Apply a control command.
     Control(ShardCommand),
     /// RELOAD phase 1: check that this shard can take the configuration.
-    Validate(Arc<Config>, Arc<UserList>),
+    Validate(Arc<Config>, Arc<Files>),
     /// RELOAD phase 2: switch to the configuration validated in phase 1.
     Apply,
     /// RELOAD phase 2 when some shard refused: forget it.
@@ -73,8 +73,8 @@ pub fn handle(shard: &Rc<Shard>, op: Op) -> Answer {
             Answer::Report(Box::new(report::build(shard, false)))
         }
         Op::Control(cmd) => Answer::Done(Ok(control::apply(shard, &cmd))),
-        Op::Validate(config, userlist) => {
-            Answer::Done(super::reload::validate_on_shard(shard, config, userlist))
+        Op::Validate(config, files) => {
+            Answer::Done(super::reload::validate_on_shard(shard, config, files))
         }
         Op::Apply => Answer::Done(super::reload::apply_on_shard(shard)),
         Op::Abort => {

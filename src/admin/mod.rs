@@ -30,10 +30,10 @@ use std::collections::HashSet;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use crate::auth::userlist::UserList;
 use crate::config::Config;
 use crate::error::{Error, PgError, Result};
 use crate::pool::Pool;
+use crate::runtime::files::Files;
 use crate::runtime::Shard;
 
 pub use gather::{gather, Answer, Op};
@@ -76,7 +76,7 @@ pub struct ShardAdmin {
     /// Servers in use at RECONNECT time: closed when released.
     close_needed: RefCell<HashSet<u64>>,
     /// A validated configuration waiting for RELOAD's second phase.
-    pending: RefCell<Option<(Arc<Config>, Arc<UserList>)>>,
+    pending: RefCell<Option<(Arc<Config>, Arc<Files>)>>,
 }
 
 impl ShardAdmin {

@@ -19,9 +19,9 @@ use tracing::{error, info, warn};
 
 use super::control::ShardCommand;
 use super::gather::{self, Answer, Op};
-use crate::auth::userlist::UserList;
 use crate::config::{Config, General, RESTART_KEYS};
-use crate::runtime::shard::load_userlist;
+use crate::runtime::files::load_files;
+use crate::runtime::files::Files;
 use crate::runtime::{self, Shard};
 use crate::server::ConnectSettings;
 
@@ -40,13 +40,13 @@ pub fn reload(shard: Rc<Shard>) {
     });
 }
 
-/// RELOAD: re-reads the configuration file and the auth file and switches
+/// RELOAD: re-reads the configuration file and the files it names and switches
 /// every shard. `Ok` carries notices (settings that need a restart).
 pub async fn reload_from_file(shard: &Rc<Shard>) -> Result<Vec<String>, String> {
     let path = shard.shared.config_path.clone();
     let config = Config::load(&path).map_err(|e| e.to_string())?;
-    let userlist = load_userlist(&config)?;
-    let notes = switch(shard, config, Arc::new(userlist)).await?;
+    let files = load_files(&config)?;
+    let notes = switch(shard, config, Arc::new(files)).await?;
     info!(path = %path.display(), "configuration reloaded");
     Ok(notes)
 }
@@ -71,12 +71,12 @@ pub async fn set(shard: &Rc<Shard>, key: &str, value: &str) -> Result<Vec<String
     let reads_files = ["client_tls", "server_tls", "auth_"]
         .iter()
         .any(|prefix| key.starts_with(prefix));
-    let userlist = if reads_files {
-        Arc::new(load_userlist(&config)?)
+    let files = if reads_files {
+        Arc::new(load_files(&config)?)
     } else {
-        shard.userlist()
+        shard.files()
     };
-    let notes = switch(shard, config, userlist).await?;
+    let notes = switch(shard, config, files).await?;
     info!(key, value, "SET");
     Ok(notes)
 }
@@ -103,7 +103,7 @@ fn typed_value(current: Option<&toml::Value>, raw: &str) -> toml::Value {
 pub async fn switch(
     shard: &Rc<Shard>,
     mut config: Config,
-    userlist: Arc<UserList>,
+    files: Arc<Files>,
 ) -> Result<Vec<String>, String> {
     if RELOADING.swap(true, Ordering::AcqRel) {
         return Err("another RELOAD is in progress".into());
@@ -115,7 +115,7 @@ pub async fn switch(
     for n in &notes {
         warn!("{n}");
     }
-    let result = two_phase(shard, Arc::new(config), userlist).await;
+    let result = two_phase(shard, Arc::new(config), files).await;
     RELOADING.store(false, Ordering::Release);
     let config = result?;
     for db in changed_databases(&old, &config) {
@@ -127,9 +127,9 @@ pub async fn switch(
 async fn two_phase(
     shard: &Rc<Shard>,
     config: Arc<Config>,
-    userlist: Arc<UserList>,
+    files: Arc<Files>,
 ) -> Result<Arc<Config>, String> {
-    let validated = gather::gather(shard, Op::Validate(config.clone(), userlist.clone())).await;
+    let validated = gather::gather(shard, Op::Validate(config.clone(), files.clone())).await;
     let problems = match validated {
         Ok(answers) => refusals(answers),
         Err(e) => vec![e.to_string()],
@@ -147,7 +147,7 @@ async fn two_phase(
         error!(?problems, "RELOAD applied on some shards only");
         return Err(problems.join("; "));
     }
-    shard.shared.replace_config(config.clone(), userlist);
+    shard.shared.replace_config(config.clone(), files);
     Ok(config)
 }
 
@@ -168,7 +168,7 @@ fn refusals(answers: Vec<Answer>) -> Vec<String> {
 pub fn validate_on_shard(
     shard: &Rc<Shard>,
     config: Arc<Config>,
-    userlist: Arc<UserList>,
+    files: Arc<Files>,
 ) -> Result<u32, String> {
     config.validate().map_err(|e| e.to_string())?;
     for key in shard.pools.borrow().keys() {
@@ -184,19 +184,19 @@ pub fn validate_on_shard(
             ));
         }
     }
-    *shard.admin.pending.borrow_mut() = Some((config, userlist));
+    *shard.admin.pending.borrow_mut() = Some((config, files));
     Ok(0)
 }
 
 /// Phase 2 on one shard.
 pub fn apply_on_shard(shard: &Rc<Shard>) -> Result<u32, String> {
-    let (config, userlist) = shard
+    let (config, files) = shard
         .admin
         .pending
         .borrow_mut()
         .take()
         .ok_or_else(|| format!("shard {} has no validated configuration", shard.id))?;
-    shard.apply_config(config, userlist);
+    shard.apply_config(config, files);
     shard.state_changed.notify_all();
     Ok(0)
 }

@@ -16,7 +16,7 @@
 //! first rule matching the connection decides, and a connection no rule matches is refused.
 //!
 //! The file is read once at start and at each reload (with `auth_file`, see
-//! `runtime::shard::load_userlist`); a login only walks the parsed rules. This module does no
+//! `runtime::files`); a login only walks the parsed rules. This module does no
 //! I/O at login and knows nothing of sockets: callers describe the connection as a [`Peer`].
 
 use std::fmt;

@@ -121,18 +121,10 @@ pub enum LineError {
     MalformedScram,
 }
 
-/// The parsed auth_file: a map from user name to [`Secret`]. It also carries what the other
-/// files the configuration names say, since all are read and swapped together (start,
-/// RELOAD): with `auth_type = hba` the parsed `auth_hba_file`, and with client TLS on, the TLS
-/// configuration built from `client_tls_cert_file` and `client_tls_key_file`, and the one
-/// for server connections (`server_tls_*`).
+/// The parsed auth_file: a map from user name to [`Secret`].
 #[derive(Debug, Clone, Default)]
 pub struct UserList {
     users: HashMap<String, Secret>,
-    hba: Option<super::hba::Hba>,
-    ident: Option<super::hba::IdentMap>,
-    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
-    server_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl UserList {
@@ -148,13 +140,7 @@ impl UserList {
                 users.insert(user, secret);
             }
         }
-        Ok(UserList {
-            users,
-            hba: None,
-            ident: None,
-            tls: None,
-            server_tls: None,
-        })
+        Ok(UserList { users })
     }
 
     /// Reads and parses the auth_file at `path`.
@@ -178,51 +164,6 @@ impl UserList {
     /// The secret for `user`, if the file lists them.
     pub fn get(&self, user: &str) -> Option<&Secret> {
         self.users.get(user)
-    }
-
-    /// Adds the rules of `auth_hba_file`.
-    pub fn with_hba(mut self, hba: super::hba::Hba) -> UserList {
-        self.hba = Some(hba);
-        self
-    }
-
-    /// The rules of `auth_hba_file`, when `auth_type = hba`.
-    pub fn hba(&self) -> Option<&super::hba::Hba> {
-        self.hba.as_ref()
-    }
-
-    /// Adds the maps of `auth_ident_file`.
-    pub fn with_ident(mut self, ident: super::hba::IdentMap) -> UserList {
-        self.ident = Some(ident);
-        self
-    }
-
-    /// The maps of `auth_ident_file`, when `auth_type = hba` and it is set.
-    pub fn ident(&self) -> Option<&super::hba::IdentMap> {
-        self.ident.as_ref()
-    }
-
-    /// Adds the TLS configuration for clients.
-    pub fn with_tls(mut self, tls: std::sync::Arc<rustls::ServerConfig>) -> UserList {
-        self.tls = Some(tls);
-        self
-    }
-
-    /// The TLS configuration for clients, when `client_tls_sslmode` is not `disable`.
-    pub fn tls(&self) -> Option<&std::sync::Arc<rustls::ServerConfig>> {
-        self.tls.as_ref()
-    }
-
-    /// Adds the TLS configuration for server connections.
-    pub fn with_server_tls(mut self, tls: std::sync::Arc<rustls::ClientConfig>) -> UserList {
-        self.server_tls = Some(tls);
-        self
-    }
-
-    /// The TLS configuration for server connections (`server_tls_sslmode` `prefer` and
-    /// stronger).
-    pub fn server_tls(&self) -> Option<&std::sync::Arc<rustls::ClientConfig>> {
-        self.server_tls.as_ref()
     }
 
     /// How many users the file lists.

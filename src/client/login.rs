@@ -285,9 +285,10 @@ async fn read_startup(shard: &Rc<Shard>, stream: &mut Stream) -> Result<Option<S
 /// Bytes the client sent after its SSLRequest, before our answer, would be plaintext that
 /// looks as if it came through TLS (CVE-2021-23214): refused.
 async fn answer_ssl_request(shard: &Shard, stream: &mut Stream, after: &Buf) -> Result<()> {
-    let userlist = shard.userlist();
-    let tls = userlist
-        .tls()
+    let files = shard.files();
+    let tls = files
+        .client_tls
+        .as_ref()
         .filter(|_| !stream.is_unix() && !stream.is_tls());
     let Some(config) = tls else {
         return rio::write_all(stream, b"N").await.map_err(Error::ClientIo);
@@ -377,7 +378,7 @@ async fn authenticate(
     unsent: &mut Vec<u8>,
 ) -> Result<Option<PassThroughKeys>> {
     let config = shard.config();
-    let found = match (shard.userlist().get(user), db) {
+    let found = match (shard.files().users.get(user), db) {
         (Some(s), _) => Some(s.clone()),
         (None, Some(db)) if method.needs_secret() => {
             super::auth_query::lookup(shard, &config, db, user).await?
@@ -469,8 +470,8 @@ fn hba_method(shard: &Shard, stream: &Stream, db: &str, user: &str) -> Result<Au
         // A TCP peer already gone: nothing to authenticate.
         None => return Err(Error::ClientClosed),
     };
-    let userlist = shard.userlist();
-    let rule = userlist.hba().and_then(|h| h.method(peer, db, user));
+    let files = shard.files();
+    let rule = files.hba.as_ref().and_then(|h| h.method(peer, db, user));
     let Some(rule) = rule else {
         info!(
             db,
@@ -480,7 +481,7 @@ fn hba_method(shard: &Shard, stream: &Stream, db: &str, user: &str) -> Result<Au
         );
         return Err(login_rejected());
     };
-    let map = rule.map.zip(userlist.ident());
+    let map = rule.map.zip(files.ident.as_ref());
     Ok(match rule.method {
         hba::Method::Trust => AuthType::Trust,
         hba::Method::Md5 => AuthType::Md5,

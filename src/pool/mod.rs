@@ -642,8 +642,8 @@ impl Drop for WaitGuard {
 /// or md5). A SCRAM verifier cannot log in by itself: then the keys of a
 /// client's SCRAM login to this pool are used (pass-through), if any yet.
 fn server_password(shard: &Shard, config: &Config, key: &PoolKey) -> ServerCredentials {
-    let userlist = shard.userlist();
-    let tls = userlist.server_tls().cloned();
+    let files = shard.files();
+    let tls = files.server_tls.clone();
     if let Some(p) = config.database(&key.db).and_then(|d| d.password.clone()) {
         return ServerCredentials {
             password: Some(p),
@@ -652,7 +652,7 @@ fn server_password(shard: &Shard, config: &Config, key: &PoolKey) -> ServerCrede
         };
     }
     use crate::auth::userlist::Secret;
-    let secret = userlist.get(&key.user).cloned();
+    let secret = files.users.get(&key.user).cloned();
     match secret.or_else(|| shard.auth_cache.server_secret(key)) {
         Some(Secret::Plain(p)) | Some(Secret::Md5(p)) => ServerCredentials {
             password: Some(p),

@@ -12,6 +12,7 @@
 //! and keeps signal handling out of the shards' hot loops.
 
 mod executor;
+pub mod files;
 pub mod io;
 pub mod mesh;
 mod reactor;

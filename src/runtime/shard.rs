@@ -18,9 +18,9 @@ use std::time::Duration;
 use crossbeam::channel::{Receiver, Sender};
 use tracing::{info, warn};
 
+use super::files::{load_files, Files};
 use super::mesh::{MeshEnds, MeshMsg, Outbox};
 use super::{io::BufPool, BootError};
-use crate::auth::userlist::UserList;
 use crate::client::ClientInfo;
 use crate::config::Config;
 use crate::pool::{Counter, GlobalPool, Pool, PoolKey};
@@ -34,7 +34,7 @@ pub enum Control {
     Pause,
     /// RESUME.
     Resume,
-    /// RELOAD configuration and auth file.
+    /// RELOAD configuration and the files it names.
     Reload,
     /// SHUTDOWN WAIT_FOR_CLIENTS: stop accepting, exit when clients are gone.
     ShutdownWaitClients,
@@ -52,7 +52,7 @@ pub struct Shared {
     /// Where the configuration came from (for RELOAD).
     pub config_path: PathBuf,
     config: RwLock<Arc<Config>>,
-    userlist: RwLock<Arc<UserList>>,
+    files: RwLock<Arc<Files>>,
     /// Logged-in and logging-in clients across all shards (max_client_conn).
     pub client_count: AtomicUsize,
     pools: RwLock<HashMap<PoolKey, Arc<GlobalPool>>>,
@@ -76,9 +76,9 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Builds the shared state; loads the auth file.
+    /// Builds the shared state; loads the files the configuration names.
     pub fn new(config: Config, config_path: PathBuf, workers: usize) -> Result<Self, BootError> {
-        let userlist = load_userlist(&config).map_err(BootError::AuthFile)?;
+        let files = load_files(&config).map_err(BootError::AuthFile)?;
         let (controls, control_rx) = (0..workers)
             .map(|_| crossbeam::channel::unbounded())
             .unzip();
@@ -86,7 +86,7 @@ impl Shared {
             workers,
             config_path,
             config: RwLock::new(Arc::new(config)),
-            userlist: RwLock::new(Arc::new(userlist)),
+            files: RwLock::new(Arc::new(files)),
             client_count: AtomicUsize::new(0),
             pools: RwLock::new(HashMap::new()),
             db_servers: RwLock::default(),
@@ -110,20 +110,20 @@ impl Shared {
             .unwrap_or_else(|e| e.into_inner().clone())
     }
 
-    /// Publishes a new configuration and auth file (after every shard
+    /// Publishes a new configuration and its files (after every shard
     /// accepted it).
-    pub fn replace_config(&self, config: Arc<Config>, userlist: Arc<UserList>) {
+    pub fn replace_config(&self, config: Arc<Config>, files: Arc<Files>) {
         if let Ok(mut c) = self.config.write() {
             *c = config;
         }
-        if let Ok(mut u) = self.userlist.write() {
-            *u = userlist;
+        if let Ok(mut u) = self.files.write() {
+            *u = files;
         }
     }
 
-    /// The current auth file.
-    pub fn userlist(&self) -> Arc<UserList> {
-        self.userlist
+    /// The current snapshot of the files the configuration names.
+    pub fn files(&self) -> Arc<Files> {
+        self.files
             .read()
             .map(|u| u.clone())
             .unwrap_or_else(|e| e.into_inner().clone())
@@ -179,101 +179,6 @@ pub fn counter(map: &RwLock<HashMap<Arc<str>, Arc<Counter>>>, name: &str) -> Arc
     m.entry(name.into()).or_default().clone()
 }
 
-/// Loads `auth_file` if configured (an empty list otherwise), with `auth_type = hba`
-/// `auth_hba_file`, with client TLS on its certificate and key, and the TLS configuration for
-/// server connections.
-pub fn load_userlist(config: &Config) -> Result<UserList, String> {
-    let users = match &config.general.auth_file {
-        Some(path) => {
-            UserList::load(path.as_ref()).map_err(|e| format!("{}: {e}", path.display()))?
-        }
-        None => UserList::parse("").map_err(|e| e.to_string())?,
-    };
-    let general = &config.general;
-    let users = match (&general.auth_hba_file, general.auth_type) {
-        (Some(path), crate::config::AuthType::Hba) => {
-            let hba = crate::auth::hba::Hba::load(path)
-                .map_err(|e| format!("auth_hba_file {}: {e}", path.display()))?;
-            let ident = load_ident(general, &hba)?;
-            let users = users.with_hba(hba);
-            match ident {
-                Some(ident) => users.with_ident(ident),
-                None => users,
-            }
-        }
-        _ => users,
-    };
-    let users = match server_tls(general)? {
-        Some(tls) => users.with_server_tls(tls),
-        None => users,
-    };
-    let tls_files = (&general.client_tls_cert_file, &general.client_tls_key_file);
-    match (general.client_tls_sslmode, tls_files) {
-        (crate::config::SslMode::Disable, _) => Ok(users),
-        (mode, (Some(cert), Some(key))) => {
-            let files = super::tls::TlsFiles {
-                cert,
-                key,
-                ca: general.client_tls_ca_file.as_deref(),
-                require_client_cert: matches!(
-                    mode,
-                    crate::config::SslMode::VerifyCa | crate::config::SslMode::VerifyFull
-                ),
-                protocols: &general.client_tls_protocols,
-            };
-            let tls = super::tls::acceptor(&files).map_err(|e| format!("client TLS: {e}"))?;
-            Ok(users.with_tls(tls))
-        }
-        // Validation asks for both files first.
-        _ => Ok(users),
-    }
-}
-
-/// `auth_ident_file`, if set; every `map=` of the hba rules must name a map it defines.
-fn load_ident(
-    general: &crate::config::General,
-    hba: &crate::auth::hba::Hba,
-) -> Result<Option<crate::auth::hba::IdentMap>, String> {
-    let ident = match &general.auth_ident_file {
-        Some(path) => Some(
-            crate::auth::hba::IdentMap::load(path)
-                .map_err(|e| format!("auth_ident_file {}: {e}", path.display()))?,
-        ),
-        None => None,
-    };
-    for (map, line) in hba.maps() {
-        if !ident.as_ref().is_some_and(|i| i.has(map)) {
-            return Err(format!(
-                "auth_hba_file line {line}: map={map} is not defined (auth_ident_file)"
-            ));
-        }
-    }
-    Ok(ident)
-}
-
-/// The TLS configuration for server connections: none for `disable` and `allow` (pgring
-/// connects in plain and does not retry with TLS).
-fn server_tls(
-    general: &crate::config::General,
-) -> Result<Option<std::sync::Arc<rustls::ClientConfig>>, String> {
-    use super::tls::ServerCheck;
-    use crate::config::SslMode;
-    let check = match general.server_tls_sslmode {
-        SslMode::Disable | SslMode::Allow => return Ok(None),
-        SslMode::Prefer | SslMode::Require => ServerCheck::None,
-        SslMode::VerifyCa => ServerCheck::Chain,
-        SslMode::VerifyFull => ServerCheck::ChainAndName,
-    };
-    let client_cert = general
-        .server_tls_cert_file
-        .as_deref()
-        .zip(general.server_tls_key_file.as_deref());
-    let ca = general.server_tls_ca_file.as_deref();
-    super::tls::connector(check, ca, client_cert, &general.server_tls_protocols)
-        .map(Some)
-        .map_err(|e| format!("server TLS: {e}"))
-}
-
 /// One core's world.
 pub struct Shard {
     /// Shard index (0-based); encoded in every cancel key it hands out.
@@ -281,7 +186,7 @@ pub struct Shard {
     /// What all shards share.
     pub shared: Arc<Shared>,
     config: RefCell<Arc<Config>>,
-    userlist: RefCell<Arc<UserList>>,
+    files: RefCell<Arc<Files>>,
     /// This shard's slice of every pool.
     pub pools: RefCell<HashMap<PoolKey, Rc<Pool>>>,
     /// Live client sessions, by the cancel key pgring gave each. One table serves cancel
@@ -319,15 +224,15 @@ impl Shard {
         self.config.borrow().clone()
     }
 
-    /// The auth file this shard authenticates against.
-    pub fn userlist(&self) -> Arc<UserList> {
-        self.userlist.borrow().clone()
+    /// The files (auth file, hba rules, TLS) this shard logs clients in and servers on with.
+    pub fn files(&self) -> Arc<Files> {
+        self.files.borrow().clone()
     }
 
     /// Switches to a configuration every shard validated (RELOAD phase 2).
-    pub fn apply_config(&self, config: Arc<Config>, userlist: Arc<UserList>) {
+    pub fn apply_config(&self, config: Arc<Config>, files: Arc<Files>) {
         *self.config.borrow_mut() = config;
-        *self.userlist.borrow_mut() = userlist;
+        *self.files.borrow_mut() = files;
         self.auth_cache.expire();
         for pool in self.pools.borrow().values() {
             pool.reconfigure(self);
@@ -421,13 +326,13 @@ pub async fn run_shard(
     let slot = Rc::new(std::cell::OnceCell::new());
     let mesh = ends.connect(slot.clone()).await;
     let config = shared.config();
-    let userlist = shared.userlist();
+    let files = shared.files();
     let control_rx = shared.control_rx[id].clone();
     let shard = Rc::new(Shard {
         id,
         shared: shared.clone(),
         config: RefCell::new(config),
-        userlist: RefCell::new(userlist),
+        files: RefCell::new(files),
         pools: RefCell::new(HashMap::new()),
         clients: RefCell::new(HashMap::new()),
         tls_clients: RefCell::new(HashMap::new()),
