@@ -12,6 +12,7 @@
 //! and deterministic apart from nonce generation, so it is tested without a database.
 
 pub mod hba;
+pub mod ident;
 pub mod md5;
 pub mod scram;
 pub mod userlist;

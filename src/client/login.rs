@@ -15,6 +15,7 @@ use std::sync::Arc;
 use tracing::{info, warn};
 
 use super::ClientInfo;
+use crate::auth::ident::IdentMap;
 use crate::auth::scram::{PassThroughKeys, ScramServer, Verifier, SCRAM_SHA_256};
 use crate::auth::userlist::Secret;
 use crate::auth::{hba, md5, scram};
@@ -516,7 +517,7 @@ fn login_rejected() -> Error {
 
 /// Whether `system` (an OS user, a certificate name) may log in as `user`: the same name, or
 /// through the rule's ident map when it names one.
-fn admits(system: Option<&str>, user: &str, map: Option<(&str, &hba::IdentMap)>) -> bool {
+fn admits(system: Option<&str>, user: &str, map: Option<(&str, &IdentMap)>) -> bool {
     match (system, map) {
         (None, _) => false,
         (Some(system), Some((name, ident))) => ident.allows(name, system, user),
@@ -527,7 +528,7 @@ fn admits(system: Option<&str>, user: &str, map: Option<(&str, &hba::IdentMap)>)
 /// `cert`: the client logged in over TLS with a certificate that chains to
 /// `client_tls_ca_file` (checked in the handshake) and whose CommonName is the login user name
 /// (as PgBouncer takes it) or maps to it.
-fn check_cert(stream: &Stream, user: &str, map: Option<(&str, &hba::IdentMap)>) -> Result<()> {
+fn check_cert(stream: &Stream, user: &str, map: Option<(&str, &IdentMap)>) -> Result<()> {
     let common_name = stream.tls_peer_common_name();
     if admits(common_name.as_deref(), user, map) {
         return Ok(());
@@ -541,7 +542,7 @@ fn check_cert(stream: &Stream, user: &str, map: Option<(&str, &hba::IdentMap)>) 
 
 /// `peer`: the unix socket's peer runs as the OS user named like the login user, or one the
 /// rule's ident map lets in as it.
-fn check_peer(stream: &Stream, user: &str, map: Option<(&str, &hba::IdentMap)>) -> Result<()> {
+fn check_peer(stream: &Stream, user: &str, map: Option<(&str, &IdentMap)>) -> Result<()> {
     let os_user = stream.peer_uid().and_then(crate::process::user_name);
     if admits(os_user.as_deref(), user, map) {
         return Ok(());

@@ -6,7 +6,8 @@
 
 use std::sync::Arc;
 
-use crate::auth::hba::{Hba, IdentMap};
+use crate::auth::hba::Hba;
+use crate::auth::ident::IdentMap;
 use crate::auth::userlist::UserList;
 use crate::config::{AuthType, Config, General, SslMode};
 
