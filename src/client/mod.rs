@@ -9,11 +9,13 @@
 //! may move to another shard ([`balance`]): [`arrive`] takes it up there.
 
 pub mod auth_query;
+mod authenticate;
 pub mod balance;
 pub mod cancel;
 pub mod login;
 mod session;
 pub mod span;
+mod startup;
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;

@@ -10,7 +10,7 @@
 //!
 //! The socket work stays ours (the reactor's readiness, non-blocking `recv`/`send`): rustls
 //! only sees byte slices, through `read_tls` from a buffer we filled and `write_tls` into
-//! [`Tls::out`], which we send. A server handed to another shard takes its session along
+//! `Tls::out`, which we send. A server handed to another shard takes its session along
 //! (`Stream::into_parts`); a TLS client never moves (clients move only for balance, and
 //! keeping them is simpler than carrying the session through the client hand-over).
 //!
