@@ -11,6 +11,7 @@
 //! janitor tick notices the change. Signals are rare; a 100 ms reaction is fine
 //! and keeps signal handling out of the shards' hot loops.
 
+mod buf;
 mod executor;
 pub mod files;
 pub mod io;
