@@ -169,42 +169,41 @@ fn login_rejected() -> Error {
     Error::refuse(sqlstate::INVALID_AUTHORIZATION, "login rejected")
 }
 
-/// Whether `system` (an OS user, a certificate name) may log in as `user`: the same name, or
-/// through the rule's ident map when it names one.
-fn admits(system: Option<&str>, user: &str, map: Option<(&str, &IdentMap)>) -> bool {
-    match (system, map) {
-        (None, _) => false,
-        (Some(system), Some((name, ident))) => ident.allows(name, system, user),
-        (Some(system), None) => system == user,
-    }
-}
-
 /// `cert`: the client logged in over TLS with a certificate that chains to
 /// `client_tls_ca_file` (checked in the handshake) and whose CommonName is the login user name
 /// (as PgBouncer takes it) or maps to it.
 fn check_cert(stream: &Stream, user: &str, map: Option<(&str, &IdentMap)>) -> Result<()> {
-    let common_name = stream.tls_peer_common_name();
-    if admits(common_name.as_deref(), user, map) {
-        return Ok(());
-    }
-    warn!(user, common_name = ?common_name, tls = stream.is_tls(), "certificate authentication failed");
-    Err(Error::refuse(
-        sqlstate::INVALID_AUTHORIZATION,
-        format!("certificate authentication failed for user \"{user}\""),
-    ))
+    admit("certificate", stream.tls_peer_common_name(), user, map)
 }
 
 /// `peer`: the unix socket's peer runs as the OS user named like the login user, or one the
 /// rule's ident map lets in as it.
 fn check_peer(stream: &Stream, user: &str, map: Option<(&str, &IdentMap)>) -> Result<()> {
     let os_user = stream.peer_uid().and_then(crate::process::user_name);
-    if admits(os_user.as_deref(), user, map) {
+    admit("peer", os_user, user, map)
+}
+
+/// Lets `system` (an OS user, a certificate name; `None`: none known) log in as `user` if it
+/// is the same name or the rule's ident map lists the pair; else PostgreSQL's
+/// `<method> authentication failed` refusal.
+fn admit(
+    method: &str,
+    system: Option<String>,
+    user: &str,
+    map: Option<(&str, &IdentMap)>,
+) -> Result<()> {
+    let admitted = match (&system, map) {
+        (None, _) => false,
+        (Some(system), Some((name, ident))) => ident.allows(name, system, user),
+        (Some(system), None) => system == user,
+    };
+    if admitted {
         return Ok(());
     }
-    warn!(user, os_user = ?os_user, "peer authentication failed");
+    warn!(user, system = ?system, "{method} authentication failed");
     Err(Error::refuse(
         sqlstate::INVALID_AUTHORIZATION,
-        format!("peer authentication failed for user \"{user}\""),
+        format!("{method} authentication failed for user \"{user}\""),
     ))
 }
 

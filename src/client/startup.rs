@@ -21,7 +21,8 @@ pub(super) struct Startup {
     pub(super) params: Vec<(String, String)>,
 }
 
-/// Reads packets until a StartupMessage, answering SSL/GSS requests `N`.
+/// Reads packets until a StartupMessage, answering SSLRequest (see [`answer_ssl_request`]) and
+/// GSSENCRequest (`N`), and routing a CancelRequest.
 pub(super) async fn read_startup(
     shard: &Rc<Shard>,
     stream: &mut Stream,

@@ -217,32 +217,20 @@ impl Stream {
     /// Switches to TLS (the client was just answered `S`): from now on reads and writes go
     /// through the session, starting with its handshake.
     pub fn start_tls(&mut self, config: Arc<rustls::ServerConfig>) -> io::Result<()> {
-        self.tls = Some(Box::new(Tls::new(config)?));
+        self.tls = Some(Box::new(Tls::server(config)?));
         Ok(())
     }
 
-    /// Switches a server connection to TLS (PostgreSQL answered our SSLRequest with `S`); the
-    /// handshake runs with the first read or write.
-    pub fn start_tls_client(
+    /// Switches a server connection to TLS (PostgreSQL answered our SSLRequest with `S`) and
+    /// completes the handshake, so that a refused certificate shows here, not in the login.
+    pub async fn start_tls_client(
         &mut self,
         config: Arc<rustls::ClientConfig>,
         name: rustls::pki_types::ServerName<'static>,
     ) -> io::Result<()> {
-        self.tls = Some(Box::new(Tls::client(config, name)?));
-        Ok(())
-    }
-
-    /// Completes the TLS handshake started by [`start_tls_client`](Stream::start_tls_client)
-    /// (no-op on a plain stream).
-    pub async fn tls_handshake(&mut self) -> io::Result<()> {
-        std::future::poll_fn(|cx| {
-            let sock = RawSocket::of(&self.io, &self.fd);
-            match self.tls.as_deref_mut() {
-                Some(tls) => tls.poll_handshake(&sock, cx),
-                None => Poll::Ready(Ok(())),
-            }
-        })
-        .await
+        let tls = self.tls.insert(Box::new(Tls::client(config, name)?));
+        let (io, fd) = (&self.io, &self.fd);
+        std::future::poll_fn(|cx| tls.poll_handshake(&RawSocket::of(io, fd), cx)).await
     }
 
     /// Whether this stream speaks TLS.

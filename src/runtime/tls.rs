@@ -265,7 +265,7 @@ pub(super) trait Socket {
 
 impl Tls {
     /// A session for a client that was just answered `S`.
-    pub fn new(config: Arc<ServerConfig>) -> io::Result<Tls> {
+    pub fn server(config: Arc<ServerConfig>) -> io::Result<Tls> {
         let conn = ServerConnection::new(config).map_err(io::Error::other)?;
         Ok(Tls::over(conn.into()))
     }
@@ -323,13 +323,9 @@ impl Tls {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Poll::Ready(Err(e)),
             }
-            if let Err(e) = std::task::ready!(self.poll_flush(sock, cx)) {
-                return Poll::Ready(Err(e));
-            }
-            match std::task::ready!(self.poll_recv_ciphertext(sock, cx)) {
-                Ok(0) => return Poll::Ready(Ok(0)),
-                Ok(_) => {}
-                Err(e) => return Poll::Ready(Err(e)),
+            std::task::ready!(self.poll_flush(sock, cx))?;
+            if std::task::ready!(self.poll_recv_ciphertext(sock, cx))? == 0 {
+                return Poll::Ready(Ok(0));
             }
         }
     }
@@ -396,14 +392,10 @@ impl Tls {
     ) -> Poll<io::Result<usize>> {
         if self.unacked == 0 && !buf.is_empty() {
             // Anything still queued goes first, so rustls's buffer has room for `buf`.
-            if let Err(e) = std::task::ready!(self.poll_flush(sock, cx)) {
-                return Poll::Ready(Err(e));
-            }
+            std::task::ready!(self.poll_flush(sock, cx))?;
             self.unacked = self.conn.writer().write(buf)?;
         }
-        if let Err(e) = std::task::ready!(self.poll_flush(sock, cx)) {
-            return Poll::Ready(Err(e));
-        }
+        std::task::ready!(self.poll_flush(sock, cx))?;
         Poll::Ready(Ok(std::mem::take(&mut self.unacked)))
     }
 

@@ -366,11 +366,7 @@ async fn negotiate_tls(conn: &mut ServerConn, cs: &ConnectSettings) -> Result<()
     match answer[0] {
         b'S' => {
             let name = tls_name(cs, addr);
-            let stream = &mut conn.stream;
-            let handshake = match stream.start_tls_client(config, name) {
-                Ok(()) => stream.tls_handshake().await,
-                Err(e) => Err(e),
-            };
+            let handshake = conn.stream.start_tls_client(config, name).await;
             handshake.map_err(|e| {
                 let shown = cs.shown(&conn.meta.addr);
                 cannot_connect(shown, format!("TLS handshake failed: {e}"))
