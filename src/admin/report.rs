@@ -287,7 +287,7 @@ fn linked_server_row(shard: &Shard, key: &PoolKey, c: &ClientInfo) -> Option<Con
         id: l.server_id,
         link: Some(c.id),
         remote_pid: l.backend_key.pid,
-        tls: None,
+        tls: l.tls.as_deref().map(str::to_string),
         app_name: c.app_name.borrow().to_string(),
         prepared: l.prepared,
     })
@@ -310,7 +310,7 @@ fn idle_server_rows(shard: &Shard, key: &PoolKey, pool: &Pool, out: &mut Vec<Con
             id: s.meta.id,
             link: None,
             remote_pid: s.meta.backend_key.pid,
-            tls: s.stream.tls_info(),
+            tls: s.meta.tls.as_deref().map(str::to_string),
             app_name: String::new(),
             prepared: s.meta.prepared.len(),
         })

@@ -66,6 +66,8 @@ pub struct Linked {
     pub connect_time: SystemTime,
     /// Statements prepared on it (at link time).
     pub prepared: usize,
+    /// Its TLS session (SHOW SERVERS `tls`): a shared string, no formatting per link.
+    pub tls: Option<std::sync::Arc<str>>,
 }
 
 /// What the shard knows about one of its client sessions.
@@ -185,6 +187,7 @@ impl ClientInfo {
             local_addr: server.meta.local_addr,
             connect_time: server.meta.connect_time,
             prepared: server.meta.prepared.len(),
+            tls: server.meta.tls.clone(),
         }));
         self.state.set(ClientState::Active);
     }

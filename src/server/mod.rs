@@ -128,6 +128,9 @@ pub struct ServerMeta {
     /// relay's per-link request queue; moves with it between shards.
     /// Boxed: one allocation per connection keeps `ServerConn` small to move.
     pub prepared: Box<crate::prepared::ServerStatements>,
+    /// The TLS session's description (SHOW SERVERS `tls`), made once after the handshake so
+    /// that a client's link can show it without formatting anything per transaction.
+    pub tls: Option<std::sync::Arc<str>>,
 }
 
 /// A live, logged-in server connection.
@@ -295,6 +298,7 @@ pub async fn connect(cs: &ConnectSettings, id: u64) -> Result<ServerConn> {
             last_used: now,
             connect_time: std::time::SystemTime::now(),
             prepared: Default::default(),
+            tls: None,
         }),
         stream,
     };
@@ -370,7 +374,9 @@ async fn negotiate_tls(conn: &mut ServerConn, cs: &ConnectSettings) -> Result<()
             handshake.map_err(|e| {
                 let shown = cs.shown(&conn.meta.addr);
                 cannot_connect(shown, format!("TLS handshake failed: {e}"))
-            })
+            })?;
+            conn.meta.tls = conn.stream.tls_info().map(std::sync::Arc::from);
+            Ok(())
         }
         b'N' if !cs.tls_required => Ok(()),
         b'N' => Err(Error::refuse(

@@ -197,6 +197,23 @@ async fn admin_counts_follow_a_known_workload_across_shards() {
         .count();
     assert_eq!(pools_idle(&c).await, idle as u64);
     assert!(idle >= 1);
+    // The test PostgreSQL has TLS, so pgring's servers speak it (server_tls_sslmode prefer):
+    // SHOW SERVERS says so for a server a client holds as well as for an idle one.
+    clients[0].simple_query("BEGIN").await.expect("BEGIN");
+    let servers = show(&c, "SHOW SERVERS").await;
+    let app_servers: Vec<_> = servers
+        .rows
+        .iter()
+        .filter(|r| r["database"] == "app")
+        .collect();
+    assert!(
+        app_servers.iter().any(|r| r["state"] == "active"),
+        "{app_servers:?}"
+    );
+    for r in &app_servers {
+        assert!(r["tls"].starts_with("TLSv1."), "{r:?}");
+    }
+    clients[0].simple_query("COMMIT").await.expect("COMMIT");
 }
 
 async fn pools_idle(c: &Client) -> u64 {
