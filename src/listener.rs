@@ -281,7 +281,9 @@ fn admit(shard: &Rc<Shard>, stream: Stream) {
         crate::runtime::spawn(refuse(stream));
         return;
     }
-    crate::runtime::spawn(crate::client::serve(shard.clone(), stream));
+    crate::runtime::spawn(crate::runtime::isolate::Isolated::new(
+        crate::client::serve(shard.clone(), stream),
+    ));
 }
 
 /// PgBouncer's wording, so that people can tell our limit from PostgreSQL's; the log line is

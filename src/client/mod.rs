@@ -212,30 +212,55 @@ impl ClientInfo {
 #[allow(clippy::manual_async_fn)] // deliberately not an async fn: see above
 pub fn serve(shard: Rc<Shard>, mut stream: Stream) -> impl std::future::Future<Output = ()> {
     async move {
-        let info = register(&shard, &stream);
+        let me = Registered::new(shard, &stream);
         // Both halves made here, so that the block never borrows a span
         // (a borrowed local keeps its slot in the state for good).
-        let (login_span, session_span) = client_span(&shard, &info);
-        let login = boxed(login_phase(&shard, &info, &mut stream));
+        let (login_span, session_span) = client_span(&me.shard, &me.info);
+        let login = boxed(login_phase(&me.shard, &me.info, &mut stream));
         let Some(session) = login_span.wrap(login).await else {
-            return unregister(&shard, &info);
+            return;
         };
         let moving = session_span.wrap(session.serve(&mut stream)).await;
-        leave(&shard, &info, moving, stream);
+        me.leave(moving, stream);
     }
 }
 
-/// The session is over here: it ends, or it moves to another shard with its socket.
-fn leave(shard: &Shard, info: &ClientInfo, moving: Option<Box<Moving>>, stream: Stream) {
-    let Some(mut moving) = moving else {
-        return unregister(shard, info);
-    };
-    debug!(to = moving.to, "client moves to another shard");
-    shard.balance.moved_one_out();
-    shard.clients.borrow_mut().remove(&info.key);
-    moving.unix = stream.is_unix();
-    moving.fd = Some(stream.into_fd());
-    shard.mesh.send(moving.to, MeshMsg::Client(moving));
+/// A session's place on its shard: in the client table and counted against
+/// `max_client_conn` from accept (or arrival from another shard) until it is dropped, however
+/// the session ends: its last line, an error, or a panic (`runtime::isolate`).
+struct Registered {
+    shard: Rc<Shard>,
+    info: Rc<ClientInfo>,
+}
+
+impl Registered {
+    fn new(shard: Rc<Shard>, stream: &Stream) -> Self {
+        let info = register(&shard, stream);
+        Registered { shard, info }
+    }
+
+    /// The session is over here: it ends, or it moves to another shard with its socket.
+    fn leave(self, moving: Option<Box<Moving>>, stream: Stream) {
+        let Some(mut moving) = moving else {
+            return; // dropped: unregistered
+        };
+        debug!(to = moving.to, "client moves to another shard");
+        let me = std::mem::ManuallyDrop::new(self);
+        // SAFETY: `me` is never dropped; each field is read out exactly once.
+        let (shard, info) = unsafe { (std::ptr::read(&me.shard), std::ptr::read(&me.info)) };
+        shard.balance.moved_one_out();
+        // It stays counted: the slot moves with it.
+        shard.clients.borrow_mut().remove(&info.key);
+        moving.unix = stream.is_unix();
+        moving.fd = Some(stream.into_fd());
+        shard.mesh.send(moving.to, MeshMsg::Client(moving));
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        unregister(&self.shard, &self.info);
+    }
 }
 
 /// A client another shard sent here (see `balance`): its session goes on on this shard.
@@ -267,13 +292,16 @@ pub fn arrive(shard: &Rc<Shard>, mut moving: Box<Moving>) {
     auth_query::adopt(shard, &moving.pool, secret, keys);
     let pool = shard.pool(&moving.pool);
     let session = Session::arrived(shard, &info, pool, *moving);
-    let shard = shard.clone();
-    crate::runtime::spawn(async move {
+    let me = Registered {
+        shard: shard.clone(),
+        info,
+    };
+    crate::runtime::spawn(crate::runtime::isolate::Isolated::new(async move {
         let mut stream = stream;
-        let (_, span) = client_span(&shard, &info);
+        let (_, span) = client_span(&me.shard, &me.info);
         let moving = span.wrap(session.serve(&mut stream)).await;
-        leave(&shard, &info, moving, stream);
-    });
+        me.leave(moving, stream);
+    }));
 }
 
 /// The session's span, twice: for the login and for the session after it.

@@ -10,7 +10,7 @@ use super::balance::Moving;
 use super::{boxed, goodbye, login, ClientInfo, ClientState};
 use crate::config::{Config, PoolMode, Seconds};
 use crate::error::{Error, Result};
-use crate::pool::Pool;
+use crate::pool::{Held, Pool};
 use crate::relay::{self, End, Link};
 use crate::runtime::io::{self as rio, Buf};
 use crate::runtime::recycle::Recycled;
@@ -333,26 +333,29 @@ impl Session {
     async fn transaction(&mut self, stream: &mut Stream, cbuf: Buf) -> Result<Option<Buf>> {
         self.info.state.set(ClientState::Waiting);
         self.info.request_time.set(rio::now());
-        let mut server = match self.pool.acquire(&self.shard).await {
+        let server = match self.pool.acquire(&self.shard).await {
             Ok(s) => s,
             Err(e) => {
                 self.shard.bufs.give(cbuf);
                 return Err(e);
             }
         };
+        let mut server = Held::new(&self.pool, &self.shard, server);
         self.info.link(&server);
         if let Err(e) = server.sync_params(&mut self.params).await {
             self.shard.bufs.give(cbuf);
             self.info.unlink();
             match e {
                 // PostgreSQL refused a value but finished with ReadyForQuery.
-                Error::Server(_) => self.pool.release(&self.shard, server),
+                Error::Server(_) => self.pool.release(&self.shard, server.take()),
                 _ => self
                     .pool
-                    .close_leased(&self.shard, server, "parameter sync failed"),
+                    .close_leased(&self.shard, server.take(), "parameter sync failed"),
             }
             return Err(e.into_fatal());
         }
+        #[cfg(debug_assertions)]
+        test_hook_panic(&cbuf);
         let started = rio::now();
         let mode = self.pool.mode();
         let mut link = Link::new(
@@ -378,6 +381,7 @@ impl Session {
         self.shard.balance.request_done(held);
         let (cbuf, sbuf) = link.into_bufs();
         self.shard.bufs.give(sbuf);
+        let server = server.take();
         match end {
             Ok(End::Released) => {
                 self.release(server).await;
@@ -458,6 +462,19 @@ impl Session {
             }
         }
         self.pool.release(&self.shard, server);
+    }
+}
+
+/// Test hook (debug builds only): with `PGRING_TEST_PANIC=1` in the environment, a request
+/// whose first message contains `pgring_test_panic` panics while its session holds a server,
+/// so that the black-box tests can see a panicking session end alone (`runtime::isolate`).
+#[cfg(debug_assertions)]
+fn test_hook_panic(cbuf: &Buf) {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let on = *ON.get_or_init(|| std::env::var_os("PGRING_TEST_PANIC").is_some_and(|v| v == "1"));
+    const ASK: &[u8] = b"pgring_test_panic";
+    if on && cbuf.data().windows(ASK.len()).any(|w| w == ASK) {
+        panic!("PGRING_TEST_PANIC: a request asked for it");
     }
 }
 

@@ -623,6 +623,60 @@ impl Pool {
     }
 }
 
+/// A server a client holds for a transaction. Dropped while still held (its session ended in a
+/// way its code did not plan: a panic, see `runtime::isolate`), the server is closed, never
+/// returned in an unknown state, and its budget slot goes back to the pool.
+pub struct Held<'a> {
+    pool: &'a Rc<Pool>,
+    shard: &'a Rc<Shard>,
+    server: Option<ServerConn>,
+}
+
+impl<'a> Held<'a> {
+    /// Holds `server`, leased from `pool`.
+    pub fn new(pool: &'a Rc<Pool>, shard: &'a Rc<Shard>, server: ServerConn) -> Self {
+        Held {
+            pool,
+            shard,
+            server: Some(server),
+        }
+    }
+
+    /// Lets go of the server, to be released or closed by the caller.
+    pub fn take(mut self) -> ServerConn {
+        self.server
+            .take()
+            .expect("a Held holds its server until taken")
+    }
+}
+
+impl std::ops::Deref for Held<'_> {
+    type Target = ServerConn;
+
+    fn deref(&self) -> &ServerConn {
+        self.server
+            .as_ref()
+            .expect("a Held holds its server until taken")
+    }
+}
+
+impl std::ops::DerefMut for Held<'_> {
+    fn deref_mut(&mut self) -> &mut ServerConn {
+        self.server
+            .as_mut()
+            .expect("a Held holds its server until taken")
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            self.pool
+                .close_leased(self.shard, server, "its client's session ended abnormally");
+        }
+    }
+}
+
 /// Safety net for a wait abandoned mid-way (client gone): gives back
 /// whatever was granted so no server or budget leaks.
 struct WaitGuard {

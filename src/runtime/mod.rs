@@ -15,6 +15,7 @@ mod buf;
 mod executor;
 pub mod files;
 pub mod io;
+pub mod isolate;
 pub mod mesh;
 mod reactor;
 pub mod recycle;
@@ -89,8 +90,27 @@ pub fn run(
                         shard::run_shard(id, shared, listen, unix, ends).await
                     }
                 };
-                if let Err(e) = executor::block_on(main, entries, spin) {
-                    let _ = booted.send(Err(e.to_string()));
+                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    executor::block_on(main, entries, spin)
+                }));
+                match ran {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        let _ = booted.send(Err(e.to_string()));
+                    }
+                    // A client session's panic ends that session alone (`isolate`); one here
+                    // is in the shard's own tasks (listener, janitor, mesh), whose state every
+                    // client of the shard depends on. A shard cannot be restarted in place (its
+                    // listener would stay in the SO_REUSEPORT group, taking connections no one
+                    // accepts), so the process stops for its supervisor to restart it.
+                    Err(payload) => {
+                        error!(
+                            shard = id,
+                            panic = isolate::panic_message(payload.as_ref()),
+                            "a shard panicked (a bug in pgring): pgring stops"
+                        );
+                        std::process::exit(70);
+                    }
                 }
             })
             .map_err(|e| BootError::Shard(id, e.to_string()))?;

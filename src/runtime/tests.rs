@@ -405,3 +405,30 @@ fn a_task_woken_with_wake_next_runs_before_those_already_queued() {
         ["releaser", "handed", "queued 1", "queued 2"]
     );
 }
+
+#[test]
+fn an_isolated_task_that_panics_ends_alone_and_its_state_is_dropped() {
+    struct Guard(Rc<RefCell<Vec<&'static str>>>);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            self.0.borrow_mut().push("guard dropped");
+        }
+    }
+    let log = Rc::new(RefCell::new(Vec::new()));
+    let seen = log.clone();
+    run(async move {
+        let guard = Guard(log.clone());
+        spawn(super::isolate::Isolated::new(async move {
+            let _guard = guard;
+            sleep(Duration::from_millis(5)).await;
+            panic!("isolated test panic");
+        }));
+        let other = log.clone();
+        spawn(super::isolate::Isolated::new(async move {
+            sleep(Duration::from_millis(20)).await;
+            other.borrow_mut().push("other finished");
+        }));
+        sleep(Duration::from_millis(40)).await;
+    });
+    assert_eq!(*seen.borrow(), ["guard dropped", "other finished"]);
+}

@@ -370,3 +370,52 @@ async fn postgres_restart_under_load_fails_only_in_flight_transactions() {
     );
     drop(cluster);
 }
+
+/// A session that panics (a bug in pgring reached from the wire; a debug-build hook makes one
+/// here) ends alone: its client loses the connection, the server it held is closed (not
+/// returned in an unknown state) and its budget comes back, its `max_client_conn` slot is free
+/// again, and every other client, on both shards, goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_session_ends_alone_and_its_server_and_slot_come_back() {
+    let user = pg().fresh_user("panic");
+    let toml = config_for(
+        "transaction",
+        1,
+        2,
+        "max_client_conn = 5\nquery_wait_timeout = 10",
+    );
+    let mut pgring = Pgring::start_with_env(&toml, &[("PGRING_TEST_PANIC", "1")]);
+    let port = pgring.port;
+    let mut others = Vec::new();
+    for _ in 0..4 {
+        others.push(common::connect(port, "app", &user, "").await);
+    }
+    let server_before = pid_of(&others[0]).await;
+    let victim = common::connect(port, "app", &user, "").await;
+    let error = victim
+        .simple_query("SELECT 'pgring_test_panic'")
+        .await
+        .expect_err("the panicking session answered");
+    println!("victim: {}", describe(&error));
+    assert!(victim.is_closed() || victim.simple_query("SELECT 1").await.is_err());
+    pgring.assert_running();
+    // Pool size 1: every other client is served, so the budget came back; by a new server,
+    // so the one the panicking session held was closed, not returned.
+    for (i, c) in others.iter().enumerate() {
+        let pid = within(Duration::from_secs(10), "a bystander's query", pid_of(c)).await;
+        assert_ne!(
+            pid, server_before,
+            "client {i} got the panicked session's server back"
+        );
+    }
+    // Five clients allowed and four left: a fifth logs in.
+    let fifth = common::try_connect(port, "app", &user, "")
+        .await
+        .unwrap_or_else(|e| panic!("the panicked client's slot was not freed: {}", describe(&e)));
+    assert_eq!(value(&fifth, "SELECT 7").await.as_deref(), Some("7"));
+    assert!(
+        pgring.log().contains("a client session panicked"),
+        "{}",
+        pgring.log()
+    );
+}
