@@ -89,6 +89,14 @@ def git_commit():
 def machine_info():
     info = {"nproc": NPROC, "kernel": os.uname().release}
     try:
+        # With autogroup on, each target (started in its own session) is a scheduling group:
+        # the kernel shares the cores between PostgreSQL, each pooler and pgbench as groups
+        # first, then between a group's threads (see bench/README.md).
+        with open("/proc/sys/kernel/sched_autogroup_enabled") as f:
+            info["sched_autogroup"] = f.read().strip() == "1"
+    except OSError:
+        pass
+    try:
         for line in open("/proc/cpuinfo"):
             if line.startswith("model name"):
                 info["cpu"] = line.split(":", 1)[1].strip()
@@ -192,6 +200,25 @@ def cpu_us(pid):
         s = f.read()
     rest = s[s.rindex(")") + 2:].split()
     return (int(rest[11]) + int(rest[12])) * 1_000_000 // CLK_TCK
+
+
+def sched_ns(pid):
+    """(on-CPU, runnable-but-waiting) nanoseconds summed over every thread of the process, from
+    /proc/PID/task/*/schedstat; None where the kernel has no schedstats."""
+    run = wait = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    for t in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{t}/schedstat") as f:
+                fields = f.read().split()
+        except OSError:
+            continue  # a thread that ended meanwhile
+        run += int(fields[0])
+        wait += int(fields[1])
+    return run, wait
 
 
 def rss_kib(pid):
@@ -585,6 +612,7 @@ def run_pgbench(port, clients, duration, workdir, tag, mode="simple", workload="
     if connect_each:
         cmd.insert(-1, "-C")
     cpu0 = cpu_us(cpu_pid) if cpu_pid else None
+    sched0 = sched_ns(cpu_pid) if cpu_pid else None
     host0, t0 = host_cpu_us(), time.monotonic()
     popen = cleanup.popen if cleanup else (lambda c, **kw: subprocess.Popen(c, **kw))
     # A connect timeout, so a pooler that accepts but never answers fails the run instead of
@@ -622,6 +650,11 @@ def run_pgbench(port, clients, duration, workdir, tag, mode="simple", workload="
                 r["cpu_us_per_xact"] = round(r["pooler_cpu_us"] / r["xacts"], 2)
         except OSError:
             r["pooler_cpu_us"] = None  # the pooler died during the run
+        sched1 = sched_ns(cpu_pid)
+        if sched0 and sched1 and wall > 0:
+            # Time the pooler's threads were ready to run but had no CPU, per second of the
+            # run (summed over threads: 800 means 0.8 of a thread was always waiting).
+            r["pooler_wait_ms_per_s"] = round((sched1[1] - sched0[1]) / 1e6 / wall, 1)
     if r["xacts"]:
         r["host_cpu_us_per_xact"] = round((host_cpu_us() - host0) / r["xacts"], 2)
     lat, logged_failed = read_latencies(prefix)

@@ -72,6 +72,7 @@ PGBENCH_ROWS = [
     ("latency max (ms)", "latency.max_us", fmt_us, "lower"),
     ("pooler CPU µs / xact", "cpu_us_per_xact", fmt_num, "lower"),
     ("host CPU µs / xact (all processes)", "host_cpu_us_per_xact", fmt_num, "lower"),
+    ("pooler threads waiting for a CPU (ms per s)", "pooler_wait_ms_per_s", fmt_num, "lower"),
     ("transactions", "xacts", fmt_num, None),
     ("failed xacts + aborted clients", "errors", fmt_num, None),
 ]
@@ -250,7 +251,9 @@ def render(result, plots):
         f"{m['duration_s']} s per scenario and target; whole run {m.get('elapsed_s', '?')} s",
         f"- machine: {m['nproc']} cores ({m.get('cpu', '?')}), {m.get('mem_gib', '?')} GiB, "
         f"kernel {m['kernel']}, fd limit {m.get('fd_limit')}; load average at start "
-        f"{' '.join(m.get('loadavg_at_start') or ['?'])}",
+        f"{' '.join(m.get('loadavg_at_start') or ['?'])}"
+        + ("; scheduler autogroup on (each target is its own CPU-sharing group)"
+           if m.get("sched_autogroup") else ""),
         f"- {m.get('postgres')}, pgbench -i -s {m.get('scale')}; {m.get('pgbouncer')}; "
         f"pgring workers = {m['workers']}; pool size {m['pool_size']}, transaction mode, "
         f"all on 127.0.0.1",
