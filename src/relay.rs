@@ -521,6 +521,8 @@ fn server_step(
     link.scan_server(params, server_params, rw.as_mut(), to_client, stats)
 }
 
-/// The relay's sans-IO steps with bytes in and bytes out, for unit tests.
-#[cfg(test)]
-pub(crate) mod testing;
+/// The relay's sans-IO steps with bytes in and bytes out, for unit tests
+/// and, behind the `fuzzing` feature, for the harness in `tests/fuzz`.
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod testing;
