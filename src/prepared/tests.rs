@@ -458,3 +458,68 @@ fn shards_intern_one_copy_per_statement() {
     let b = super::intern(&rest("SELECT 'shared'"));
     assert!(std::rc::Rc::ptr_eq(&a, &b));
 }
+
+/// A fixed-seed miniature of the `relay` fuzz target (tests/fuzz): random
+/// pipelines of client messages and server replies, cut at random points
+/// and now and then corrupted, through the relay's scan steps. A protocol
+/// error ends a run (the relay closes that connection); a panic fails.
+#[test]
+fn random_streams_never_panic() {
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+    let client_msgs = [
+        parse("s1", "SELECT 1"),
+        parse("s2", "SELECT 2"),
+        parse("", "SELECT 3"),
+        bind(b"s1"),
+        bind(b"s2"),
+        describe_s(b"s1"),
+        close_s(b"s2"),
+        execute(),
+        SYNC.to_vec(),
+        FLUSH.to_vec(),
+        query("DEALLOCATE s1"),
+        query("DEALLOCATE ALL"),
+    ];
+    let server_msgs = [
+        PARSE_COMPLETE.to_vec(),
+        BIND_COMPLETE.to_vec(),
+        CLOSE_COMPLETE.to_vec(),
+        NO_DATA.to_vec(),
+        READY_IDLE.to_vec(),
+        command_complete("SELECT 1"),
+        command_complete("DEALLOCATE ALL"),
+        error("26000", "gone"),
+        error("42P05", "exists"),
+        msg(b'N', &[b'M'; 300]),
+    ];
+    let mut rng = StdRng::seed_from_u64(0x7265_6c61_79);
+    for _ in 0..400 {
+        let mut p = Pair::new(rng.gen_range(1..4));
+        let (mut c, mut s) = (Vec::new(), Vec::new());
+        for _ in 0..40 {
+            let op = rng.gen_range(0..10);
+            if op >= 7 {
+                let (side, n) = (rng.gen_bool(0.5), rng.gen_range(0..80));
+                let pending = if side { &mut c } else { &mut s };
+                let chunk: Vec<u8> = pending.drain(..n.min(pending.len())).collect();
+                let ok = match side {
+                    true => p.try_client_sends(&chunk).is_ok(),
+                    false => p.try_server_sends(&chunk).is_ok(),
+                };
+                if !ok {
+                    break;
+                }
+                continue;
+            }
+            let (to, pick) = match op {
+                0..=3 => (&mut c, &client_msgs[rng.gen_range(0..client_msgs.len())]),
+                _ => (&mut s, &server_msgs[rng.gen_range(0..server_msgs.len())]),
+            };
+            to.extend_from_slice(pick);
+            if rng.gen_ratio(1, 20) {
+                let at = rng.gen_range(0..to.len());
+                to[at] = rng.gen();
+            }
+        }
+    }
+}
