@@ -523,3 +523,21 @@ fn random_streams_never_panic() {
         }
     }
 }
+
+/// Found reading the code while writing the `relay` fuzz target: a Parse
+/// answered locally while part of an unsolicited NoticeResponse had been
+/// forwarded put its ParseComplete inside the notice, and the client lost
+/// its framing. It now waits for the end of the notice.
+#[test]
+fn local_reply_waits_for_a_streaming_server_message() {
+    let mut p = prepared("s1", "SELECT 1");
+    let (notice, sync_reply) = (msg(b'N', &[b'M'; 300]), READY_IDLE);
+    assert_eq!(p.server_sends(&notice[..100]), &notice[..100]);
+    let (to_server, to_client) = p.client_sends(&cat(&[&parse("s2", "SELECT 1"), SYNC]));
+    assert_eq!(to_server, SYNC);
+    assert!(to_client.is_empty(), "held while the notice streams");
+    let rest = cat(&[&notice[100..], sync_reply]);
+    let got = p.server_sends(&rest);
+    assert_eq!(got, cat(&[&notice[100..], PARSE_COMPLETE, sync_reply]));
+    assert!(p.may_release());
+}
