@@ -12,6 +12,7 @@ use pgring::auth::ident::IdentMap;
 use pgring::auth::scram::{ScramClient, ScramServer, Verifier};
 use pgring::auth::userlist::{Secret, UserList};
 use pgring::protocol::{backend, build, frontend, next_frame, startup};
+use pgring::prepared::ServerStatements;
 use pgring::relay::testing::Pair;
 
 /// Frontend framing and every frontend/backend/startup decoder.
@@ -150,6 +151,7 @@ pub fn relay(data: &[u8]) {
         sim: Sim::default(),
         raw: false,
         to_client: Vec::new(),
+        other: None,
     };
     while ops.pos < ops.data.len() {
         if s.op(&mut ops).is_err() {
@@ -190,6 +192,8 @@ struct Session {
     raw: bool,
     /// Everything the client has received, to check it is whole messages.
     to_client: Vec<u8>,
+    /// The pool's other server, with its simulator.
+    other: Option<(ServerStatements, Sim)>,
 }
 
 type Step = Result<(), pgring::error::Error>;
@@ -271,6 +275,11 @@ impl Session {
             13 | 14 => self.deliver_server(usize::from(arg) * 3)?,
             15 => self.spontaneous(arg),
             16 => self.cpend.extend(msg(b'F', b"\0\0\0\x01\0\0\0\0\0")),
+            17 if arg & 0x80 != 0 => self.relink(),
+            17 if arg & 0x40 != 0 => {
+                let sql = ["BEGIN", "COMMIT", "SELECT 1/0"][usize::from(arg % 3)];
+                build::query(&mut self.cpend, sql);
+            }
             17 => self.cpend.extend(msg(b'd', &[arg; 7])),
             18 => {
                 // A server reply the simulator would not send: desync.
@@ -312,6 +321,20 @@ impl Session {
         }
     }
 
+    /// The transaction ended: the client's next lease may be on the other
+    /// server (with its own prepared set), as in the real pool.
+    fn relink(&mut self) {
+        if !self.pair.may_release() {
+            return;
+        }
+        let other = std::mem::take(&mut self.other);
+        let (server, sim) = other.unwrap_or_default();
+        let old = self.pair.relink(server);
+        let old_sim = std::mem::replace(&mut self.sim, sim);
+        self.other = Some((old, old_sim));
+        self.spend.clear();
+    }
+
     fn deliver_client(&mut self, n: usize) -> Step {
         let n = n.min(self.cpend.len());
         let chunk: Vec<u8> = self.cpend.drain(..n).collect();
@@ -351,13 +374,23 @@ impl Session {
 }
 
 /// A toy PostgreSQL: prepared statement names, skip-to-Sync after an
-/// error, one reply per request.
-#[derive(Default)]
+/// error, one reply per request, transaction status.
 struct Sim {
     input: Vec<u8>,
     names: std::collections::HashSet<Vec<u8>>,
     skipping: bool,
     status: u8,
+}
+
+impl Default for Sim {
+    fn default() -> Self {
+        Sim {
+            input: Vec::new(),
+            names: Default::default(),
+            skipping: false,
+            status: b'I',
+        }
+    }
 }
 
 impl Sim {
@@ -378,6 +411,14 @@ impl Sim {
     fn error(&mut self, code: &str, out: &mut Vec<u8>) {
         build::error_response(out, build::Severity::Error, code, "sim");
         self.skipping = true;
+        self.fail();
+    }
+
+    /// An error inside a transaction block aborts it.
+    fn fail(&mut self) {
+        if self.status == b'T' {
+            self.status = b'E';
+        }
     }
 
     fn answer(&mut self, t: u8, body: &[u8], out: &mut Vec<u8>) {
@@ -420,11 +461,18 @@ impl Sim {
                 if t == b'Q' && body.starts_with(b"DEALLOCATE ALL") {
                     self.names.clear();
                     build::command_complete(out, "DEALLOCATE ALL");
+                } else if t == b'Q' && body.starts_with(b"SELECT 1/0") {
+                    build::error_response(out, build::Severity::Error, "22012", "sim");
+                    self.fail();
                 } else if t == b'Q' {
+                    self.status = match &body[..body.len().min(5)] {
+                        b"BEGIN" => b'T',
+                        b"COMMI" => b'I',
+                        _ => self.status,
+                    };
                     build::command_complete(out, "SELECT 1");
                 }
                 self.skipping = false;
-                self.status = b'I';
                 build::ready_for_query(out, self.status);
             }
             b'H' | b'd' | b'c' | b'f' => {}
