@@ -213,6 +213,9 @@ impl Link {
         let mut splice = Splice::new(data, to_server);
         let mut pos = 0;
         let mut terminate = false;
+        // Mid-way through a server message, the client must not get a
+        // local reply: it would land inside that message.
+        let held = self.state.sskip > 0;
         loop {
             if self.state.cskip > 0 {
                 let n = self.state.cskip.min(data.len() - pos);
@@ -232,7 +235,8 @@ impl Link {
             }
             let action = match rw.as_deref_mut() {
                 Some(rw) => {
-                    rw.client_message(&mut splice, pos, total, self.state.status, to_client)?
+                    let out = (!held).then_some(&mut *to_client);
+                    rw.client_message(&mut splice, pos, total, self.state.status, out)?
                 }
                 None => Action::Pass,
             };
@@ -281,6 +285,9 @@ impl Link {
                 self.state.sskip -= n;
                 if self.state.sskip > 0 {
                     break;
+                }
+                if let Some(rw) = rw.as_deref_mut() {
+                    rw.release_held(&mut splice, pos, self.state.status);
                 }
             }
             let Some(total) =
@@ -521,6 +528,8 @@ fn server_step(
     link.scan_server(params, server_params, rw.as_mut(), to_client, stats)
 }
 
-/// The relay's sans-IO steps with bytes in and bytes out, for unit tests.
-#[cfg(test)]
-pub(crate) mod testing;
+/// The relay's sans-IO steps with bytes in and bytes out, for unit tests
+/// and, behind the `fuzzing` feature, for the harness in `tests/fuzz`.
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod testing;

@@ -106,7 +106,8 @@ impl Parser<'_> {
         if let Some(r) = self.rest.strip_prefix('=') {
             self.rest = r;
         } else {
-            let (to, r) = self.rest.split_at(self.rest.len().min(2));
+            // Checked: a multi-byte character may straddle byte 2.
+            let (to, r) = self.rest.split_at_checked(2)?;
             if !to.eq_ignore_ascii_case("to") || !r.starts_with(char::is_whitespace) {
                 return None;
             }
@@ -186,5 +187,14 @@ mod tests {
             set("reserve_pool_timeout", "0.5")
         );
         assert_eq!(parse("set x"), None);
+    }
+
+    /// Found by the `frontend` fuzz target: byte 2 after the key falls
+    /// inside a character; this used to panic the shard.
+    #[test]
+    fn set_with_multibyte_value_is_a_syntax_error() {
+        assert_eq!(parse("SET x V\u{16d6}"), None);
+        assert_eq!(parse("set x \u{e9}"), None);
+        assert_eq!(parse("set x t"), None);
     }
 }

@@ -74,14 +74,17 @@ pub struct Rewriter<'a> {
 impl Rewriter<'_> {
     /// Handles the client message at `at` (`total` bytes, maybe not all
     /// buffered yet) in `splice`. Local replies that are due go to
-    /// `to_client`; `status` is the last ReadyForQuery status.
+    /// `to_client`; `None` while the client is in the middle of a server
+    /// message (part of an unsolicited NoticeResponse was forwarded), when
+    /// they wait for [`release_held`](Self::release_held) at its end.
+    /// `status` is the last ReadyForQuery status.
     pub fn client_message(
         &mut self,
         splice: &mut Splice<'_>,
         at: usize,
         total: usize,
         status: u8,
-        to_client: &mut Vec<u8>,
+        to_client: Option<&mut Vec<u8>>,
     ) -> Result<Action, ProtocolError> {
         let src = splice.src();
         let msg = &src[at..src.len().min(at + total)];
@@ -98,7 +101,9 @@ impl Rewriter<'_> {
             tag::FUNCTION_CALL => self.forward(Req::Query),
             _ => Action::Pass, // Flush, Copy*: no reply of their own
         };
-        self.drain_locals(to_client, status);
+        if let Some(out) = to_client {
+            self.drain_locals(out, status);
+        }
         Ok(action)
     }
 
@@ -313,11 +318,18 @@ impl Rewriter<'_> {
         if let Some(e) = ends.then(|| self.queue.pop()).flatten() {
             self.reply_end(e, t, body, splice, at, end)?;
         }
+        self.release_held(splice, end, status);
+        Ok(Reply::Handled)
+    }
+
+    /// Emits, at `at` in the server's output, the local replies now at the
+    /// front of the queue: after the reply they waited for, or after the
+    /// server message that was streaming when they fell due.
+    pub fn release_held(&mut self, splice: &mut Splice<'_>, at: usize, status: u8) {
         if self.queue.front().is_some_and(Entry::is_local) {
-            let out = splice.replace(end, end);
+            let out = splice.replace(at, at);
             self.drain_locals(out, status);
         }
-        Ok(Reply::Handled)
     }
 
     /// The reply to `e` ended with message `t`.

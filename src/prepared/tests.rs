@@ -458,3 +458,86 @@ fn shards_intern_one_copy_per_statement() {
     let b = super::intern(&rest("SELECT 'shared'"));
     assert!(std::rc::Rc::ptr_eq(&a, &b));
 }
+
+/// A fixed-seed miniature of the `relay` fuzz target (tests/fuzz): random
+/// pipelines of client messages and server replies, cut at random points
+/// and now and then corrupted, through the relay's scan steps. A protocol
+/// error ends a run (the relay closes that connection); a panic fails.
+#[test]
+fn random_streams_never_panic() {
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+    let client_msgs = [
+        parse("s1", "SELECT 1"),
+        parse("s2", "SELECT 2"),
+        parse("", "SELECT 3"),
+        bind(b"s1"),
+        bind(b"s2"),
+        describe_s(b"s1"),
+        close_s(b"s2"),
+        execute(),
+        SYNC.to_vec(),
+        FLUSH.to_vec(),
+        query("DEALLOCATE s1"),
+        query("DEALLOCATE ALL"),
+    ];
+    let server_msgs = [
+        PARSE_COMPLETE.to_vec(),
+        BIND_COMPLETE.to_vec(),
+        CLOSE_COMPLETE.to_vec(),
+        NO_DATA.to_vec(),
+        READY_IDLE.to_vec(),
+        command_complete("SELECT 1"),
+        command_complete("DEALLOCATE ALL"),
+        error("26000", "gone"),
+        error("42P05", "exists"),
+        msg(b'N', &[b'M'; 300]),
+    ];
+    let mut rng = StdRng::seed_from_u64(0x0072_656c_6179);
+    for _ in 0..400 {
+        let mut p = Pair::new(rng.gen_range(1..4));
+        let (mut c, mut s) = (Vec::new(), Vec::new());
+        for _ in 0..40 {
+            let op = rng.gen_range(0..10);
+            if op >= 7 {
+                let (side, n) = (rng.gen_bool(0.5), rng.gen_range(0..80));
+                let pending = if side { &mut c } else { &mut s };
+                let chunk: Vec<u8> = pending.drain(..n.min(pending.len())).collect();
+                let ok = match side {
+                    true => p.try_client_sends(&chunk).is_ok(),
+                    false => p.try_server_sends(&chunk).is_ok(),
+                };
+                if !ok {
+                    break;
+                }
+                continue;
+            }
+            let (to, pick) = match op {
+                0..=3 => (&mut c, &client_msgs[rng.gen_range(0..client_msgs.len())]),
+                _ => (&mut s, &server_msgs[rng.gen_range(0..server_msgs.len())]),
+            };
+            to.extend_from_slice(pick);
+            if rng.gen_ratio(1, 20) {
+                let at = rng.gen_range(0..to.len());
+                to[at] = rng.gen();
+            }
+        }
+    }
+}
+
+/// Found reading the code while writing the `relay` fuzz target: a Parse
+/// answered locally while part of an unsolicited NoticeResponse had been
+/// forwarded put its ParseComplete inside the notice, and the client lost
+/// its framing. It now waits for the end of the notice.
+#[test]
+fn local_reply_waits_for_a_streaming_server_message() {
+    let mut p = prepared("s1", "SELECT 1");
+    let (notice, sync_reply) = (msg(b'N', &[b'M'; 300]), READY_IDLE);
+    assert_eq!(p.server_sends(&notice[..100]), &notice[..100]);
+    let (to_server, to_client) = p.client_sends(&cat(&[&parse("s2", "SELECT 1"), SYNC]));
+    assert_eq!(to_server, SYNC);
+    assert!(to_client.is_empty(), "held while the notice streams");
+    let rest = cat(&[&notice[100..], sync_reply]);
+    let got = p.server_sends(&rest);
+    assert_eq!(got, cat(&[&notice[100..], PARSE_COMPLETE, sync_reply]));
+    assert!(p.may_release());
+}

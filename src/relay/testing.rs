@@ -1,16 +1,23 @@
 //! The relay's sans-IO steps with bytes in and bytes out, for unit tests
 //! of prepared-statement rewriting (golden byte vectors, no sockets): the
-//! same scan code the relay runs, minus the writes.
+//! same scan code the relay runs, minus the writes. Public only behind the
+//! `fuzzing` feature, for the fuzz targets in `tests/fuzz`.
 
 use super::*;
 
 /// A link in transaction mode with its client and server state.
 pub struct Pair {
+    /// The link.
     pub link: Link,
+    /// The client's statement names.
     pub client: ClientStatements,
+    /// The linked server's prepared set and queue.
     pub server: ServerStatements,
+    /// The client's wanted parameters.
     pub params: ClientParams,
+    /// The server's parameters.
     pub server_params: ServerParams,
+    /// Counters.
     pub stats: PoolStats,
 }
 
@@ -63,6 +70,12 @@ impl Pair {
 
     /// The client sends `bytes`: (bytes for the server, local replies).
     pub fn client_sends(&mut self, bytes: &[u8]) -> (Vec<u8>, Vec<u8>) {
+        self.try_client_sends(bytes).expect("client step")
+    }
+
+    /// [`client_sends`](Self::client_sends), with the protocol error the
+    /// relay would close the client with.
+    pub fn try_client_sends(&mut self, bytes: &[u8]) -> Result<(Vec<u8>, Vec<u8>)> {
         append(&mut self.link.cbuf, bytes);
         let step = client_step(
             &mut self.link,
@@ -70,18 +83,23 @@ impl Pair {
             &mut self.client,
             true,
             &self.stats,
-        )
-        .expect("client step");
+        )?;
         let out = match step.direct {
             Some(n) => self.link.cbuf.bytes[..n].to_vec(),
             None => std::mem::take(&mut self.server.to_server),
         };
         self.link.cbuf.consume(step.consumed);
-        (out, std::mem::take(&mut self.server.to_client))
+        Ok((out, std::mem::take(&mut self.server.to_client)))
     }
 
     /// The server sends `bytes`: what the client receives.
     pub fn server_sends(&mut self, bytes: &[u8]) -> Vec<u8> {
+        self.try_server_sends(bytes).expect("server step")
+    }
+
+    /// [`server_sends`](Self::server_sends), with the protocol error the
+    /// relay would drop the server with.
+    pub fn try_server_sends(&mut self, bytes: &[u8]) -> Result<Vec<u8>> {
         append(&mut self.link.sbuf, bytes);
         let (consumed, direct) = server_step(
             &mut self.link,
@@ -91,14 +109,18 @@ impl Pair {
             &mut self.client,
             true,
             &self.stats,
-        )
-        .expect("server step");
+        )?;
         let out = match direct {
             Some(n) => self.link.sbuf.bytes[..n].to_vec(),
             None => std::mem::take(&mut self.server.to_client),
         };
         self.link.sbuf.consume(consumed);
-        out
+        Ok(out)
+    }
+
+    /// The link's protocol state (owed ReadyForQuery, status...).
+    pub fn state(&self) -> LinkState {
+        self.link.state
     }
 
     /// Could the server be released now?

@@ -1,0 +1,482 @@
+//! The bodies of pgring's fuzz targets, kept in a library so that the
+//! libFuzzer binaries (`fuzz_targets/`) and any other driver share them.
+//!
+//! Each target feeds bytes a peer controls to the code that parses them and
+//! checks what must hold whatever the input: no panic, and for the framing
+//! code that what it splits off stays inside the buffer. A protocol error is
+//! a normal outcome (the connection would be closed with 08P01), so every
+//! target stops at the first one.
+
+use pgring::auth::hba::Hba;
+use pgring::auth::ident::IdentMap;
+use pgring::auth::scram::{ScramClient, ScramServer, Verifier};
+use pgring::auth::userlist::{Secret, UserList};
+use pgring::protocol::{backend, build, frontend, next_frame, startup};
+use pgring::prepared::ServerStatements;
+use pgring::relay::testing::Pair;
+
+/// Frontend framing and every frontend/backend/startup decoder.
+pub fn frontend(data: &[u8]) {
+    startup_packet(data);
+    let Some((&sel, mut buf)) = data.split_first() else {
+        return;
+    };
+    let max = [16, 1 << 20, u32::MAX >> 1][usize::from(sel % 3)];
+    while let Ok(Some((frame, used))) = next_frame(buf, max) {
+        assert_eq!(used, 5 + frame.body.len());
+        assert!(used <= buf.len());
+        decode_body(frame.body);
+        buf = &buf[used..];
+    }
+}
+
+fn startup_packet(data: &[u8]) {
+    let Ok(Some(len)) = startup::startup_len(data) else {
+        return;
+    };
+    let packet = data.get(..len).unwrap_or(data);
+    if let Ok(startup::StartupPacket::Startup { params, .. }) = startup::parse_startup(packet) {
+        for (k, v) in &params {
+            if k == "options" {
+                startup::split_options(v);
+            }
+        }
+    }
+}
+
+fn decode_body(body: &[u8]) {
+    let _ = frontend::password(body);
+    let _ = frontend::sasl_initial(body);
+    if let Ok(sql) = frontend::query_text(body) {
+        let _ = pgring::admin::parse::parse(sql);
+    }
+    if let Ok(p) = frontend::parse(body) {
+        assert_eq!(p.name.len() + 1 + p.rest.len(), body.len());
+    }
+    let _ = frontend::parse_name(body);
+    if let Some((_, _, n)) = frontend::bind_names(body) {
+        assert!(n <= body.len());
+    }
+    let _ = frontend::target(body, "Describe");
+    let _ = backend::AuthRequest::parse(body);
+    let _ = backend::ErrorFields::parse(body);
+    let _ = backend::parameter_status(body);
+    let _ = backend::backend_key_data(body);
+    let _ = backend::ready_status(body);
+    let _ = backend::command_tag(body);
+}
+
+/// SCRAM exchanges with a peer speaking arbitrary messages: pgring as the
+/// server (client messages come from clients) and as the client (server
+/// messages from PostgreSQL).
+pub fn auth(data: &[u8]) {
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
+    let (first, last) = split2(rest);
+    if sel & 1 == 0 {
+        let verifier = Verifier::from_password("secret", b"salty", 1);
+        let mut server = ScramServer::new(verifier);
+        if server.handle_client_first(first).is_ok() {
+            let _ = server.handle_client_final(last);
+            let _ = server.client_key();
+        }
+    } else if cheap_iterations(first) {
+        let mut client = ScramClient::new("secret");
+        client.client_first();
+        if client.handle_server_first(first).is_ok() {
+            let _ = client.verify_server_final(last);
+        }
+    }
+    if let Ok(text) = std::str::from_utf8(rest) {
+        let _ = Verifier::parse(text);
+        let _ = Secret::parse(text);
+    }
+}
+
+/// The client role pays for the server's iteration count: keep runs fast.
+fn cheap_iterations(msg: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(msg);
+    text.split(',')
+        .filter_map(|a| a.strip_prefix("i="))
+        .all(|i| i.len() <= 2)
+}
+
+/// Splits at the first 0xff byte (a separator libFuzzer learns quickly).
+fn split2(data: &[u8]) -> (&[u8], &[u8]) {
+    match data.iter().position(|&b| b == 0xff) {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (data, &[]),
+    }
+}
+
+/// The auth files (hba, ident map, userlist) and the TOML config.
+pub fn files(data: &[u8]) {
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
+    let Ok(text) = std::str::from_utf8(rest) else {
+        return;
+    };
+    match sel % 4 {
+        0 => {
+            let _ = Hba::parse(text, &|name| Ok(format!("{name}, a b\n#c\n\"q\"")));
+        }
+        1 => {
+            let _ = IdentMap::parse(text);
+        }
+        2 => {
+            let _ = UserList::parse(text);
+        }
+        _ => {
+            let _ = pgring::config::Config::from_toml_str(text, "fuzz.toml");
+        }
+    }
+}
+
+/// A client and a server exchanging message streams through the relay's
+/// real scan steps with prepared statements on.
+///
+/// The input is a little program: each op appends a (mostly well-formed)
+/// message to the client's or the server's pending bytes, appends raw
+/// bytes, or delivers a chunk of pending bytes to the relay. A simulated
+/// server can also answer what reached it, the way PostgreSQL would.
+pub fn relay(data: &[u8]) {
+    let mut ops = Ops { data, pos: 0 };
+    let max = usize::from(ops.byte() % 4) + 1;
+    let mut s = Session {
+        pair: Pair::new(max),
+        cpend: Vec::new(),
+        spend: Vec::new(),
+        sim: Sim::default(),
+        raw: false,
+        to_client: Vec::new(),
+        other: None,
+    };
+    while ops.pos < ops.data.len() {
+        if s.op(&mut ops).is_err() {
+            return; // the relay closes that connection: fine
+        }
+    }
+    let _ = s
+        .deliver_client(usize::MAX)
+        .and_then(|_| s.deliver_server(usize::MAX));
+}
+
+struct Ops<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl Ops<'_> {
+    fn byte(&mut self) -> u8 {
+        let b = self.data.get(self.pos).copied().unwrap_or(0);
+        self.pos += 1;
+        b
+    }
+
+    fn bytes(&mut self, n: usize) -> &[u8] {
+        let start = self.pos.min(self.data.len());
+        let end = (start + n).min(self.data.len());
+        self.pos = end;
+        &self.data[start..end]
+    }
+}
+
+struct Session {
+    pair: Pair,
+    cpend: Vec<u8>,
+    spend: Vec<u8>,
+    sim: Sim,
+    /// Raw bytes were injected: streams may be garbage.
+    raw: bool,
+    /// Everything the client has received, to check it is whole messages.
+    to_client: Vec<u8>,
+    /// The pool's other server, with its simulator.
+    other: Option<(ServerStatements, Sim)>,
+}
+
+type Step = Result<(), pgring::error::Error>;
+
+const NAMES: [&[u8]; 4] = [b"s1", b"s2", b"PGRING_NO_SUCH_STATEMENT", b"x\"y"];
+const SQLS: [&str; 3] = ["SELECT 1", "SELECT $1", "deallocate"];
+
+fn msg(t: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![t];
+    m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
+fn cstr(parts: &[&[u8]]) -> Vec<u8> {
+    let mut b = Vec::new();
+    for p in parts {
+        b.extend_from_slice(p);
+        b.push(0);
+    }
+    b
+}
+
+impl Session {
+    fn op(&mut self, ops: &mut Ops<'_>) -> Step {
+        let op = ops.byte();
+        let arg = ops.byte();
+        let name = NAMES[usize::from(arg % 4)];
+        let name = if arg & 0x80 != 0 { &b""[..] } else { name };
+        match op % 20 {
+            0 => {
+                let sql = SQLS[usize::from((arg >> 2) % 3)];
+                let mut rest = cstr(&[sql.as_bytes()]);
+                rest.extend_from_slice(&[0, 0]);
+                build::parse_raw(&mut self.cpend, name, &rest);
+            }
+            1 => {
+                let mut body = cstr(&[b"", name]);
+                body.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 1, b'7', 0, 0]);
+                self.cpend.extend(msg(b'B', &body));
+            }
+            2 => build::describe(
+                &mut self.cpend,
+                if arg & 0x40 != 0 { b'P' } else { b'S' },
+                name,
+            ),
+            3 => build::close(
+                &mut self.cpend,
+                if arg & 0x40 != 0 { b'P' } else { b'S' },
+                name,
+            ),
+            4 => self.cpend.extend(msg(b'E', b"\0\0\0\0\0")),
+            5 => build::sync(&mut self.cpend),
+            6 => self.cpend.extend(msg(b'H', b"")),
+            7 => {
+                let sql = match arg % 5 {
+                    0 => "DEALLOCATE s1".to_owned(),
+                    1 => "deallocate prepare S2;".to_owned(),
+                    2 => "DEALLOCATE ALL".to_owned(),
+                    3 => "DISCARD ALL".to_owned(),
+                    _ => "SELECT 1".to_owned(),
+                };
+                build::query(&mut self.cpend, &sql);
+            }
+            8 => {
+                let n = usize::from(arg % 48);
+                self.raw = true;
+                let raw = ops.bytes(n).to_vec();
+                self.cpend.extend(raw);
+            }
+            9 | 10 => self.deliver_client(usize::from(arg) * 3)?,
+            11 => self.sim.answer_all(&mut self.spend),
+            12 => {
+                let n = usize::from(arg % 48);
+                self.raw = true;
+                let raw = ops.bytes(n).to_vec();
+                self.spend.extend(raw);
+            }
+            13 | 14 => self.deliver_server(usize::from(arg) * 3)?,
+            15 => self.spontaneous(arg),
+            16 => self.cpend.extend(msg(b'F', b"\0\0\0\x01\0\0\0\0\0")),
+            17 if arg & 0x80 != 0 => self.relink(),
+            17 if arg & 0x40 != 0 => {
+                let sql = ["BEGIN", "COMMIT", "SELECT 1/0"][usize::from(arg % 3)];
+                build::query(&mut self.cpend, sql);
+            }
+            17 => self.cpend.extend(msg(b'd', &[arg; 7])),
+            18 => {
+                // A server reply the simulator would not send: desync.
+                self.raw = true;
+                let t = b"123tnTsCIZEN"[usize::from(arg % 12)];
+                let body: &[u8] = match t {
+                    b'Z' => b"I",
+                    b'E' => b"SERROR\0C26000\0Mx\0\0",
+                    b'C' => b"DEALLOCATE ALL\0",
+                    _ => b"",
+                };
+                self.spend.extend(msg(t, body));
+            }
+            _ => {
+                self.deliver_client(usize::MAX)?;
+                self.sim.answer_all(&mut self.spend);
+                self.deliver_server(usize::MAX)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Messages a server sends on its own (notices, parameter changes), of
+    /// any size.
+    fn spontaneous(&mut self, arg: u8) {
+        let big = vec![b'x'; usize::from(arg) * 40];
+        match arg % 3 {
+            0 => {
+                let mut body = cstr(&[b"SNOTICE", b"C00000", b"M"]);
+                body.pop();
+                body.extend_from_slice(&big);
+                body.extend_from_slice(&[0, 0]);
+                self.spend.extend(msg(b'N', &body));
+            }
+            1 => build::parameter_status(&mut self.spend, "application_name", "fuzz"),
+            _ => self
+                .spend
+                .extend(msg(b'A', &cstr(&[b"\0\0\0\x01chan", &big]))),
+        }
+    }
+
+    /// The transaction ended: the client's next lease may be on the other
+    /// server (with its own prepared set), as in the real pool.
+    fn relink(&mut self) {
+        if !self.pair.may_release() {
+            return;
+        }
+        let other = std::mem::take(&mut self.other);
+        let (server, sim) = other.unwrap_or_default();
+        let old = self.pair.relink(server);
+        let old_sim = std::mem::replace(&mut self.sim, sim);
+        self.other = Some((old, old_sim));
+        self.spend.clear();
+    }
+
+    fn deliver_client(&mut self, n: usize) -> Step {
+        let n = n.min(self.cpend.len());
+        let chunk: Vec<u8> = self.cpend.drain(..n).collect();
+        let (to_server, to_client) = self.pair.try_client_sends(&chunk)?;
+        self.sim.receive(&to_server);
+        self.client_gets(&to_client);
+        Ok(())
+    }
+
+    fn deliver_server(&mut self, n: usize) -> Step {
+        let n = n.min(self.spend.len());
+        let chunk: Vec<u8> = self.spend.drain(..n).collect();
+        let out = self.pair.try_server_sends(&chunk)?;
+        self.client_gets(&out);
+        Ok(())
+    }
+
+    /// What the client receives must split into whole messages: pgring's
+    /// own replies never land inside a message the server is streaming.
+    fn client_gets(&mut self, bytes: &[u8]) {
+        self.to_client.extend_from_slice(bytes);
+        if self.raw {
+            return;
+        }
+        let mut pos = 0;
+        while let Ok(Some((f, used))) = next_frame(&self.to_client[pos..], u32::MAX >> 1) {
+            assert!(
+                b"123tnTsCIZENSAKdcGHWDV".contains(&f.tag),
+                "client got a message with tag {:?}: stream {:?}",
+                char::from(f.tag),
+                self.to_client
+            );
+            pos += used;
+        }
+        self.to_client.drain(..pos);
+    }
+}
+
+/// A toy PostgreSQL: prepared statement names, skip-to-Sync after an
+/// error, one reply per request, transaction status.
+struct Sim {
+    input: Vec<u8>,
+    names: std::collections::HashSet<Vec<u8>>,
+    skipping: bool,
+    status: u8,
+}
+
+impl Default for Sim {
+    fn default() -> Self {
+        Sim {
+            input: Vec::new(),
+            names: Default::default(),
+            skipping: false,
+            status: b'I',
+        }
+    }
+}
+
+impl Sim {
+    fn receive(&mut self, bytes: &[u8]) {
+        self.input.extend_from_slice(bytes);
+    }
+
+    fn answer_all(&mut self, out: &mut Vec<u8>) {
+        let mut pos = 0;
+        while let Ok(Some((f, used))) = next_frame(&self.input[pos..], u32::MAX >> 1) {
+            let body = f.body.to_vec();
+            self.answer(f.tag, &body, out);
+            pos += used;
+        }
+        self.input.drain(..pos);
+    }
+
+    fn error(&mut self, code: &str, out: &mut Vec<u8>) {
+        build::error_response(out, build::Severity::Error, code, "sim");
+        self.skipping = true;
+        self.fail();
+    }
+
+    /// An error inside a transaction block aborts it.
+    fn fail(&mut self) {
+        if self.status == b'T' {
+            self.status = b'E';
+        }
+    }
+
+    fn answer(&mut self, t: u8, body: &[u8], out: &mut Vec<u8>) {
+        if self.skipping && t != b'S' {
+            return;
+        }
+        let first = body.split(|&b| b == 0).next().unwrap_or_default().to_vec();
+        match t {
+            b'P' if !first.is_empty() && self.names.contains(&first) => self.error("42P05", out),
+            b'P' => {
+                if !first.is_empty() {
+                    self.names.insert(first);
+                }
+                build::empty_message(out, b'1');
+            }
+            b'B' => {
+                let stmt = body.split(|&b| b == 0).nth(1).unwrap_or_default();
+                if !stmt.is_empty() && !self.names.contains(stmt) {
+                    self.error("26000", out);
+                } else {
+                    build::empty_message(out, b'2');
+                }
+            }
+            b'D' | b'C' if body.first() == Some(&b'S') && body.len() > 2 => {
+                let name = body[1..body.len() - 1].to_vec();
+                if t == b'C' {
+                    self.names.remove(&name);
+                    build::empty_message(out, b'3');
+                } else if self.names.contains(&name) {
+                    out.extend(msg(b't', b"\0\0"));
+                    build::empty_message(out, b'n');
+                } else {
+                    self.error("26000", out);
+                }
+            }
+            b'D' => build::empty_message(out, b'n'),
+            b'C' => build::empty_message(out, b'3'),
+            b'E' => build::command_complete(out, "SELECT 1"),
+            b'S' | b'Q' | b'F' => {
+                if t == b'Q' && body.starts_with(b"DEALLOCATE ALL") {
+                    self.names.clear();
+                    build::command_complete(out, "DEALLOCATE ALL");
+                } else if t == b'Q' && body.starts_with(b"SELECT 1/0") {
+                    build::error_response(out, build::Severity::Error, "22012", "sim");
+                    self.fail();
+                } else if t == b'Q' {
+                    self.status = match &body[..body.len().min(5)] {
+                        b"BEGIN" => b'T',
+                        b"COMMI" => b'I',
+                        _ => self.status,
+                    };
+                    build::command_complete(out, "SELECT 1");
+                }
+                self.skipping = false;
+                build::ready_for_query(out, self.status);
+            }
+            b'H' | b'd' | b'c' | b'f' => {}
+            _ => self.error("08P01", out),
+        }
+    }
+}
