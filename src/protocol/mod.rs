@@ -252,6 +252,33 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Every decoder a peer's bytes reach, run on one message body (and the admin console's
+/// grammar on Query text): for the fuzz target in `tests/fuzz` and its fixed-seed miniature in
+/// this module's tests. Panics only where a decoder breaks its own contract.
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub fn decode_every_body(body: &[u8]) {
+    let _ = frontend::password(body);
+    let _ = frontend::sasl_initial(body);
+    if let Ok(sql) = frontend::query_text(body) {
+        let _ = crate::admin::parse::parse(sql);
+    }
+    if let Ok(p) = frontend::parse(body) {
+        assert_eq!(p.name.len() + 1 + p.rest.len(), body.len());
+    }
+    let _ = frontend::parse_name(body);
+    if let Some((_, _, n)) = frontend::bind_names(body) {
+        assert!(n <= body.len());
+    }
+    let _ = frontend::target(body, "Close");
+    let _ = backend::AuthRequest::parse(body);
+    let _ = backend::ErrorFields::parse(body);
+    let _ = backend::parameter_status(body);
+    let _ = backend::backend_key_data(body);
+    let _ = backend::ready_status(body);
+    let _ = backend::command_tag(body);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,27 +323,6 @@ mod tests {
         assert_eq!(next_frame(&buf[..5], 100), Ok(None));
     }
 
-    /// Every decoder a peer's bytes reach, on one body.
-    fn decode_body(body: &[u8]) {
-        let _ = frontend::password(body);
-        let _ = frontend::sasl_initial(body);
-        let _ = frontend::query_text(body);
-        if let Ok(p) = frontend::parse(body) {
-            assert_eq!(p.name.len() + 1 + p.rest.len(), body.len());
-        }
-        let _ = frontend::parse_name(body);
-        if let Some((_, _, n)) = frontend::bind_names(body) {
-            assert!(n <= body.len());
-        }
-        let _ = frontend::target(body, "Close");
-        let _ = backend::AuthRequest::parse(body);
-        let _ = backend::ErrorFields::parse(body);
-        let _ = backend::parameter_status(body);
-        let _ = backend::backend_key_data(body);
-        let _ = backend::ready_status(body);
-        let _ = backend::command_tag(body);
-    }
-
     /// Startup-phase decoding, then frame by frame.
     fn decode_all(buf: &[u8], max: u32) {
         if let Ok(Some(len)) = startup::startup_len(buf) {
@@ -332,7 +338,7 @@ mod tests {
         let mut rest = buf;
         while let Ok(Some((frame, used))) = next_frame(rest, max) {
             assert!(used == HEADER_LEN + frame.body.len() && used <= rest.len());
-            decode_body(frame.body);
+            decode_every_body(frame.body);
             rest = &rest[used..];
         }
     }
