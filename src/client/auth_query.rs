@@ -208,8 +208,8 @@ async fn run_on_pool(
     let mut server = pool.acquire(shard).await?;
     let result = query_secret(&mut server, sql, user).await;
     match &result {
-        Ok(_) | Err(Error::Server(_)) => pool.release(shard, server),
-        Err(_) => pool.close_leased(shard, server, "auth_query failed"),
+        Ok(_) | Err(Error::Server(_)) => pool.release(shard, server.take()),
+        Err(_) => pool.close_leased(shard, server.take(), "auth_query failed"),
     }
     if let Err(e) = &result {
         warn!(user, auth_user = %auth_key.user, error = %e, "auth_query failed");

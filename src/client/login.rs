@@ -257,7 +257,7 @@ async fn prepare_params(
         // First client of this pool on this shard: a server tells us
         // what to greet clients with.
         let server = pool.acquire(shard).await?;
-        pool.release(shard, server);
+        pool.release(shard, server.take());
     }
     let mut params = ClientParams::new(pool.client_base(tracked(config)));
     let mut novel = fresh && requested().next().is_some();
@@ -269,8 +269,8 @@ async fn prepare_params(
         let mut server = pool.acquire(shard).await?;
         let result = server.sync_params(&mut params).await;
         match &result {
-            Err(Error::Server(_)) | Ok(()) => pool.release(shard, server),
-            Err(_) => pool.close_leased(shard, server, "parameter check failed"),
+            Err(Error::Server(_)) | Ok(()) => pool.release(shard, server.take()),
+            Err(_) => pool.close_leased(shard, server.take(), "parameter check failed"),
         }
         result.map_err(Error::into_fatal)?;
     }

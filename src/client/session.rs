@@ -10,7 +10,7 @@ use super::balance::Moving;
 use super::{boxed, goodbye, login, ClientInfo, ClientState};
 use crate::config::{Config, PoolMode, Seconds};
 use crate::error::{Error, Result};
-use crate::pool::{Held, Pool};
+use crate::pool::Pool;
 use crate::relay::{self, End, Link};
 use crate::runtime::io::{self as rio, Buf};
 use crate::runtime::recycle::Recycled;
@@ -333,14 +333,13 @@ impl Session {
     async fn transaction(&mut self, stream: &mut Stream, cbuf: Buf) -> Result<Option<Buf>> {
         self.info.state.set(ClientState::Waiting);
         self.info.request_time.set(rio::now());
-        let server = match self.pool.acquire(&self.shard).await {
+        let mut server = match self.pool.acquire(&self.shard).await {
             Ok(s) => s,
             Err(e) => {
                 self.shard.bufs.give(cbuf);
                 return Err(e);
             }
         };
-        let mut server = Held::new(&self.pool, &self.shard, server);
         self.info.link(&server);
         if let Err(e) = server.sync_params(&mut self.params).await {
             self.shard.bufs.give(cbuf);

@@ -48,8 +48,10 @@ impl Waiter {
 impl Pool {
     /// Leases a server: an idle one, else a new one within the global
     /// budget, else wait (FIFO) for a release, a handoff, the reserve pool
-    /// or `query_wait_timeout`.
-    pub async fn acquire(self: &Rc<Self>, shard: &Rc<Shard>) -> Result<ServerConn> {
+    /// or `query_wait_timeout`. The lease is [`Held`] from here until its holder gives the
+    /// server back, so a holder that ends any other way cannot leak it.
+    pub async fn acquire<'a>(self: &'a Rc<Self>, shard: &'a Rc<Shard>) -> Result<Held<'a>> {
+        let held = |server| Held::new(self, shard, server);
         loop {
             if let Some(mut server) = self.pop_idle() {
                 if let Some(reason) = self.unusable(&mut server).await {
@@ -57,14 +59,14 @@ impl Pool {
                     continue;
                 }
                 self.active.set(self.active.get() + 1);
-                return Ok(server);
+                return Ok(held(server));
             }
             self.fail_fast()?;
             let caps = self.settings.borrow().caps(false);
             match self.global.try_open_why(caps) {
                 // Boxed: opening a server is rare and its future (connect + login, ~1.8 KB)
                 // would otherwise size every lease, which is allocated per transaction.
-                Ok(()) => return Box::pin(self.open(shard)).await,
+                Ok(()) => return Box::pin(self.open(shard)).await.map(held),
                 Err(Full::Pool) => {}
                 Err(by) => {
                     if self.evict_elsewhere(shard, by) {
@@ -73,14 +75,14 @@ impl Pool {
                 }
             }
             match self.wait(shard).await {
-                Grant::Server(server) => return Ok(server),
+                Grant::Server(server) => return Ok(held(server)),
                 Grant::Budget => {
                     // The slot may come from another shard's failed login.
                     if let Err(e) = self.fail_fast() {
                         self.global.closed();
                         return Err(e);
                     }
-                    return Box::pin(self.open(shard)).await;
+                    return Box::pin(self.open(shard)).await.map(held);
                 }
                 Grant::Fail(e) => return Err(Error::Refused(e)),
             }
@@ -269,9 +271,10 @@ impl Pool {
     }
 }
 
-/// A server a client holds for a transaction. Dropped while still held (its session ended in a
-/// way its code did not plan: a panic, see `runtime::isolate`), the server is closed, never
-/// returned in an unknown state, and its budget slot goes back to the pool.
+/// A leased server, from [`Pool::acquire`] until its holder takes it back out to release or
+/// close it. Dropped while still held (its holder ended in a way its code did not plan: a
+/// panic, see `runtime::isolate`), the server is closed, never returned in an unknown state,
+/// and its budget slot goes back to the pool.
 pub struct Held<'a> {
     pool: &'a Rc<Pool>,
     shard: &'a Rc<Shard>,
@@ -280,7 +283,7 @@ pub struct Held<'a> {
 
 impl<'a> Held<'a> {
     /// Holds `server`, leased from `pool`.
-    pub fn new(pool: &'a Rc<Pool>, shard: &'a Rc<Shard>, server: ServerConn) -> Self {
+    fn new(pool: &'a Rc<Pool>, shard: &'a Rc<Shard>, server: ServerConn) -> Self {
         Held {
             pool,
             shard,

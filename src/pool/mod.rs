@@ -24,8 +24,9 @@
 //! When load is balanced nothing moves.
 //!
 //! A lease is released explicitly, on ReadyForQuery `I` (transaction mode) or
-//! at client exit (session mode, after the reset query). Drop of a
-//! [`ServerConn`] is only a safety net: it closes the socket.
+//! at client exit (session mode, after the reset query). A lease is a [`Held`] until then:
+//! dropped still held (its holder panicked), the server is closed and its budget slot given
+//! back. Drop of a bare [`ServerConn`] only closes the socket.
 
 pub mod global;
 mod handoff;
