@@ -227,28 +227,26 @@ impl Session {
             5 => build::sync(&mut self.cpend),
             6 => self.cpend.extend(msg(b'H', b"")),
             7 => {
-                let sql = match arg % 5 {
-                    0 => "DEALLOCATE s1".to_owned(),
-                    1 => "deallocate prepare S2;".to_owned(),
-                    2 => "DEALLOCATE ALL".to_owned(),
-                    3 => "DISCARD ALL".to_owned(),
-                    _ => "SELECT 1".to_owned(),
-                };
-                build::query(&mut self.cpend, &sql);
+                let sql = [
+                    "DEALLOCATE s1",
+                    "deallocate prepare S2;",
+                    "DEALLOCATE ALL",
+                    "DISCARD ALL",
+                    "SELECT 1",
+                ][usize::from(arg % 5)];
+                build::query(&mut self.cpend, sql);
             }
             8 => {
-                let n = usize::from(arg % 48);
                 self.raw = true;
-                let raw = ops.bytes(n).to_vec();
-                self.cpend.extend(raw);
+                self.cpend
+                    .extend_from_slice(ops.bytes(usize::from(arg % 48)));
             }
             9 | 10 => self.deliver_client(usize::from(arg) * 3)?,
             11 => self.sim.answer_all(&mut self.spend),
             12 => {
-                let n = usize::from(arg % 48);
                 self.raw = true;
-                let raw = ops.bytes(n).to_vec();
-                self.spend.extend(raw);
+                self.spend
+                    .extend_from_slice(ops.bytes(usize::from(arg % 48)));
             }
             13 | 14 => self.deliver_server(usize::from(arg) * 3)?,
             15 => self.spontaneous(arg),
