@@ -106,6 +106,8 @@ pub mod sqlstate {
     pub const QUERY_CANCELED: &str = "57014";
     /// feature_not_supported
     pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
+    /// configuration_limit_exceeded
+    pub const CONFIGURATION_LIMIT_EXCEEDED: &str = "53400";
     /// duplicate_prepared_statement
     pub const DUPLICATE_PREPARED_STATEMENT: &str = "42P05";
     /// invalid_sql_statement_name

@@ -99,7 +99,8 @@ impl Session {
             timeouts: Timeouts::for_user(&config, &user),
             _slots: slots,
             prepared: crate::prepared::ClientStatements::new(
-                config.general.max_prepared_statements as usize,
+                config.general.max_prepared_statements,
+                config.general.max_client_prepared_memory,
             ),
         }
     }

@@ -102,6 +102,9 @@ pub struct General {
     pub application_name_add_host: bool,
     /// Protocol-level prepared statements tracked per server in transaction mode; 0 = off.
     pub max_prepared_statements: u32,
+    /// Memory one client's named prepared statements may take in pgring (their names and
+    /// texts); past it, new named Parses get 53400. 0 = no cap. pgring's own. [bytes]
+    pub max_client_prepared_memory: u32,
     /// Internal buffer size for packets. [bytes]
     pub pkt_buf: u32,
     /// Largest packet accepted from a client or server. [bytes]
@@ -277,6 +280,7 @@ impl Default for General {
             ignore_startup_parameters: Vec::new(),
             application_name_add_host: false,
             max_prepared_statements: 200,
+            max_client_prepared_memory: 64 << 20,
             pkt_buf: 4096,
             max_packet_size: 2_147_483_647,
             stats_period: 60,

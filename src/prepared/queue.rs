@@ -69,6 +69,15 @@ impl Req {
     }
 }
 
+/// Why pgring refuses a client's named Parse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The name is in use (42P05, as PostgreSQL).
+    InUse,
+    /// It would take the client past `max_client_prepared_memory` (53400).
+    Full,
+}
+
 /// What pgring does with one request's reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Entry {
@@ -93,10 +102,12 @@ pub enum Entry {
     /// A Describe of a name no server has, sent so the server fails (and
     /// skips to Sync, aborting the transaction) exactly where PostgreSQL
     /// would have failed the client's Parse; its error is replaced by
-    /// 42P05 for the client's `name`.
+    /// pgring's refusal of the client's `name` (42P05, or 53400).
     Probe {
-        /// The client's name that is already in use.
+        /// The client's statement name.
         name: Box<[u8]>,
+        /// Why its Parse is refused.
+        why: Refused,
     },
     /// Answered locally: ParseComplete (the server already had `id`).
     ParseComplete {

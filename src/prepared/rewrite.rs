@@ -24,7 +24,7 @@ use crate::protocol::backend::ErrorFields;
 use crate::protocol::{build, frontend, tag, ProtocolError, HEADER_LEN};
 use crate::stats::PoolStats;
 
-use super::queue::{Entry, Queue, Req};
+use super::queue::{Entry, Queue, Refused, Req};
 use super::server::Lru;
 use super::sql::{self, Deallocate};
 use super::{intern, server_name, ClientStatements, Splice, Statement};
@@ -129,10 +129,18 @@ impl Rewriter<'_> {
         let p = frontend::parse(body)?;
         self.stats.record_client_parse();
         let out = splice.replace(at, at + total);
-        if self.client.contains(p.name) {
+        let refused = if self.client.contains(p.name) {
+            Some(Refused::InUse)
+        } else if self.client.would_exceed(p.name, p.rest.len()) {
+            Some(Refused::Full)
+        } else {
+            None
+        };
+        if let Some(why) = refused {
             build::describe(out, b'S', PROBE_NAME);
             self.queue.push(Entry::Probe {
                 name: p.name.into(),
+                why,
             });
             return Ok(Action::Took(total));
         }
@@ -360,13 +368,8 @@ impl Rewriter<'_> {
             Entry::InjectedParse(_) | Entry::InjectedClose(_) if !failed => {
                 splice.replace(at, end);
             }
-            Entry::Probe { name } => {
-                let msg = format!(
-                    "prepared statement \"{}\" already exists",
-                    String::from_utf8_lossy(&name)
-                );
-                PgError::error(sqlstate::DUPLICATE_PREPARED_STATEMENT, msg)
-                    .encode(splice.replace(at, end));
+            Entry::Probe { name, why } => {
+                self.refusal(&name, why).encode(splice.replace(at, end));
             }
             _ => {}
         }
@@ -378,6 +381,27 @@ impl Rewriter<'_> {
             }
         }
         Ok(())
+    }
+
+    /// The error a refused Parse of `name` gets.
+    fn refusal(&self, name: &[u8], why: Refused) -> PgError {
+        let name = String::from_utf8_lossy(name);
+        match why {
+            Refused::InUse => PgError::error(
+                sqlstate::DUPLICATE_PREPARED_STATEMENT,
+                format!("prepared statement \"{name}\" already exists"),
+            ),
+            Refused::Full => PgError::error(
+                sqlstate::CONFIGURATION_LIMIT_EXCEEDED,
+                format!(
+                    "prepared statement \"{name}\" would take this connection's prepared \
+                     statements past max_client_prepared_memory ({} bytes, {} statements \
+                     now): close statements the application no longer uses",
+                    self.client.memory_cap(),
+                    self.client.len()
+                ),
+            ),
+        }
     }
 
     /// Undoes what a request that failed (with `code`) or was skipped

@@ -288,6 +288,45 @@ fn reused_live_name_is_42p05_where_postgres_would_fail_it() {
 }
 
 #[test]
+fn a_parse_past_the_clients_memory_cap_is_53400_and_closing_makes_room() {
+    // Each name counts 128 bytes plus its name and Parse body (13 bytes here): room for two.
+    let mut p = Pair::with_memory_cap(200, 300);
+    for (name, sql) in [("a", "SELECT 'a'"), ("b", "SELECT 'b'")] {
+        p.client_sends(&cat(&[&parse(name, sql), SYNC]));
+        p.server_sends(&cat(&[PARSE_COMPLETE, READY_IDLE]));
+    }
+    assert_eq!(p.client.len(), 2);
+    let batch = cat(&[&parse("c", "SELECT 'c'"), &bind(b"c"), &execute(), SYNC]);
+    let (to_server, to_client) = p.client_sends(&batch);
+    assert!(to_client.is_empty());
+    assert_eq!(
+        to_server,
+        cat(&[
+            &describe_s(b"PGRING_NO_SUCH_STATEMENT"),
+            &bind(b"c"),
+            &execute(),
+            SYNC
+        ])
+    );
+    let server_said = cat(&[&error("26000", "does not exist"), READY_IDLE]);
+    let got = p.server_sends(&server_said);
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.contains("C53400"), "{text}");
+    assert!(text.contains("max_client_prepared_memory (300 bytes, 2 statements"));
+    assert!(got.ends_with(READY_IDLE));
+    assert!(p.may_release());
+    assert_eq!(p.client.len(), 2, "the refused name is not mapped");
+    // Closing one makes room.
+    p.client_sends(&cat(&[&close_s(b"a"), SYNC]));
+    p.server_sends(READY_IDLE);
+    let (to_server, _) = p.client_sends(&cat(&[&parse("c", "SELECT 'c'"), SYNC]));
+    assert_eq!(to_server, cat(&[&parse_srv("SELECT 'c'"), SYNC]));
+    p.server_sends(&cat(&[PARSE_COMPLETE, READY_IDLE]));
+    assert_eq!(p.client.len(), 2);
+    assert_eq!(p.client.memory(), 2 * (128 + 1 + 13));
+}
+
+#[test]
 fn close_is_answered_locally_in_order() {
     let mut p = prepared("s1", "SELECT 1");
     let (to_server, to_client) =

@@ -37,6 +37,11 @@ fn append(b: &mut Buf, bytes: &[u8]) {
 impl Pair {
     /// Prepared statements on with a per-server cap of `max`.
     pub fn new(max: usize) -> Pair {
+        Pair::with_memory_cap(max, 0)
+    }
+
+    /// The same, with the client's names capped at `memory` bytes (0 = no cap).
+    pub fn with_memory_cap(max: usize, memory: u32) -> Pair {
         Pair {
             link: Link::new(
                 buf(),
@@ -45,7 +50,7 @@ impl Pair {
                 1 << 20,
                 Limits::default(),
             ),
-            client: ClientStatements::new(max),
+            client: ClientStatements::new(max as u32, memory),
             server: ServerStatements::default(),
             params: ClientParams::default(),
             server_params: ServerParams::default(),

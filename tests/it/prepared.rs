@@ -435,6 +435,67 @@ async fn sql_deallocate_name_and_reuse_of_a_live_name() {
     );
 }
 
+/// A client that prepares named statements and never closes them (a driver bug, names made
+/// from a counter) is refused at `max_client_prepared_memory` with 53400, keeps what it has and
+/// stays connected; another client on the same pool prepares as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaking_statements_is_refused_at_its_memory_cap_alone() {
+    let pgring = Pgring::start(&config_for(
+        "transaction",
+        2,
+        2,
+        "max_client_prepared_memory = 8192\n",
+    ));
+    let (mut leaky, _) = Wire::login(pgring.port, &LOGIN).await;
+    let (mut other, _) = Wire::login(pgring.port, &LOGIN).await;
+    let pad = "x".repeat(900);
+    let mut refused_at = None;
+    for i in 0..20 {
+        let sql = format!("SELECT $1::int8 + {i} -- {pad}");
+        leaky
+            .send(&[parse(&format!("leak_{i}"), &sql), sync()].concat())
+            .await;
+        let msgs = until_ready(&mut leaky).await;
+        if tags(&msgs) == "EZ" {
+            let e = error_of(&msgs).expect("error");
+            assert_eq!(e.code(), "53400", "{e}");
+            assert!(e.message().contains("max_client_prepared_memory"), "{e}");
+            refused_at = Some(i);
+            break;
+        }
+        assert_eq!(tags(&msgs), "1Z", "leak_{i}");
+    }
+    // About 1 KiB per statement against 8 KiB.
+    let refused_at = refused_at.expect("never refused");
+    assert!((6..=8).contains(&refused_at), "refused at {refused_at}");
+    assert_eq!(
+        run_named(&mut leaky, "leak_0", "1").await,
+        Ok(Some("1".into())),
+        "what it has still works"
+    );
+    other
+        .send(&[parse("mine", "SELECT $1::int8 * 2"), sync()].concat())
+        .await;
+    assert_eq!(tags(&until_ready(&mut other).await), "1Z");
+    assert_eq!(
+        run_named(&mut other, "mine", "4").await,
+        Ok(Some("8".into()))
+    );
+    // Closing makes room.
+    leaky
+        .simple_query("DEALLOCATE leak_0")
+        .await
+        .expect("DEALLOCATE");
+    leaky
+        .send(&[parse("again", "SELECT $1::int8 - 1"), sync()].concat())
+        .await;
+    assert_eq!(tags(&until_ready(&mut leaky).await), "1Z");
+    assert_eq!(
+        run_named(&mut leaky, "again", "1").await,
+        Ok(Some("0".into()))
+    );
+}
+
 /// asyncpg style: Parse/Describe/Flush, read the replies, then Bind/Execute/Sync. The Flush is
 /// no transaction boundary: with a pool of one, another client must wait until the Sync.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
