@@ -288,14 +288,15 @@ pub fn arrive(shard: &Rc<Shard>, mut moving: Box<Moving>) {
         return;
     }
     shard.clients.borrow_mut().insert(info.key, info.clone());
-    let (secret, keys) = (moving.server_secret.take(), moving.keys);
-    auth_query::adopt(shard, &moving.pool, secret, keys);
-    let pool = shard.pool(&moving.pool);
-    let session = Session::arrived(shard, &info, pool, *moving);
+    // Guarded from here: whatever ends this session unregisters it.
     let me = Registered {
         shard: shard.clone(),
         info,
     };
+    let (secret, keys) = (moving.server_secret.take(), moving.keys);
+    auth_query::adopt(shard, &moving.pool, secret, keys);
+    let pool = shard.pool(&moving.pool);
+    let session = Session::arrived(shard, &me.info, pool, *moving);
     crate::runtime::spawn(crate::runtime::isolate::Isolated::new(async move {
         let mut stream = stream;
         let (_, span) = client_span(&me.shard, &me.info);
