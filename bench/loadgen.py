@@ -23,6 +23,8 @@ import argparse
 import asyncio
 import json
 import random
+import socket
+import ssl
 import struct
 import sys
 import time
@@ -33,6 +35,32 @@ ERROR_RESPONSE = ord("E")
 AUTHENTICATION = ord("R")
 QUERY = b"Q" + struct.pack("!I", 4 + len(b"SELECT 1\0")) + b"SELECT 1\0"
 TERMINATE = b"X\x00\x00\x00\x04"
+SSL_REQUEST = struct.pack("!II", 8, 80877103)
+
+
+def tls_context():
+    """Encryption without verification (the bench's certificate is self-signed), as libpq's
+    sslmode=require."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+async def open_tls(loop, factory, host, port, ctx):
+    """SSLRequest on a plain connection, then TLS over it once the server says 'S'."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        await loop.sock_connect(sock, (host, port))
+        await loop.sock_sendall(sock, SSL_REQUEST)
+        answer = await loop.sock_recv(sock, 1)
+        if answer != b"S":
+            raise ConnectionError(f"SSLRequest answered {answer!r}, not 'S'")
+        return await loop.create_connection(factory, sock=sock, ssl=ctx, server_hostname="")
+    except BaseException:
+        sock.close()
+        raise
 
 
 def startup_message(user, database):
@@ -151,14 +179,21 @@ async def connect_all(args, stats):
     startup = startup_message(args.user, args.db)
     sem = asyncio.Semaphore(args.connect_concurrency)
     clients, errors, sample = [], 0, []
+    ctx = tls_context() if args.tls else None
+
+    def factory():
+        return Client(stats, startup, loop)
+
+    def connect():
+        if ctx:
+            return open_tls(loop, factory, args.host, args.port, ctx)
+        return loop.create_connection(factory, args.host, args.port)
 
     async def one():
         nonlocal errors
         async with sem:
             try:
-                _, c = await asyncio.wait_for(
-                    loop.create_connection(lambda: Client(stats, startup, loop), args.host, args.port),
-                    args.connect_timeout)
+                _, c = await asyncio.wait_for(connect(), args.connect_timeout)
                 await asyncio.wait_for(c.ready, args.connect_timeout)
                 clients.append(c)
             except (OSError, ConnectionError, asyncio.TimeoutError) as e:
@@ -265,6 +300,7 @@ def main():
     ap.add_argument("--clients", type=int, default=1000)
     ap.add_argument("--connect-concurrency", type=int, default=200)
     ap.add_argument("--connect-timeout", type=float, default=60)
+    ap.add_argument("--tls", action="store_true", help="SSLRequest, then TLS (sslmode=require)")
     ap.add_argument("--driven", action="store_true", help="phases driven by JSON lines on stdin")
     ap.add_argument("--idle", type=float, default=2, help="standalone: idle seconds before the run")
     ap.add_argument("--duration", type=float, default=10)

@@ -154,6 +154,10 @@ pub(crate) struct Executor {
     spin: Duration,
     /// [`Reactor::events`] when the shard last parked.
     events_at_park: Cell<u64>,
+    /// When the shard ran out of work, while it has none (an idle spell).
+    idle_since: Cell<Option<Instant>>,
+    /// Whether spinning pays, from how idle spells end.
+    odds: RefCell<super::spare::SpinOdds>,
     /// Set while [`wake_next`] wakes a task: `schedule` puts it in `next`.
     urgent: Cell<bool>,
     /// A task to run as soon as the running one yields, ahead of the queue (see [`wake_next`]).
@@ -307,10 +311,14 @@ impl Executor {
         }
         // Spin only if something outside this shard happened since it last parked: a shard
         // woken by its own janitor tick alone goes straight back to sleep.
+        if self.idle_since.get().is_none() {
+            self.idle_since.set(Some(self.now.get()));
+        }
         let woken_by_io = self.reactor.events() != self.events_at_park.get();
         if !self.spin.is_zero()
             && woken_by_io
             && super::spare::allowed()
+            && self.odds.borrow().pays(self.spin)
             && self.spin_for_work(next_timer)
         {
             return;
@@ -332,6 +340,16 @@ impl Executor {
         self.reactor
             .submit_and_reap(Some(next_timer.unwrap_or(Duration::from_secs(3600))));
         self.home.sleeping.store(false, Ordering::SeqCst);
+    }
+
+    /// The shard has work (at `now`): an idle spell, if one was running, ends.
+    fn busy(&self, now: Instant) {
+        if let Some(since) = self.idle_since.take() {
+            if !self.spin.is_zero() {
+                let spell = now.saturating_duration_since(since);
+                self.odds.borrow_mut().record(spell, self.spin);
+            }
+        }
     }
 
     /// `spin_before_park_us`: poll for completions without sleeping for a while (only while
@@ -386,6 +404,8 @@ pub fn block_on(
         reactor,
         spin,
         events_at_park: Cell::new(0),
+        idle_since: Cell::new(None),
+        odds: RefCell::new(super::spare::SpinOdds::new()),
     }));
     CURRENT.with(|c| c.set(Some(ex)));
     let done = Rc::new(Cell::new(false));
@@ -399,6 +419,9 @@ pub fn block_on(
         ex.now.set(Instant::now());
         // Work what is queued now; tasks woken meanwhile run in the next round, after I/O.
         let n = ex.queue.borrow().len();
+        if n > 0 {
+            ex.busy(ex.now.get());
+        }
         while let Some(next) = ex.next.take() {
             ex.run(next); // handed work outside a task's poll (rare)
         }
