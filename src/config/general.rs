@@ -56,7 +56,8 @@ pub struct General {
     /// (default 200, Seastar's idle-poll default too); 0 = sleep at once. It saves the wake-up of an idle core (most of the latency a pooler adds
     /// at light load), and is only done while the host has a whole core idle (sampled every
     /// 100 ms), so it never takes CPU a busy PostgreSQL on the same host could use; never under
-    /// a cgroup CPU quota.
+    /// a cgroup CPU quota; and only while the shard's recent idle spells say it pays (see
+    /// `runtime::spare::SpinOdds`).
     pub spin_before_park_us: u64,
     /// pgring: move client sessions between transactions from a shard whose clients wait
     /// markedly longer (its core starved) to the shard whose clients wait least (see
