@@ -131,6 +131,13 @@ pub async fn render(shard: &Rc<Shard>) -> Result<String, String> {
         "Configured max_client_conn.",
         &[("", max)],
     );
+    family(
+        &mut out,
+        "counter",
+        "pgring_spin_seconds_total",
+        "CPU time the shards spent polling before they slept (spin_before_park_us).",
+        &[("", crate::runtime::spun_total().as_secs_f64())],
+    );
     pool_gauges(&mut out, &pools);
     stats_counters(&mut out, &pools);
     histograms(&mut out, &pools);

@@ -53,6 +53,9 @@ pub fn state(shard: &Rc<Shard>, out: &mut Vec<u8>) {
     rs.row(&[v("active"), yes(!paused && !suspended)]);
     rs.row(&[v("paused"), yes(paused)]);
     rs.row(&[v("suspended"), yes(suspended)]);
+    // pgring's own: CPU time the shards spent polling before they slept (spin_before_park_us).
+    let spun = format!("{:.3}", crate::runtime::spun_total().as_secs_f64());
+    rs.row(&[v("spin_seconds"), v(&spun)]);
     rs.finish();
 }
 

@@ -33,6 +33,7 @@ use tracing::{error, info};
 
 pub use io::{connect, sleep, spawn, Stream};
 pub use shard::{Control, Shard, Shared};
+pub use spare::spun_total;
 
 use crate::config::Config;
 use crate::listener;

@@ -92,9 +92,9 @@ pub(crate) fn force_allowed(on: bool) {
     ALLOWED.store(on, Ordering::Relaxed);
 }
 
-/// Time spun so far by every shard of the process.
-#[cfg(test)]
-pub(crate) fn spun_total() -> Duration {
+/// Time spun so far by every shard of the process (SHOW STATE `spin_seconds`, and
+/// `pgring_spin_seconds_total`).
+pub fn spun_total() -> Duration {
     Duration::from_nanos(SPUN_NS.load(Ordering::Relaxed))
 }
 

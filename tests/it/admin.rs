@@ -492,6 +492,11 @@ async fn admin_metrics_parse_and_match_show_stats() {
             .expect("SELECT");
     }
     let samples = parse_metrics(&get_metrics(mport).await);
+    assert!(samples["pgring_spin_seconds_total"] >= 0.0);
+    let spun: f64 = show(&c, "SHOW STATE").await.row("key", "spin_seconds")["value"]
+        .parse()
+        .expect("spin_seconds is a number");
+    assert!(spun >= samples["pgring_spin_seconds_total"]);
     let stats = show(&c, "SHOW STATS").await;
     let xacts = stats.num("database", "app", "total_xact_count") as f64;
     let labels = "database=\"app\",user=\"postgres\"";
