@@ -251,21 +251,20 @@ fn error_mid_pipeline_skips_to_sync_and_undoes() {
     assert_eq!(to_server, cat(&[&parse_srv("SELECT 3"), SYNC]));
 }
 
+/// Sends Parse `name` (refused by pgring), Bind `name`, Execute, Sync: the server gets the probe
+/// Describe where the Parse was, then the Bind naming `bound`.
+fn probe_instead_of_parse(p: &mut Pair, name: &str, sql: &str, bound: &[u8]) {
+    let batch = cat(&[&parse(name, sql), &bind(name.as_bytes()), &execute(), SYNC]);
+    let (to_server, to_client) = p.client_sends(&batch);
+    assert!(to_client.is_empty());
+    let probe = describe_s(b"PGRING_NO_SUCH_STATEMENT");
+    assert_eq!(to_server, cat(&[&probe, &bind(bound), &execute(), SYNC]));
+}
+
 #[test]
 fn reused_live_name_is_42p05_where_postgres_would_fail_it() {
     let mut p = prepared("s1", "SELECT 1");
-    let batch = cat(&[&parse("s1", "SELECT 9"), &bind(b"s1"), &execute(), SYNC]);
-    let (to_server, to_client) = p.client_sends(&batch);
-    assert!(to_client.is_empty());
-    assert_eq!(
-        to_server,
-        cat(&[
-            &describe_s(b"PGRING_NO_SUCH_STATEMENT"),
-            &bind(&name_of("SELECT 1")),
-            &execute(),
-            SYNC
-        ])
-    );
+    probe_instead_of_parse(&mut p, "s1", "SELECT 9", &name_of("SELECT 1"));
     let server_said = cat(&[
         &error(
             "26000",
@@ -296,18 +295,7 @@ fn a_parse_past_the_clients_memory_cap_is_53400_and_closing_makes_room() {
         p.server_sends(&cat(&[PARSE_COMPLETE, READY_IDLE]));
     }
     assert_eq!(p.client.len(), 2);
-    let batch = cat(&[&parse("c", "SELECT 'c'"), &bind(b"c"), &execute(), SYNC]);
-    let (to_server, to_client) = p.client_sends(&batch);
-    assert!(to_client.is_empty());
-    assert_eq!(
-        to_server,
-        cat(&[
-            &describe_s(b"PGRING_NO_SUCH_STATEMENT"),
-            &bind(b"c"),
-            &execute(),
-            SYNC
-        ])
-    );
+    probe_instead_of_parse(&mut p, "c", "SELECT 'c'", b"c");
     let server_said = cat(&[&error("26000", "does not exist"), READY_IDLE]);
     let got = p.server_sends(&server_said);
     let text = String::from_utf8_lossy(&got);

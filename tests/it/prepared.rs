@@ -92,6 +92,12 @@ fn error_of(msgs: &[Msg]) -> Option<wire::ErrorFields> {
         .map(|m| wire::ErrorFields::parse(&m.body))
 }
 
+/// Prepares `sql` as `name` (Parse, Sync) and checks that it was accepted.
+async fn prepare_ok(w: &mut Wire, name: &str, sql: &str) {
+    w.send(&[parse(name, sql), sync()].concat()).await;
+    assert_eq!(tags(&until_ready(w).await), "1Z", "Parse {name}");
+}
+
 /// Binds and executes `stmt` with one parameter; the value it returns.
 async fn run_named(w: &mut Wire, stmt: &str, param: &str) -> Result<Option<String>, String> {
     w.send(&[bind(stmt, &[param]), execute(), sync()].concat())
@@ -372,9 +378,7 @@ async fn prisma_pgbouncer_true_sequence_across_server_switches() {
 async fn sql_deallocate_name_and_reuse_of_a_live_name() {
     let pgring = Pgring::start(&config_for("transaction", 2, 2, ""));
     let (mut w, _) = Wire::login(pgring.port, &LOGIN).await;
-    w.send(&[parse("pdo_stmt_1", "SELECT $1::int8 * 2"), sync()].concat())
-        .await;
-    assert_eq!(tags(&until_ready(&mut w).await), "1Z");
+    prepare_ok(&mut w, "pdo_stmt_1", "SELECT $1::int8 * 2").await;
     assert_eq!(
         run_named(&mut w, "pdo_stmt_1", "21").await,
         Ok(Some("42".into()))
@@ -418,9 +422,7 @@ async fn sql_deallocate_name_and_reuse_of_a_live_name() {
     assert_eq!(e.code(), "26000", "{e}");
     // The name is free again, also inside a transaction block.
     w.simple_query("BEGIN").await.expect("BEGIN");
-    w.send(&[parse("pdo_stmt_1", "SELECT $1::int8 * 3"), sync()].concat())
-        .await;
-    assert_eq!(tags(&until_ready(&mut w).await), "1Z");
+    prepare_ok(&mut w, "pdo_stmt_1", "SELECT $1::int8 * 3").await;
     assert_eq!(
         run_named(&mut w, "pdo_stmt_1", "3").await,
         Ok(Some("9".into()))
@@ -473,10 +475,7 @@ async fn a_client_leaking_statements_is_refused_at_its_memory_cap_alone() {
         Ok(Some("1".into())),
         "what it has still works"
     );
-    other
-        .send(&[parse("mine", "SELECT $1::int8 * 2"), sync()].concat())
-        .await;
-    assert_eq!(tags(&until_ready(&mut other).await), "1Z");
+    prepare_ok(&mut other, "mine", "SELECT $1::int8 * 2").await;
     assert_eq!(
         run_named(&mut other, "mine", "4").await,
         Ok(Some("8".into()))
@@ -486,10 +485,7 @@ async fn a_client_leaking_statements_is_refused_at_its_memory_cap_alone() {
         .simple_query("DEALLOCATE leak_0")
         .await
         .expect("DEALLOCATE");
-    leaky
-        .send(&[parse("again", "SELECT $1::int8 - 1"), sync()].concat())
-        .await;
-    assert_eq!(tags(&until_ready(&mut leaky).await), "1Z");
+    prepare_ok(&mut leaky, "again", "SELECT $1::int8 - 1").await;
     assert_eq!(
         run_named(&mut leaky, "again", "1").await,
         Ok(Some("0".into()))
