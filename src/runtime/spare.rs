@@ -51,7 +51,7 @@ pub(crate) fn spun(d: Duration) {
 /// window and the expected spin per caught spell is at most half of it. A lone busy session
 /// pays (here PostgreSQL answers in 100-150 µs and the client sends its next query within 50:
 /// all spells caught, ~65 µs of spin each); 10,000 idle clients trickling 5,000 queries/s do not
-/// (spells of the same mean length, but a fifth to a quarter outlast the window). There a spin
+/// (spells of the same mean length, but 20-29 % of them outlast the window). There a spin
 /// bought no latency and cost 11-12 µs of CPU per query (bench `idle-10000`); with this rule
 /// the shards spun 45 ms in 15 s of it instead of ~900 ms per 10 s.
 #[derive(Debug)]
