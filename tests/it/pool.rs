@@ -230,6 +230,7 @@ impl UsersWatch {
         let (stop, mut stopped) = tokio::sync::oneshot::channel();
         let (users, seen) = (users.to_vec(), max.clone());
         let task = tokio::spawn(async move {
+            let mut sustained = crate::common::Sustained::default();
             while stopped.try_recv().is_err() {
                 let n: i64 = admin
                     .query_one(
@@ -240,7 +241,7 @@ impl UsersWatch {
                     .await
                     .expect("counting backends")
                     .get(0);
-                seen.fetch_max(n, Ordering::Relaxed);
+                seen.fetch_max(sustained.next(n), Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         });

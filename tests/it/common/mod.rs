@@ -168,6 +168,23 @@ pub async fn value(client: &tokio_postgres::Client, sql: &str) -> Option<String>
 
 /// Watches pg_stat_activity for `user`'s backends every few milliseconds until stopped; the most
 /// seen at once (pgring must never hold more than its pool size).
+/// A backend count as a watch should judge it: the lower of two samples taken ~10 ms apart.
+/// A server pgring has closed (sent Terminate, closed the socket) stays in pg_stat_activity
+/// until its backend process gets the CPU to exit, which on a loaded 2-core host can outlast the
+/// fork and login of the server opened in its place; PgBouncer's close-then-open has the same
+/// window. A server pgring really holds beyond a limit stays for its whole life, and is seen.
+#[derive(Default)]
+pub struct Sustained(i64);
+
+impl Sustained {
+    /// The count to record for this sample.
+    pub fn next(&mut self, n: i64) -> i64 {
+        let judged = n.min(self.0);
+        self.0 = n;
+        judged
+    }
+}
+
 pub struct BackendWatch {
     max: Arc<AtomicI64>,
     stop: tokio::sync::oneshot::Sender<()>,
@@ -181,8 +198,10 @@ impl BackendWatch {
         let (stop, mut stopped) = tokio::sync::oneshot::channel();
         let (user, seen) = (user.to_owned(), max.clone());
         let task = tokio::spawn(async move {
+            let mut sustained = Sustained::default();
             while stopped.try_recv().is_err() {
-                seen.fetch_max(pg().backends_of(&admin, &user).await, Ordering::Relaxed);
+                let n = pg().backends_of(&admin, &user).await;
+                seen.fetch_max(sustained.next(n), Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         });
