@@ -154,10 +154,11 @@ pub(crate) struct Executor {
     spin: Duration,
     /// [`Reactor::events`] when the shard last parked.
     events_at_park: Cell<u64>,
-    /// When the shard ran out of work, while it has none (an idle spell).
+    /// When the shard ran out of work, while it has none (an idle spell; tracked only when
+    /// `spin` is set).
     idle_since: Cell<Option<Instant>>,
     /// Whether spinning pays, from how idle spells end.
-    odds: RefCell<super::spare::SpinOdds>,
+    odds: Cell<super::spare::SpinOdds>,
     /// Set while [`wake_next`] wakes a task: `schedule` puts it in `next`.
     urgent: Cell<bool>,
     /// A task to run as soon as the running one yields, ahead of the queue (see [`wake_next`]).
@@ -311,14 +312,14 @@ impl Executor {
         }
         // Spin only if something outside this shard happened since it last parked: a shard
         // woken by its own janitor tick alone goes straight back to sleep.
-        if self.idle_since.get().is_none() {
+        if !self.spin.is_zero() && self.idle_since.get().is_none() {
             self.idle_since.set(Some(self.now.get()));
         }
         let woken_by_io = self.reactor.events() != self.events_at_park.get();
         if !self.spin.is_zero()
             && woken_by_io
             && super::spare::allowed()
-            && self.odds.borrow().pays(self.spin)
+            && self.odds.get().pays(self.spin)
             && self.spin_for_work(next_timer)
         {
             return;
@@ -345,10 +346,9 @@ impl Executor {
     /// The shard has work (at `now`): an idle spell, if one was running, ends.
     fn busy(&self, now: Instant) {
         if let Some(since) = self.idle_since.take() {
-            if !self.spin.is_zero() {
-                let spell = now.saturating_duration_since(since);
-                self.odds.borrow_mut().record(spell, self.spin);
-            }
+            let mut odds = self.odds.get();
+            odds.record(now.saturating_duration_since(since), self.spin);
+            self.odds.set(odds);
         }
     }
 
@@ -405,7 +405,7 @@ pub fn block_on(
         spin,
         events_at_park: Cell::new(0),
         idle_since: Cell::new(None),
-        odds: RefCell::new(super::spare::SpinOdds::new()),
+        odds: Cell::new(super::spare::SpinOdds::new()),
     }));
     CURRENT.with(|c| c.set(Some(ex)));
     let done = Rc::new(Cell::new(false));

@@ -54,7 +54,7 @@ pub(crate) fn spun(d: Duration) {
 /// (spells of the same mean length, but 20-29 % of them outlast the window). There a spin
 /// bought no latency and cost 11-12 µs of CPU per query (bench `idle-10000`); with this rule
 /// the shards spun 45 ms in 15 s of it instead of ~900 ms per 10 s.
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct SpinOdds {
     /// Average of min(spell, window), microseconds.
     cost_us: f32,
