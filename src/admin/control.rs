@@ -76,7 +76,7 @@ fn pause(shard: &Rc<Shard>, db: &Option<String>) -> u32 {
             shard.admin.paused_dbs.borrow_mut().insert(d.clone());
         }
     }
-    close_idle(shard, db)
+    close_idle(shard, db, "database paused")
 }
 
 fn resume(shard: &Rc<Shard>, db: &Option<String>) -> u32 {
@@ -93,19 +93,19 @@ fn resume(shard: &Rc<Shard>, db: &Option<String>) -> u32 {
 }
 
 /// Closes the idle servers of matching pools; returns how many.
-fn close_idle(shard: &Rc<Shard>, db: &Option<String>) -> u32 {
+fn close_idle(shard: &Rc<Shard>, db: &Option<String>, reason: &str) -> u32 {
     let mut closed = 0;
     for (key, pool) in shard.pools.borrow().iter() {
         if matches(db, &key.db) {
             closed += pool.idle_count() as u32;
-            pool.close_idle();
+            pool.close_idle(shard, reason);
         }
     }
     closed
 }
 
 fn reconnect(shard: &Rc<Shard>, db: &Option<String>) -> u32 {
-    let closed = close_idle(shard, db);
+    let closed = close_idle(shard, db, "obsolete connection");
     let config = shard.config();
     let mut marked = 0;
     for c in shard.clients.borrow().values() {
@@ -142,7 +142,7 @@ fn kill(shard: &Rc<Shard>, db: &Option<String>) -> u32 {
     for c in &victims {
         c.kill("database killed by admin");
     }
-    close_idle(shard, db);
+    close_idle(shard, db, "database killed by admin");
     victims.len() as u32
 }
 

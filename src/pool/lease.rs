@@ -68,11 +68,8 @@ impl Pool {
                 // would otherwise size every lease, which is allocated per transaction.
                 Ok(()) => return Box::pin(self.open(shard)).await.map(held),
                 Err(Full::Pool) => {}
-                Err(by) => {
-                    if self.evict_elsewhere(shard, by) {
-                        continue;
-                    }
-                }
+                // The evicted server's slot reaches this wait once its backend has gone.
+                Err(by) => self.evict_elsewhere(shard, by),
             }
             match self.wait(shard).await {
                 Grant::Server(server) => return Ok(held(server)),

@@ -68,19 +68,43 @@ impl Pool {
         w
     }
 
-    /// Closes a server for good (dirty, broken, expired) and passes its
-    /// budget slot to the first local waiter.
-    pub fn close(self: &Rc<Self>, _shard: &Rc<Shard>, server: ServerConn, reason: &str) {
-        self.log_close(&server.meta, reason);
-        drop(server);
-        self.global.closed();
-        self.grant_budget();
+    /// Closes a server for good that is between transactions (idle, expired, obsolete).
+    pub fn close(self: &Rc<Self>, shard: &Rc<Shard>, server: ServerConn, reason: &str) {
+        self.retire(shard, server, reason, true);
     }
 
-    /// Closes a leased server (it was counted active).
+    /// Closes a leased server (it was counted active), in whatever state its holder left it.
     pub fn close_leased(self: &Rc<Self>, shard: &Rc<Shard>, server: ServerConn, reason: &str) {
         self.active.set(self.active.get().saturating_sub(1));
-        self.close(shard, server, reason);
+        self.retire(shard, server, reason, false);
+    }
+
+    /// Closes a server and gives its budget slot back once PostgreSQL has let go of the
+    /// backend ([`ServerConn::disconnect`]), to this shard's waiters first. Until then the slot
+    /// stays taken: a replacement opened under `max_db_connections`, `max_user_connections`
+    /// or a pool size set at PostgreSQL's own limit must not meet the old backend still
+    /// counted there ("too many connections for role"). PgBouncer gives the slot back at the
+    /// close and has that window.
+    fn retire(self: &Rc<Self>, shard: &Rc<Shard>, server: ServerConn, reason: &str, clean: bool) {
+        self.log_close(&server.meta, reason);
+        shard.closing.set(shard.closing.get() + 1);
+        let (pool, shard) = (self.clone(), shard.clone());
+        crate::runtime::spawn(async move {
+            server.disconnect(clean).await;
+            shard.closing.set(shard.closing.get() - 1);
+            pool.global.closed();
+            // The slot may be the one a waiter of a sibling pool is waiting for (eviction).
+            let waiting: Vec<_> = shard
+                .pools
+                .borrow()
+                .values()
+                .filter(|p| !p.waiters.borrow().is_empty())
+                .cloned()
+                .collect();
+            for p in waiting {
+                p.grant_budget();
+            }
+        });
     }
 
     /// Gives waiters budget that is free now (janitor, and after a close).
@@ -101,12 +125,11 @@ impl Pool {
     }
 
     /// Closes every idle server (shutdown, RECONNECT).
-    pub fn close_idle(&self) {
+    pub fn close_idle(self: &Rc<Self>, shard: &Rc<Shard>, reason: &str) {
         let idle: Vec<_> = self.idle.borrow_mut().drain(..).collect();
         self.set_idle_counter();
         for s in idle {
-            drop(s);
-            self.global.closed();
+            self.close(shard, s, reason);
         }
     }
 }

@@ -10,6 +10,7 @@ use super::{Caps, Full, Grant, Pool, PoolKey};
 use crate::error::{sqlstate, PgError};
 use crate::runtime::mesh::MeshMsg;
 use crate::runtime::{self, Shard};
+use crate::server::ServerConn;
 
 impl Pool {
     /// Janitor work, every tick: timeouts, reserve pool, budget, steals,
@@ -30,27 +31,27 @@ impl Pool {
                     None => self.global.closed(),
                 },
                 Err(Full::Pool) => {}
-                Err(by) => {
-                    self.evict_elsewhere(shard, by);
-                    self.grant_budget();
-                }
+                // While a server of this shard is closing, its slot may be the one that is
+                // missing: evicting another now could close two for one waiter.
+                Err(_) if shard.closing.get() > 0 => {}
+                Err(by) => self.evict_elsewhere(shard, by),
             }
         }
         self.open_reserve();
         if !self.waiters.borrow().is_empty() {
             self.ask_other_shards(shard);
         }
-        self.retire_idle();
+        self.retire_idle(shard);
         self.rebalance(shard.id);
     }
 
-    /// Makes room under max_db_connections / max_user_connections by
-    /// closing an idle server of a sibling pool: on this shard if one is
-    /// there (true: retry now), else by asking the other shards (the freed
-    /// budget reaches waiters at the next janitor tick).
-    pub(super) fn evict_elsewhere(&self, shard: &Rc<Shard>, by: Full) -> bool {
+    /// Makes room under max_db_connections / max_user_connections by closing an idle server
+    /// of a sibling pool: on this shard if one is there, else by asking the other shards. The
+    /// slot comes back when PostgreSQL has let go of the evicted backend: to this shard's
+    /// waiters at once, to another shard's at its next janitor tick.
+    pub(super) fn evict_elsewhere(&self, shard: &Rc<Shard>, by: Full) {
         if evict_idle(shard, &self.key, by) {
-            return true;
+            return;
         }
         for to in (0..shard.shared.workers).filter(|&t| t != shard.id) {
             shard.mesh.send(
@@ -61,7 +62,6 @@ impl Pool {
                 },
             );
         }
-        false
     }
 
     pub(super) fn expire_waiters(&self) {
@@ -101,34 +101,50 @@ impl Pool {
         }
     }
 
-    pub(super) fn retire_idle(&self) {
+    pub(super) fn retire_idle(self: &Rc<Self>, shard: &Rc<Shard>) {
         let s = self.settings.borrow();
         let (idle_timeout, lifetime, min) = (s.idle_timeout, s.lifetime, s.min);
         drop(s);
-        let mut idle = self.idle.borrow_mut();
-        let before = idle.len();
-        idle.retain(|srv| {
-            let open = self.global.open_count();
-            let stale = !idle_timeout.is_zero()
+        // janitor.c's reasons for the two cases.
+        let why = |srv: &ServerConn, open: u32| {
+            if !lifetime.is_zero() && srv.meta.created.elapsed() > lifetime {
+                Some("server lifetime over")
+            } else if !idle_timeout.is_zero()
                 && srv.meta.last_used.elapsed() > idle_timeout
-                && open > min;
-            let old = !lifetime.is_zero() && srv.meta.created.elapsed() > lifetime;
-            if stale || old {
-                // janitor.c's reasons for the same two cases.
-                let reason = if old {
-                    "server lifetime over"
-                } else {
-                    "server idle timeout"
-                };
-                self.log_close(&srv.meta, reason);
-                self.global.closed();
+                && open > min
+            {
+                Some("server idle timeout")
+            } else {
+                None
             }
-            !(stale || old)
-        });
-        let closed = before - idle.len();
-        drop(idle);
-        if closed > 0 {
-            self.set_idle_counter();
+        };
+        // The open count still includes servers closing (their slots come back when
+        // PostgreSQL lets go): counted down here, so one tick keeps `min_pool_size`.
+        let mut open = self.global.open_count();
+        if !self
+            .idle
+            .borrow()
+            .iter()
+            .any(|srv| why(srv, open).is_some())
+        {
+            return;
+        }
+        let idle = std::mem::take(&mut *self.idle.borrow_mut());
+        let mut keep = Vec::with_capacity(idle.len());
+        let mut retired = Vec::new();
+        for srv in idle {
+            match why(&srv, open) {
+                Some(reason) => {
+                    open = open.saturating_sub(1);
+                    retired.push((srv, reason));
+                }
+                None => keep.push(srv),
+            }
+        }
+        *self.idle.borrow_mut() = keep;
+        self.set_idle_counter();
+        for (srv, reason) in retired {
+            self.close(shard, srv, reason);
         }
     }
 

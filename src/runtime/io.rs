@@ -248,6 +248,22 @@ impl Stream {
         self.tls.as_deref().map(Tls::describe)
     }
 
+    /// Ends our side (TLS close_notify when the socket takes it, then FIN) and reads until the
+    /// peer's end of stream, discarding what comes (a TLS alert, a late reply): the peer has
+    /// let go of the connection when this returns. Bound it with [`timeout`].
+    pub async fn shut_and_drain(&mut self) {
+        let _ = futures_lite::AsyncWriteExt::close(self).await;
+        let (io, fd) = (&self.io, &self.fd);
+        let sock = RawSocket::of(io, fd);
+        let mut scratch = [0u8; 512];
+        // Raw reads past any TLS session: the bytes are thrown away.
+        while let Ok(n) = std::future::poll_fn(|cx| sock.poll_recv(cx, &mut scratch)).await {
+            if n == 0 {
+                break;
+            }
+        }
+    }
+
     /// Leaves this shard's reactor and gives the socket back (to move a client to another
     /// shard). Only a plain stream: a client's TLS session stays (sessions check [`is_tls`]).
     ///

@@ -206,6 +206,9 @@ pub struct Shard {
     /// The console's per-shard state (paused/disabled databases...).
     pub admin: crate::admin::ShardAdmin,
     next_id: Cell<u64>,
+    /// Servers of this shard being closed: waiting for PostgreSQL to close its end, their
+    /// budget slots still taken (`Pool::retire`).
+    pub closing: Cell<u32>,
     /// PAUSE in force.
     pub paused: Cell<bool>,
     /// Shutdown mode, once one began.
@@ -341,6 +344,7 @@ pub async fn run_shard(
         stats: ShardStats::default(),
         admin: Default::default(),
         next_id: Cell::new(0),
+        closing: Cell::new(0),
         paused: Cell::new(false),
         stopping: Cell::new(None),
         auth_cache: Default::default(),
@@ -395,7 +399,7 @@ async fn drain(shard: &Rc<Shard>, control_rx: &Receiver<Control>) {
         c.kill("server shutting down");
     }
     for pool in shard.pools.borrow().values() {
-        pool.close_idle();
+        pool.close_idle(shard, "server shutting down");
     }
     // Give killed sessions a moment to write their goodbye.
     super::sleep(Duration::from_millis(50)).await;

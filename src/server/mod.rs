@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 pub use addr::ServerAddr;
 pub use params::{BaseParams, ClientParams, ServerParams};
@@ -27,6 +27,12 @@ use crate::protocol::startup::CancelKey;
 use crate::protocol::{build, tag};
 use crate::runtime::{self, io as rio, Stream};
 use crate::wire::{read_message, small_buf, Message, ReadError};
+
+/// How long a closing server's slot stays taken waiting for PostgreSQL to close its end
+/// ([`ServerConn::disconnect`]). A backend leaves within a millisecond or so; one busy in a
+/// query reads our Terminate or end of stream only when the query ends, and past this the
+/// slot is given back regardless, as PgBouncer gives it back at once.
+pub const GOODBYE: Duration = Duration::from_secs(5);
 
 /// What pgring knows to log into PostgreSQL as a pool's user.
 #[derive(Debug, Clone, Default)]
@@ -269,6 +275,28 @@ impl ServerConn {
                 }
                 _ => {}
             }
+        }
+    }
+
+    /// Closes the connection and returns once PostgreSQL has let go of it, or after
+    /// [`GOODBYE`]. A server known to be between transactions (`clean`) is sent Terminate, as
+    /// PgBouncer does, so its backend leaves at once and quietly; any other gets end of stream,
+    /// which its backend sees at its next read. Then we wait for PostgreSQL's end of stream: a
+    /// backend closes its socket only after it has left the process table
+    /// (pqcomm.c `socket_close`, "so clients can perform a synchronous close"), so a slot given
+    /// back after this is one PostgreSQL no longer counts against `max_connections` or a
+    /// role's or database's connection limit.
+    pub async fn disconnect(mut self, clean: bool) {
+        let goodbye = async {
+            if clean {
+                let mut out = Vec::with_capacity(5);
+                build::terminate(&mut out);
+                let _ = rio::write_all(&mut self.stream, &out).await;
+            }
+            self.stream.shut_and_drain().await;
+        };
+        if rio::timeout(GOODBYE, goodbye).await.is_none() {
+            warn!(server = self.meta.id, pid = self.pid(), "server did not close its connection within {GOODBYE:?}; its slot is given back anyway");
         }
     }
 

@@ -298,3 +298,32 @@ async fn max_user_client_connections_refuses_the_third_client_of_a_user() {
     drop(clients.pop());
     login_soon(pgring.port, "bench", &capped).await;
 }
+
+/// An evicted server's backend has exited before its replacement logs in: with
+/// max_user_connections equal to the role's CONNECTION LIMIT in PostgreSQL, clients of two
+/// databases taking turns (each turn evicts the other database's servers) never meet
+/// PostgreSQL's "too many connections for role". PostgreSQL closes a backend's socket only
+/// after the backend has left its process table (pqcomm.c's "synchronous close"), so pgring
+/// gives a closed server's slot back at that end of stream, not when it drops the socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evicted_backend_has_exited_before_its_replacement_logs_in() {
+    let user = pg().fresh_user("evict_strict");
+    pg().psql("postgres", &format!("ALTER ROLE {user} CONNECTION LIMIT 2"))
+        .expect("setting the role's connection limit");
+    let mut toml = config_for(
+        "transaction",
+        10,
+        2,
+        "reserve_pool_size = 0\nquery_wait_timeout = 10\nserver_login_retry = 0\nserver_tls_sslmode = \"disable\"",
+    );
+    toml.push_str(&format!("\n[users.{user}]\nmax_user_connections = 2\n"));
+    let pgring = Pgring::start(&toml);
+    for turn in 0..40 {
+        let db = if turn % 2 == 0 { "app" } else { "bench" };
+        let errors = run_clients(pgring.port, db, &user, 2, 1, "SELECT pg_sleep(0.02)").await;
+        assert!(
+            errors.is_empty(),
+            "turn {turn} ({db}), each turn evicting the other database's servers: {errors:?}"
+        );
+    }
+}
