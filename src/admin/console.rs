@@ -167,7 +167,8 @@ impl Console {
             "stats_averages" => show_stats::stats_split(shard, out, true).await,
             "totals" => show_stats::totals(shard, out).await,
             "latency" | "percentiles" => show_stats::latency(shard, out).await,
-            w @ ("peers" | "peer_pools" | "dns_hosts" | "dns_zones") => show_misc::empty(out, w),
+            "peers" => show_misc::peers(shard, out),
+            w @ ("peer_pools" | "dns_hosts" | "dns_zones") => show_misc::empty(out, w),
             _ => syntax_error(out, sql),
         }
     }

@@ -122,16 +122,39 @@ pub fn mem(shard: &Rc<Shard>, out: &mut Vec<u8>) {
     rs.finish();
 }
 
-/// SHOW PEERS / PEER_POOLS / DNS_HOSTS / DNS_ZONES: PgBouncer's headers,
-/// no rows.
+/// SHOW PEERS's columns (PgBouncer 1.19+).
+const PEERS_COLUMNS: &[(&str, Ty)] = &[
+    ("peer_id", Ty::Int4),
+    ("host", Ty::Text),
+    ("port", Ty::Int4),
+    ("pool_size", Ty::Int4),
+];
+
+/// SHOW PEERS: the `[peers]` entries, by id (pool_size defaults to `default_pool_size`).
+pub fn peers(shard: &Shard, out: &mut Vec<u8>) {
+    let config = shard.config();
+    let mut peers: Vec<_> = config
+        .peers
+        .iter()
+        .filter_map(|(id, p)| Some((id.parse::<u16>().ok()?, p)))
+        .collect();
+    peers.sort_by_key(|(id, _)| *id);
+    let mut rs = ResultSet::new(out, PEERS_COLUMNS);
+    for (id, p) in peers {
+        rs.row(&[
+            v(id),
+            p.host.clone(),
+            v(p.port),
+            v(p.pool_size.unwrap_or(config.general.default_pool_size)),
+        ]);
+    }
+    rs.finish();
+}
+
+/// SHOW PEER_POOLS / DNS_HOSTS / DNS_ZONES: PgBouncer's headers, no rows. (pgring keeps no
+/// pool of connections to peers: each forwarded cancel request is one short connection.)
 pub fn empty(out: &mut Vec<u8>, what: &str) {
     let cols: &[(&str, Ty)] = match what {
-        "peers" => &[
-            ("peer_id", Ty::Int4),
-            ("host", Ty::Text),
-            ("port", Ty::Int4),
-            ("pool_size", Ty::Int4),
-        ],
         "peer_pools" => &[
             ("peer_id", Ty::Int4),
             ("cl_active_cancel_req", Ty::Int4),

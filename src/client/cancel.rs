@@ -1,12 +1,21 @@
 //! Cancel keys: each client gets its own 8-byte BackendKeyData from pgring.
-//! The low byte of the pid half names the owning shard (PgBouncer encodes its
-//! peer id the same way), so a CancelRequest that lands on any shard's
-//! listener is forwarded through the mesh to the one shard that knows which
-//! server backend the client is using, and that shard sends PostgreSQL a
-//! CancelRequest with the backend's real key. No shared table, no lock. A
-//! client keeps its key when it moves to another shard (`balance`): the key's
-//! shard, not finding it, asks the other shards (only once some client has
-//! left it, so a stray key costs no fan-out otherwise).
+//!
+//! Layout (the 8 bytes as the client sees them: pid, then secret, both big-endian):
+//! - byte 0: random, top bit clear (a positive pid, as PostgreSQL's);
+//! - bytes 1-2: with peering on (`peer_id`), this process's peer id, low byte first, as
+//!   PgBouncer 1.19+ lays it out, so pgring and PgBouncer processes can share one peered
+//!   group (a migration behind one load balancer or SO_REUSEPORT port); else random;
+//! - byte 3: the owning shard;
+//! - the secret: random; with peering on, its two low bits are the forwarding TTL, 3 in every
+//!   key handed out, one less at each forward.
+//!
+//! A CancelRequest carrying another peer's id is forwarded to that `[peers]` entry (TTL
+//! permitting, so a misconfigured group cannot bounce a request forever). One for this
+//! process is routed by shard: forwarded through the mesh to the one shard that knows which
+//! server backend the client is using, and that shard sends PostgreSQL a CancelRequest with
+//! the backend's real key. No shared table, no lock. A client keeps its key when it moves to
+//! another shard (`balance`): the key's shard, not finding it, asks the other shards (only
+//! once some client has left it, so a stray key costs no fan-out otherwise).
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -16,17 +25,25 @@ use tracing::{debug, info};
 use crate::protocol::startup::CancelKey;
 use crate::runtime::mesh::MeshMsg;
 use crate::runtime::{self, Shard};
+use crate::server::addr::server_addrs;
 
 /// How long a forwarded cancel may take to reach PostgreSQL.
 const CANCEL_DEADLINE: Duration = Duration::from_secs(5);
 
-/// A fresh key owned by `shard`.
-pub fn new_key(shard: usize) -> CancelKey {
-    let pid = (rand::random::<u32>() & 0x7fff_ff00) | (shard as u32 & 0xff);
-    CancelKey {
-        pid,
-        secret: rand::random(),
+/// The secret's bits that count the forwards a cancel request may still take (PgBouncer's
+/// `CANCELLATION_TTL_MASK`).
+const TTL_MASK: u32 = 0b11;
+
+/// A fresh key owned by `shard`, carrying `peer_id` when peering is on (non-zero).
+pub fn new_key(shard: usize, peer_id: u16) -> CancelKey {
+    let mut pid = (rand::random::<u32>() & 0x7fff_ff00) | (shard as u32 & 0xff);
+    let mut secret = rand::random::<u32>();
+    if peer_id != 0 {
+        let id = u32::from(peer_id);
+        pid = (pid & 0x7f00_00ff) | ((id & 0xff) << 16) | ((id >> 8) << 8);
+        secret |= TTL_MASK;
     }
+    CancelKey { pid, secret }
 }
 
 /// The shard a key belongs to.
@@ -34,8 +51,23 @@ pub fn owner(key: CancelKey) -> usize {
     (key.pid & 0xff) as usize
 }
 
-/// Routes a CancelRequest received on `shard` to the key's owner.
-pub fn route(shard: &Rc<Shard>, key: CancelKey) {
+/// The peer id a key carries (meaningful with peering on).
+pub fn peer_of(key: CancelKey) -> u16 {
+    (((key.pid >> 16) & 0xff) | (((key.pid >> 8) & 0xff) << 8)) as u16
+}
+
+/// Routes a CancelRequest received on `shard`: to the peer process its key names, or to the
+/// key's owning shard here.
+pub fn route(shard: &Rc<Shard>, mut key: CancelKey) {
+    let me = shard.config().general.peer_id;
+    if me != 0 {
+        let to = peer_of(key);
+        if to != me {
+            return forward_to_peer(shard, key, to);
+        }
+        // Our keys carry a full TTL; a request forwarded to us has spent some.
+        key.secret |= TTL_MASK;
+    }
     let owner = owner(key);
     if owner == shard.id {
         cancel_local(shard, key, true);
@@ -44,6 +76,48 @@ pub fn route(shard: &Rc<Shard>, key: CancelKey) {
     } else {
         debug!(pid = key.pid, "cancel request with an unknown key");
     }
+}
+
+/// Sends a cancel request on to the peer process `to`, one TTL step spent.
+fn forward_to_peer(shard: &Rc<Shard>, mut key: CancelKey, to: u16) {
+    if key.secret & TTL_MASK == 0 {
+        info!(
+            peer = to,
+            "cancel request not forwarded: its TTL is spent (peers misconfigured?)"
+        );
+        return;
+    }
+    key.secret -= 1;
+    let config = shard.config();
+    let Some(peer) = config.peers.get(&to.to_string()) else {
+        info!(
+            peer = to,
+            "cancel request for a peer not in [peers]; dropped"
+        );
+        return;
+    };
+    let addrs = server_addrs(
+        peer.host.as_deref(),
+        peer.port,
+        &config.general.unix_socket_dir,
+    );
+    debug!(peer = to, "forwarding cancel request to peer");
+    runtime::spawn(async move {
+        let mut last = None;
+        for addr in addrs {
+            match crate::server::send_cancel(addr, key, CANCEL_DEADLINE).await {
+                Ok(()) => return,
+                Err(e) => last = Some(e),
+            }
+        }
+        match last {
+            Some(e) => info!(peer = to, error = %e, "forwarding cancel request to peer failed"),
+            None => info!(
+                peer = to,
+                "forwarding cancel request: the peer's host resolves to nothing"
+            ),
+        }
+    });
 }
 
 /// Cancels the query of this shard's client holding `key`, if it is
@@ -76,4 +150,42 @@ pub fn cancel_local(shard: &Rc<Shard>, key: CancelKey, owner: bool) {
             info!(error = %e, "cancel request to server failed");
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The 8 bytes a client sees: pid then secret, big-endian.
+    fn wire(key: CancelKey) -> [u8; 8] {
+        let mut b = [0u8; 8];
+        b[..4].copy_from_slice(&key.pid.to_be_bytes());
+        b[4..].copy_from_slice(&key.secret.to_be_bytes());
+        b
+    }
+
+    #[test]
+    fn a_peered_key_is_laid_out_as_pgbouncer_reads_it() {
+        for (shard, peer) in [(0, 1), (3, 2), (7, 0x1234), (255, 16383)] {
+            let key = new_key(shard, peer);
+            let b = wire(key);
+            // PgBouncer: peer_id = key[1] + (key[2] << 8); TTL = key[7] & 3, full in a new key.
+            assert_eq!(u16::from(b[1]) | (u16::from(b[2]) << 8), peer);
+            assert_eq!(b[7] & 3, 3);
+            assert_eq!(b[0] & 0x80, 0, "the pid stays positive");
+            assert_eq!(owner(key), shard);
+            assert_eq!(peer_of(key), peer);
+        }
+    }
+
+    #[test]
+    fn an_unpeered_key_keeps_its_random_bits() {
+        let keys: Vec<_> = (0..64).map(|_| new_key(1, 0)).collect();
+        assert!(keys
+            .iter()
+            .all(|k| owner(*k) == 1 && k.pid & 0x8000_0000 == 0));
+        // Bytes 1-2 and the TTL bits are random without peering: not all alike.
+        assert!(keys.iter().any(|k| peer_of(*k) != peer_of(keys[0])));
+        assert!(keys.iter().any(|k| k.secret & TTL_MASK != 3));
+    }
 }

@@ -330,10 +330,11 @@ thread_local! {
 /// Creates the session's [`ClientInfo`] and lists it in `shard.clients`.
 fn register(shard: &Rc<Shard>, stream: &Stream) -> Rc<ClientInfo> {
     let id = shard.next_id();
+    let peer_id = shard.config().general.peer_id;
     let mut clients = shard.clients.borrow_mut();
-    // The key is the table's key: draw again in the (2^-55) case that a live client holds it.
+    // The key is the table's key: draw again in the rare case that a live client holds it.
     let key = loop {
-        let key = cancel::new_key(shard.id);
+        let key = cancel::new_key(shard.id, peer_id);
         if !clients.contains_key(&key) {
             break key;
         }

@@ -3,6 +3,9 @@
 //! connection strings and `[users]` lines; everything is optional so that "unset" can fall
 //! back to `[general]`, which `Config`'s effective-setting methods do.
 //!
+//! `[peers.ID]` (PgBouncer 1.19's `[peers]`) names the other pooler processes that cancel
+//! requests may be forwarded to.
+//!
 //! The entry named `*` is PgBouncer's fallback: any database name without its own entry uses
 //! it (write it as `[databases."*"]` in TOML).
 
@@ -154,4 +157,31 @@ pub struct User {
     pub transaction_timeout: Option<Seconds>,
     /// Overrides `client_idle_timeout`. [seconds]
     pub client_idle_timeout: Option<Seconds>,
+}
+
+/// Another pooler process of a peered group: `[peers.ID]`, where ID is that process's
+/// `peer_id`. A cancel request whose key carries that id is forwarded there.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Peer {
+    /// Host name or address; a value starting with `/` is a unix socket directory, `@` a name
+    /// in the abstract namespace. Unset = the unix socket in `unix_socket_dir`.
+    pub host: Option<String>,
+    /// Port (default 6432).
+    pub port: u16,
+    /// Accepted and shown (SHOW PEERS): PgBouncer's cap on cancel requests in flight to the
+    /// peer (default `default_pool_size`). pgring sends each forwarded cancel on its own short
+    /// connection, bounded in time, and does not queue them.
+    pub pool_size: Option<u32>,
+}
+
+/// PgBouncer's defaults: port 6432.
+impl Default for Peer {
+    fn default() -> Self {
+        Peer {
+            host: None,
+            port: 6432,
+            pool_size: None,
+        }
+    }
 }

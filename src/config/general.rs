@@ -43,6 +43,10 @@ pub struct General {
     /// Accepted for compatibility: pgring always sets SO_REUSEPORT, one socket per shard.
     #[serde(deserialize_with = "flag")]
     pub so_reuseport: bool,
+    /// This process's id in a peered group (PgBouncer 1.19): 1..16383, 0 = no peering. Each
+    /// client's cancel key carries it, and a cancel request carrying another id is forwarded
+    /// to that `[peers]` entry. Needs a restart.
+    pub peer_id: u16,
     /// pgring: number of shards (pinned executors); 0 = one per available core.
     pub workers: usize,
     /// pgring: io_uring submission ring depth per shard.
@@ -260,6 +264,7 @@ impl Default for General {
             unix_socket_mode: FileMode(0o777),
             unix_socket_group: None,
             so_reuseport: false,
+            peer_id: 0,
             workers: 0,
             ring_depth: 128,
             pin_shards: true,

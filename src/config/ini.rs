@@ -6,8 +6,8 @@
 //!   (no inline comments: a `;` inside `server_reset_query` is SQL), typed here by trying what
 //!   the field accepts: the text itself, then a number, then a boolean (`0777` stays text, so
 //!   `unix_socket_mode` reads it as octal, like PgBouncer's `strtol(.., 0)`).
-//! - `[databases]` and `[users]` lines are `name = key=value key='quoted value' ...` connection
-//!   strings; `''` inside quotes is a quote (`cstr_get_pair`). `*` is the fallback database.
+//! - `[databases]`, `[users]` and `[peers]` lines are `name = key=value key='quoted value' ...`
+//!   connection strings; `''` inside quotes is a quote (`cstr_get_pair`). `*` is the fallback database.
 //!   The database key `reserve_pool` is PgBouncer's name for `reserve_pool_size`.
 //! - `%include FILE` pastes another file in place; a relative FILE is taken relative to the
 //!   including file (PgBouncer: the working directory), so a config tree works wherever pgring
@@ -15,14 +15,14 @@
 //!
 //! Every problem is collected with its `file:line` before anything fails, as for TOML. A key
 //! PgBouncer knows and pgring does not act on is reported by name: an error when ignoring it
-//! would change what clients or servers see (`disable_pqexec = 1`, `[peers]`), a warning
+//! would change what clients or servers see (`disable_pqexec = 1`), a warning
 //! otherwise (`syslog`, tuning knobs). Value-level gaps that TOML shares (TLS modes, auth types)
 //! are judged later, for both formats, by `validate::unsupported`.
 //!
 //! One deliberate default differs from the TOML: an INI file without `listen_addr` listens on
 //! the unix socket only, as PgBouncer does (pgring's TOML default is `127.0.0.1`).
 
-use super::entries::{Database, User};
+use super::entries::{Database, Peer, User};
 use super::general::General;
 use super::parse::{check_one, field_names, suggest};
 use super::{Config, ConfigError};
@@ -34,7 +34,7 @@ use toml::{Table, Value};
 /// Guards against `%include` loops; real configs nest one or two levels.
 const MAX_INCLUDE_DEPTH: usize = 8;
 
-/// The sections pgring reads (`peers` is known, and refused).
+/// The sections pgring reads.
 const SECTIONS: &[&str] = &["pgbouncer", "databases", "users", "peers"];
 
 /// PgBouncer `[pgbouncer]` keys that have no pgring field, and how ignoring each is judged.
@@ -45,11 +45,6 @@ const PGBOUNCER_ONLY: &[(&str, Option<&str>, &str)] = &[
         "disable_pqexec",
         Some("0"),
         "pgring does not refuse multi-statement simple queries",
-    ),
-    (
-        "peer_id",
-        Some("0"),
-        "peering is not implemented: cancel requests would not reach the other processes",
     ),
     ("syslog", None, "pgring logs to stderr and logfile only"),
     ("syslog_ident", None, "pgring does not log to syslog"),
@@ -168,11 +163,12 @@ impl Reader {
     }
 }
 
-/// Maps the lines onto the TOML shape (`general`, `databases`, `users` tables).
+/// Maps the lines onto the TOML shape (`general`, `databases`, `users`, `peers` tables).
 struct Mapper {
     general: Table,
     databases: Table,
     users: Table,
+    peers: Table,
     /// `General::default()` as TOML: a key missing from it is an `Option` that is unset.
     defaults: Table,
     problems: Vec<String>,
@@ -188,6 +184,7 @@ pub(crate) fn parse(path: &Path) -> Result<Config, ConfigError> {
         general: Table::new(),
         databases: Table::new(),
         users: Table::new(),
+        peers: Table::new(),
         defaults: Table::try_from(General::default()).unwrap_or_default(),
         problems: reader.problems,
         warnings: Vec::new(),
@@ -210,17 +207,17 @@ impl Mapper {
                 let table = self.entry::<User>("users", line);
                 insert_entry(&mut self.users, line, table);
             }
-            "peers" => self.problems.push(format!(
-                "{}: [peers] {}: peering is not implemented by pgring",
-                line.loc, line.key
-            )),
+            "peers" => {
+                let table = self.entry::<Peer>("peers", line);
+                insert_entry(&mut self.peers, line, table);
+            }
             "" => self.problems.push(format!(
                 "{}: {}: outside any section (settings go under [pgbouncer])",
                 line.loc, line.key
             )),
             other => {
                 let hint = suggest(other, SECTIONS)
-                    .unwrap_or_else(|| " (expected pgbouncer, databases, users)".into());
+                    .unwrap_or_else(|| " (expected pgbouncer, databases, users, peers)".into());
                 self.problems
                     .push(format!("{}: [{other}]: unknown section{hint}", line.loc));
             }
@@ -264,7 +261,7 @@ impl Mapper {
         }
     }
 
-    /// One `[databases]` or `[users]` line as a table of typed values.
+    /// One `[databases]`, `[users]` or `[peers]` line as a table of typed values.
     fn entry<T: DeserializeOwned>(&mut self, section: &str, line: &Line) -> Table {
         let at = format!("{}: [{section}] {}", line.loc, line.key);
         let mut table = Table::new();
@@ -316,6 +313,7 @@ impl Mapper {
         root.insert("general".into(), Value::Table(self.general));
         root.insert("databases".into(), Value::Table(self.databases));
         root.insert("users".into(), Value::Table(self.users));
+        root.insert("peers".into(), Value::Table(self.peers));
         let mut config: Config = Value::Table(root)
             .try_into()
             .map_err(|e: toml::de::Error| {

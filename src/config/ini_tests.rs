@@ -320,22 +320,18 @@ server_tls_sslmode = verify-full
 [databases]
 sock = host=/var/run/postgresql
 replica = host=10.0.0.1 target_session_attrs=read-only
-[peers]
-1 = host=10.0.0.9
 ";
     let found = problems("errors", text).join("\n");
     for needle in [
         "disable_pqexec = 1: not implemented",
         "target_session_attrs=read-only: not implemented",
-        "[peers] 1: peering is not implemented",
     ] {
         assert!(found.contains(needle), "{needle} missing from:\n{found}");
     }
     // Value-level gaps are judged after parsing, so they need a file that parses.
     let text = text
         .replace("disable_pqexec = 1", "")
-        .replace(" target_session_attrs=read-only", "")
-        .replace("[peers]\n1 = host=10.0.0.9\n", "");
+        .replace(" target_session_attrs=read-only", "");
     let found = problems("values", &text).join("\n");
     for needle in [
         "client_tls_sslmode: \"verify-ca\" needs client_tls_ca_file",
@@ -348,6 +344,57 @@ replica = host=10.0.0.1 target_session_attrs=read-only
         !found.contains("[databases.sock]"),
         "a socket dir is fine:\n{found}"
     );
+}
+
+/// PgBouncer's documented two-process example: `peer_id` and a `[peers]` section listing
+/// every process of the group, this one included.
+#[test]
+fn peers_and_peer_id_load_as_pgbouncer_reads_them() {
+    let text = "\
+[databases]
+postgres = host=localhost dbname=postgres
+[peers]
+1 = host=/tmp/pgbouncer1
+2 = host=/tmp/pgbouncer2 port=5555 pool_size=4
+[pgbouncer]
+auth_type=trust
+listen_addr=127.0.0.1
+so_reuseport=1
+unix_socket_dir=/tmp/pgbouncer2
+peer_id=2
+";
+    let config = load_text("peers", text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.general.peer_id, 2);
+    let one = &config.peers["1"];
+    assert_eq!(
+        (one.host.as_deref(), one.port, one.pool_size),
+        (Some("/tmp/pgbouncer1"), 6432, None)
+    );
+    let two = &config.peers["2"];
+    assert_eq!(
+        (two.host.as_deref(), two.port, two.pool_size),
+        (Some("/tmp/pgbouncer2"), 5555, Some(4))
+    );
+
+    let text = "\
+[pgbouncer]
+peer_id = 16384
+[peers]
+0 = host=10.0.0.1
+web = host=10.0.0.2
+3 = hots=10.0.0.3
+";
+    let found = problems("bad_peers", text).join("\n");
+    assert!(found.contains("3: hots: unknown parameter"), "{found}");
+    let text = text.replace("3 = hots=10.0.0.3\n", "");
+    let found = problems("bad_peers2", &text).join("\n");
+    for needle in [
+        "peer_id: 16384 is above the largest peer id, 16383",
+        "[peers.0]: the name is a peer_id",
+        "[peers.web]: the name is a peer_id",
+    ] {
+        assert!(found.contains(needle), "{needle} missing from:\n{found}");
+    }
 }
 
 #[test]

@@ -22,7 +22,7 @@ mod validate;
 #[cfg(test)]
 mod tests;
 
-pub use entries::{Database, User};
+pub use entries::{Database, Peer, User};
 pub use general::{General, DEFAULT_AUTH_QUERY, EMPTY_CHECK_QUERY};
 pub use reload::{changes, reload_changes, Change, RESTART_KEYS};
 pub use types::{
@@ -43,6 +43,8 @@ pub struct Config {
     pub databases: BTreeMap<String, Database>,
     /// `[users.NAME]`: per-user overrides.
     pub users: BTreeMap<String, User>,
+    /// `[peers.ID]`: the other processes of a peered group (cancel forwarding), by `peer_id`.
+    pub peers: BTreeMap<String, Peer>,
     /// What the file asks for that pgring ignores without changing what clients or servers
     /// see (`syslog`, DNS tuning...), one line each with its location, for `main` to log at
     /// start. Not a setting: never read from or written to TOML.

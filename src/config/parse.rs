@@ -9,13 +9,13 @@
 //!
 //! Cross-key rules (pool sizes, auth needs a secret source...) are `validate`'s job, not this.
 
-use super::entries::{Database, User};
+use super::entries::{Database, Peer, User};
 use super::general::General;
 use super::{Config, ConfigError};
 use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
 use toml::{Table, Value};
 
-const SECTIONS: &[&str] = &["general", "databases", "users"];
+const SECTIONS: &[&str] = &["general", "databases", "users", "peers"];
 
 /// Parses TOML text into a `Config` without cross-key validation.
 pub(crate) fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
@@ -50,6 +50,7 @@ fn check_root(root: &Table) -> Vec<String> {
             "general" => check_general(value, &mut out),
             "databases" => check_entries::<Database>("databases", value, &mut out),
             "users" => check_entries::<User>("users", value, &mut out),
+            "peers" => check_entries::<Peer>("peers", value, &mut out),
             _ => out.push(unknown_section(key, value)),
         }
     }
@@ -70,8 +71,8 @@ fn unknown_section(key: &str, value: &Value) -> String {
     if !value.is_table() && field_names::<General>().contains(&key) {
         return format!("{key}: settings go under [general]");
     }
-    let hint =
-        suggest(key, SECTIONS).unwrap_or_else(|| " (expected general, databases, users)".into());
+    let hint = suggest(key, SECTIONS)
+        .unwrap_or_else(|| " (expected general, databases, users, peers)".into());
     format!("[{key}]: unknown table{hint}")
 }
 

@@ -21,6 +21,7 @@ pub const RESTART_KEYS: &[&str] = &[
     "unix_socket_mode",
     "unix_socket_group",
     "so_reuseport",
+    "peer_id",
     "pkt_buf",
     "pidfile",
     "user",
@@ -84,6 +85,12 @@ pub fn changes(old: &Config, new: &Config) -> Vec<Change> {
         "users",
         &to_table(&old.users),
         &to_table(&new.users),
+        &mut out,
+    );
+    diff_entries(
+        "peers",
+        &to_table(&old.peers),
+        &to_table(&new.peers),
         &mut out,
     );
     for change in &mut out {

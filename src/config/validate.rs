@@ -5,7 +5,7 @@
 //! exist or hosts resolve is found out by the rooms that open them (auth, server), so that
 //! validating stays pure and a RELOAD can validate on every shard without I/O.
 
-use super::entries::{Database, User};
+use super::entries::{Database, Peer, User};
 use super::general::General;
 use super::parse::entry_label;
 use super::types::{AuthType, SslMode};
@@ -25,7 +25,33 @@ pub(crate) fn problems(config: &Config) -> Vec<String> {
     for (name, user) in &config.users {
         self::user(name, user, &config.general, &mut out);
     }
+    for (name, peer) in &config.peers {
+        self::peer(name, peer, &config.general, &mut out);
+    }
     out
+}
+
+/// The largest `peer_id`: a cancel key has 14 bits for it (PgBouncer's layout).
+pub const MAX_PEER_ID: u16 = 16383;
+
+fn peer(name: &str, peer: &Peer, g: &General, out: &mut Vec<String>) {
+    let label = entry_label("peers", name);
+    if !name
+        .parse::<u16>()
+        .is_ok_and(|id| (1..=MAX_PEER_ID).contains(&id))
+    {
+        out.push(format!(
+            "{label}: the name is a peer_id, a number from 1 to {MAX_PEER_ID}"
+        ));
+    }
+    if peer.port == 0 {
+        out.push(format!("{label} port: must not be 0"));
+    }
+    if peer.host.is_none() && g.unix_socket_dir.is_empty() {
+        out.push(format!(
+            "{label} host: unset means the peer's unix socket in unix_socket_dir, which is empty"
+        ));
+    }
 }
 
 fn general(g: &General, out: &mut Vec<String>) {
@@ -46,6 +72,12 @@ fn general(g: &General, out: &mut Vec<String>) {
         fail(
             "listen_addr",
             "empty and unix_socket_dir is empty too: nowhere to listen".into(),
+        );
+    }
+    if g.peer_id > MAX_PEER_ID {
+        fail(
+            "peer_id",
+            format!("{} is above the largest peer id, {MAX_PEER_ID}", g.peer_id),
         );
     }
     if g.ring_depth == 0 {

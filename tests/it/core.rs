@@ -397,31 +397,147 @@ async fn cancel_like_libpq(port: u16, round: u32) -> Duration {
     let (mut client, login) =
         Wire::login(port, &[("user", "trust_user"), ("database", "app")]).await;
     let (pid, secret) = login.key.expect("BackendKeyData at login");
+    cancel_a_sleep_through(&mut client, port, (pid, secret), &format!("round {round}")).await
+}
+
+/// Starts `SELECT pg_sleep(30)` on `client`, sends a CancelRequest for `key` to `port` after
+/// 300 ms the way libpq does, and checks that the query ends with 57014 within 5 s and that
+/// the connection is usable afterwards. Returns how long the cancel took.
+async fn cancel_a_sleep_through(
+    client: &mut Wire,
+    port: u16,
+    key: (u32, u32),
+    label: &str,
+) -> Duration {
     client
         .send(&common::wire::query("SELECT pg_sleep(30)"))
         .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let asked = Instant::now();
+    send_cancel(port, key, label).await;
+    let err = tokio::time::timeout(Duration::from_secs(5), client.read_result())
+        .await
+        .unwrap_or_else(|_| panic!("{label}: pg_sleep(30) still running 5 s after the cancel"))
+        .expect_err("pg_sleep(30) finished without being cancelled");
+    let took = asked.elapsed();
+    assert_eq!(err.code(), "57014", "{label}: {err}");
+    assert_eq!(
+        client.query_value("SELECT 1").await.as_deref(),
+        Some("1"),
+        "{label}: usable after cancel"
+    );
+    took
+}
+
+/// Sends a CancelRequest for `key` to `port` and waits for pgring to close the connection
+/// without an answer, as libpq's PQcancel does.
+async fn send_cancel(port: u16, (pid, secret): (u32, u32), label: &str) {
     let mut canceller = Wire::connect(port).await;
     canceller
         .send(&common::wire::cancel_request(pid, secret))
         .await;
     assert!(
         canceller.recv().await.is_none(),
-        "round {round}: pgring answered a CancelRequest"
+        "{label}: pgring answered a CancelRequest"
     );
-    let err = client
-        .read_result()
-        .await
-        .expect_err("pg_sleep(30) finished without being cancelled");
-    let took = asked.elapsed();
-    assert_eq!(err.code(), "57014", "round {round}: {err}");
+}
+
+/// PgBouncer's peering (1.19+): processes behind one address (a load balancer, or SO_REUSEPORT
+/// while a new pgring takes over from an old one) each forward a cancel request that carries
+/// another's `peer_id` to that `[peers]` entry. Two pgring processes on their own ports list
+/// both, and a third id that points back at the first (a misconfiguration):
+/// - a client's key carries its process's peer id where PgBouncer reads it (bytes 1-2);
+/// - a client of the first is cancelled by a request sent to the second;
+/// - a request for the looping id is forwarded three times at most (the key's TTL), then
+///   dropped, and both processes go on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_request_reaching_the_wrong_peer_is_forwarded_to_its_own() {
+    let (first, second) = (
+        config_for("transaction", 2, 2, "peer_id = 1"),
+        config_for("transaction", 2, 2, "peer_id = 2"),
+    );
+    let port_of = |text: &str| -> u16 {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("listen_port = "))
+            .expect("listen_port");
+        line["listen_port = ".len()..].parse().expect("a port")
+    };
+    let (port1, port2) = (port_of(&first), port_of(&second));
+    let peers = format!(
+        "\n[peers.1]\nhost = \"127.0.0.1\"\nport = {port1}\n\
+         \n[peers.2]\nhost = \"127.0.0.1\"\nport = {port2}\n\
+         \n[peers.3]\nhost = \"127.0.0.1\"\nport = {port1}\n"
+    );
+    let mut one = Pgring::start(&(first + &peers));
+    let mut two = Pgring::start(&(second + &peers));
+
+    let (mut client, login) =
+        Wire::login(port1, &[("user", "trust_user"), ("database", "app")]).await;
+    let (pid, secret) = login.key.expect("BackendKeyData at login");
+    let peer_id = ((pid >> 16) & 0xff) | (((pid >> 8) & 0xff) << 8);
     assert_eq!(
-        client.query_value("SELECT 1").await.as_deref(),
-        Some("1"),
-        "round {round}: usable after cancel"
+        peer_id, 1,
+        "the key {pid:#010x} should carry peer id 1 in bytes 1-2"
     );
-    took
+    assert_eq!(
+        secret & 3,
+        3,
+        "a new key carries a full TTL in its low bits"
+    );
+
+    let took = cancel_a_sleep_through(&mut client, port2, (pid, secret), "through the peer").await;
+    println!("cancelled through the peer in {took:?}");
+
+    // Peer id 3 leads back to the first process: 3 forwards, then the TTL is spent.
+    let looping = (pid & 0x7f00_00ff) | (3 << 16);
+    send_cancel(port1, (looping, secret), "a looping peer id").await;
+    let started = Instant::now();
+    while !one.log().contains("TTL is spent") {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "a request for a peer id that loops was not dropped:\n{}",
+            one.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        one.log()
+            .matches("forwarding cancel request to peer")
+            .count(),
+        0,
+        "debug lines are off"
+    );
+    one.assert_running();
+    two.assert_running();
+    assert_eq!(client.query_value("SELECT 2").await.as_deref(), Some("2"));
+
+    // SHOW PEERS: PgBouncer's columns, one row per entry, pool_size defaulting to the pool's.
+    let console = common::connect(port1, "pgbouncer", "postgres", "").await;
+    let rows: Vec<Vec<String>> = console
+        .simple_query("SHOW PEERS")
+        .await
+        .unwrap_or_else(|e| panic!("SHOW PEERS: {}", describe(&e)))
+        .into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => {
+                Some((0..4).map(|i| r.get(i).unwrap_or("").to_owned()).collect())
+            }
+            _ => None,
+        })
+        .collect();
+    let want: Vec<Vec<String>> = [(1, port1), (2, port2), (3, port1)]
+        .iter()
+        .map(|(id, port)| {
+            vec![
+                id.to_string(),
+                "127.0.0.1".into(),
+                port.to_string(),
+                "2".into(),
+            ]
+        })
+        .collect();
+    assert_eq!(rows, want);
 }
 
 /// A database whose server refuses connections: the client gets an 08 error quickly, not a hang.
