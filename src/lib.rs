@@ -44,6 +44,7 @@ pub mod config;
 pub mod error;
 pub mod janitor;
 pub mod listener;
+pub mod logs;
 pub mod metrics;
 pub mod pool;
 pub mod prepared;

@@ -32,7 +32,7 @@ use std::task::Poll;
 use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{error, info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, TcpTuning};
 use crate::error::{sqlstate, PgError};
 use crate::runtime::io::{write_all, Listener};
 use crate::runtime::{BootError, Shard, Stream};
@@ -60,7 +60,7 @@ pub fn bind(config: &Config) -> Result<Vec<TcpListener>, BootError> {
         let before = out.len();
         let mut last = None;
         for addr in addrs {
-            match bind_tcp(addr, g.listen_backlog) {
+            match bind_tcp(addr, g.listen_backlog, &g.tcp_tuning()) {
                 Ok(l) => out.push(l),
                 // `localhost` may name ::1 on a host without IPv6: one usable address is enough.
                 Err(e) if unavailable(&e) => last = Some(e),
@@ -83,7 +83,9 @@ fn unavailable(e: &io::Error) -> bool {
     )
 }
 
-fn bind_tcp(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+/// The TCP options (`tcp_keepalive`...) are set on the listening socket, and Linux copies them
+/// to every socket it accepts, as it does TCP_NODELAY: no `setsockopt` per connection.
+fn bind_tcp(addr: SocketAddr, backlog: u32, tuning: &TcpTuning) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     if addr.is_ipv6() {
         // So that `::` and `0.0.0.0` can both be listed without clashing.
@@ -92,6 +94,7 @@ fn bind_tcp(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.set_nodelay(true)?;
+    crate::runtime::io::tune_tcp(&socket, tuning, true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(backlog.min(i32::MAX as u32) as i32)?;
@@ -201,9 +204,9 @@ pub async fn serve(shard: Rc<Shard>, tcp: Vec<TcpListener>, unix: Option<UnixLis
     );
     let mut loops: Vec<AcceptLoop> = tcp
         .into_iter()
-        .map(OwnedFd::from)
-        .chain(unix.map(OwnedFd::from))
-        .map(|fd| Box::pin(accept_loop(shard.clone(), fd)) as AcceptLoop)
+        .map(|l| (OwnedFd::from(l), true))
+        .chain(unix.map(|l| (OwnedFd::from(l), false)))
+        .map(|(fd, tcp)| Box::pin(accept_loop(shard.clone(), fd, tcp)) as AcceptLoop)
         .collect();
     // A shard with no listener (unix-only config, shards 1..) still serves handoffs and the
     // mesh: it waits for the stop like the others.
@@ -224,7 +227,7 @@ pub async fn serve(shard: Rc<Shard>, tcp: Vec<TcpListener>, unix: Option<UnixLis
     .await
 }
 
-async fn accept_loop(shard: Rc<Shard>, fd: OwnedFd) {
+async fn accept_loop(shard: Rc<Shard>, fd: OwnedFd, tcp: bool) {
     let listener = match Listener::new(fd) {
         Ok(l) => l,
         Err(e) => {
@@ -232,6 +235,9 @@ async fn accept_loop(shard: Rc<Shard>, fd: OwnedFd) {
             return;
         }
     };
+    // The TCP options the listening socket carries (set at bind, passed on to accepted
+    // sockets); a RELOAD that changes them re-tunes it at the next connection.
+    let mut tuned = tcp.then(|| shard.config().general.tcp_tuning());
     let tick = crate::runtime::shard::TICK;
     // One timer for many accepts: the stop flag is looked at after every accept and at least
     // once a tick, and a fresh timer per accept would cost a timer-map insert and removal per
@@ -259,8 +265,31 @@ async fn accept_loop(shard: Rc<Shard>, fd: OwnedFd) {
         });
         match accepted.await {
             None => next_look = crate::runtime::sleep(tick), // look at the stop flag again
-            Some(Ok(stream)) => admit(&shard, stream),
+            Some(Ok(stream)) => {
+                if let Some(applied) = tuned.as_mut() {
+                    retune(&shard, &listener, &stream, applied);
+                }
+                admit(&shard, stream)
+            }
             Some(Err(e)) => accept_failed(&shard, &e).await,
+        }
+    }
+}
+
+/// After a RELOAD changed the TCP options: sets them on the listening socket, for the
+/// connections it accepts from now on, and on `stream`, accepted before.
+fn retune(shard: &Shard, listener: &Listener, stream: &Stream, applied: &mut TcpTuning) {
+    let want = shard.config().general.tcp_tuning();
+    if want == *applied {
+        return;
+    }
+    *applied = want;
+    for r in [
+        crate::runtime::io::tune_tcp(listener, &want, false),
+        crate::runtime::io::tune_tcp(stream, &want, false),
+    ] {
+        if let Err(e) = r {
+            warn!(shard = shard.id, error = %e, "could not apply the TCP settings");
         }
     }
 }
@@ -290,7 +319,9 @@ fn admit(shard: &Rc<Shard>, stream: Stream) {
 /// PgBouncer's `pooler error: %s` (objects.c), which operators alert on.
 async fn refuse(mut stream: Stream) {
     const WHY: &str = "no more connections allowed (max_client_conn)";
-    warn!(reason = WHY, "pooler error: {WHY}");
+    if crate::logs::pooler_errors() {
+        warn!(reason = WHY, "pooler error: {WHY}");
+    }
     let mut out = Vec::new();
     PgError::fatal(sqlstate::TOO_MANY_CONNECTIONS, WHY).encode(&mut out);
     let _ = write_all(&mut stream, &out).await;

@@ -27,8 +27,17 @@ use crate::runtime::mesh::MeshMsg;
 use crate::runtime::{self, Shard};
 use crate::server::addr::server_addrs;
 
-/// How long a forwarded cancel may take to reach PostgreSQL.
-const CANCEL_DEADLINE: Duration = Duration::from_secs(5);
+/// How long a cancel request may take to reach PostgreSQL or a peer: `cancel_wait_timeout`
+/// (PgBouncer's default 10 s), or with 0 ("no limit") `server_connect_timeout`, which bounds the
+/// connection it travels on anyway.
+fn deadline(shard: &Shard) -> Duration {
+    let config = shard.config();
+    let g = &config.general;
+    match g.cancel_wait_timeout.duration() {
+        d if d.is_zero() => g.server_connect_timeout.duration(),
+        d => d,
+    }
+}
 
 /// The secret's bits that count the forwards a cancel request may still take (PgBouncer's
 /// `CANCELLATION_TTL_MASK`).
@@ -102,10 +111,11 @@ fn forward_to_peer(shard: &Rc<Shard>, mut key: CancelKey, to: u16) {
         &config.general.unix_socket_dir,
     );
     debug!(peer = to, "forwarding cancel request to peer");
+    let deadline = deadline(shard);
     runtime::spawn(async move {
         let mut last = None;
         for addr in addrs {
-            match crate::server::send_cancel(addr, key, CANCEL_DEADLINE).await {
+            match crate::server::send_cancel(addr, key, deadline).await {
                 Ok(()) => return,
                 Err(e) => last = Some(e),
             }
@@ -143,10 +153,9 @@ pub fn cancel_local(shard: &Rc<Shard>, key: CancelKey, owner: bool) {
         server_pid = link.backend_key.pid,
         "forwarding cancel request"
     );
+    let deadline = deadline(shard);
     runtime::spawn(async move {
-        if let Err(e) =
-            crate::server::send_cancel(link.addr, link.backend_key, CANCEL_DEADLINE).await
-        {
+        if let Err(e) = crate::server::send_cancel(link.addr, link.backend_key, deadline).await {
             info!(error = %e, "cancel request to server failed");
         }
     });

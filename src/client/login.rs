@@ -143,9 +143,12 @@ async fn login_inner(
     config: &Config,
     unsent: &mut Vec<u8>,
 ) -> Result<Option<LoggedIn>> {
-    let Some(startup) = read_startup(shard, stream).await? else {
+    let Some(mut startup) = read_startup(shard, stream).await? else {
         return Ok(None);
     };
+    if config.general.application_name_add_host {
+        add_host_to_app_name(&mut startup.params, stream);
+    }
     *info.user.borrow_mut() = startup.user.as_str().into();
     *info.db.borrow_mut() = startup.database.as_str().into();
     if let Some((_, app)) = startup.params.iter().find(|(k, _)| k == "application_name") {
@@ -180,7 +183,9 @@ async fn login_inner(
     pool.stats.record_login();
     // PgBouncer 1.18's `log_connections` wording (client.c), which operators grep for.
     let tls = remember_tls(shard, info, stream);
-    info!(db = %startup.database, user = %startup.user, %tls, "login attempt: db={} user={} tls={tls}", startup.database, startup.user);
+    if crate::logs::connections() {
+        info!(db = %startup.database, user = %startup.user, %tls, "login attempt: db={} user={} tls={tls}", startup.database, startup.user);
+    }
     Ok(Some(LoggedIn::Pool {
         pool,
         params,
@@ -197,6 +202,23 @@ fn pool_key(info: &ClientInfo, forced_user: Option<&str>) -> PoolKey {
             Some(user) => user.into(),
             None => info.user.borrow().clone(),
         },
+    }
+}
+
+/// `application_name_add_host`: the client's address after its application_name, as PgBouncer
+/// writes it (`set_appname`: `psql - 10.0.0.7:52114`, `app - ...` when the client sent none,
+/// `unix(PID)` on the unix socket), so that a query seen in pg_stat_activity leads back to the
+/// client behind the pooler.
+fn add_host_to_app_name(params: &mut Vec<(String, String)>, stream: &Stream) {
+    let details = match rio::peer_addr(stream) {
+        Some(a) => format!("{}:{}", a.ip(), a.port()),
+        None => stream
+            .peer_pid()
+            .map_or_else(|| "unix".to_owned(), |pid| format!("unix({pid})")),
+    };
+    match params.iter_mut().find(|(k, _)| k == "application_name") {
+        Some((_, app)) => *app = format!("{app} - {details}"),
+        None => params.push(("application_name".into(), format!("app - {details}"))),
     }
 }
 

@@ -425,13 +425,13 @@ async fn goodbye(info: &ClientInfo, stream: &mut Stream, e: Error) {
     };
     // The clock is read and the reason formatted only when the line is logged: every client
     // that leaves comes through here (a Terminate is `ClientClosed`).
-    if tracing::enabled!(tracing::Level::INFO) {
+    if crate::logs::disconnections() && tracing::enabled!(tracing::Level::INFO) {
         let age = info.connect_time.elapsed().unwrap_or_default().as_secs();
         let why = reason.unwrap_or_else(|| log_reason(e));
         info!(error = %e, age, "closing because: {why} (age={age}s)");
     }
     if let Some(pg) = &pg {
-        if !matches!(e, Error::ClientClosed | Error::ClientIo(_)) {
+        if crate::logs::pooler_errors() && !matches!(e, Error::ClientClosed | Error::ClientIo(_)) {
             info!(code = %pg.code, "pooler error: {}", pg.message);
         }
     }

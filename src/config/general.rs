@@ -351,7 +351,38 @@ impl Default for General {
     }
 }
 
+/// The TCP options set on client and server sockets (PgBouncer's `tune_socket`): `tcp_keepalive`
+/// with `tcp_keepidle` / `tcp_keepintvl` / `tcp_keepcnt`, `tcp_user_timeout`,
+/// `tcp_socket_buffer`. A zero means the kernel's default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpTuning {
+    /// SO_KEEPALIVE.
+    pub keepalive: bool,
+    /// TCP_KEEPIDLE, seconds.
+    pub keepidle: u32,
+    /// TCP_KEEPINTVL, seconds.
+    pub keepintvl: u32,
+    /// TCP_KEEPCNT.
+    pub keepcnt: u32,
+    /// TCP_USER_TIMEOUT, milliseconds.
+    pub user_timeout: u32,
+    /// SO_SNDBUF and SO_RCVBUF, bytes.
+    pub buffer: u32,
+}
+
 impl General {
+    /// The TCP options these settings ask for.
+    pub fn tcp_tuning(&self) -> TcpTuning {
+        TcpTuning {
+            keepalive: self.tcp_keepalive,
+            keepidle: self.tcp_keepidle,
+            keepintvl: self.tcp_keepintvl,
+            keepcnt: self.tcp_keepcnt,
+            user_timeout: self.tcp_user_timeout,
+            buffer: self.tcp_socket_buffer,
+        }
+    }
+
     /// The TCP addresses of `listen_addr`, split on commas; empty means unix socket only.
     pub fn listen_addrs(&self) -> Vec<&str> {
         self.listen_addr

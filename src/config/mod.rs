@@ -23,7 +23,7 @@ mod validate;
 mod tests;
 
 pub use entries::{Database, Peer, User};
-pub use general::{General, DEFAULT_AUTH_QUERY, EMPTY_CHECK_QUERY};
+pub use general::{General, TcpTuning, DEFAULT_AUTH_QUERY, EMPTY_CHECK_QUERY};
 pub use reload::{changes, reload_changes, Change, RESTART_KEYS};
 pub use types::{
     split_list, AuthType, FileMode, LoadBalanceHosts, PoolMode, Seconds, SslMode, TlsProtocols,

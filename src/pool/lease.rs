@@ -86,8 +86,17 @@ impl Pool {
         }
     }
 
+    /// The most recently used idle server (its socket and backend are warm, and the others
+    /// can age out under `server_idle_timeout`), or with `server_round_robin` the one idle
+    /// longest, so that load spreads evenly over the servers, as PgBouncer does.
     pub(super) fn pop_idle(&self) -> Option<ServerConn> {
-        let s = self.idle.borrow_mut().pop();
+        let mut idle = self.idle.borrow_mut();
+        let s = if self.settings.borrow().round_robin && !idle.is_empty() {
+            Some(idle.remove(0))
+        } else {
+            idle.pop()
+        };
+        drop(idle);
         if s.is_some() {
             self.set_idle_counter();
         }

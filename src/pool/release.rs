@@ -120,6 +120,9 @@ impl Pool {
     /// PgBouncer's `log_disconnections` line (objects.c `disconnect_server`), which operators
     /// alert on, with our fields beside it.
     pub(super) fn log_close(&self, server: &server::ServerMeta, reason: &str) {
+        if !crate::logs::disconnections() {
+            return;
+        }
         let age = server.created.elapsed().as_secs();
         info!(db = %self.key.db, user = %self.key.user, server = server.id, reason, age, "closing because: {reason} (age={age}s)");
     }

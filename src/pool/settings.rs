@@ -41,6 +41,8 @@ pub struct PoolSettings {
     pub reset_query: String,
     /// server_reset_query_always.
     pub reset_always: bool,
+    /// server_round_robin: lease the idle server that has waited longest, not the most recent.
+    pub round_robin: bool,
     /// How to reach and log into PostgreSQL.
     pub connect: Rc<ConnectSettings>,
 }
@@ -83,6 +85,7 @@ impl PoolSettings {
             login_retry: g.server_login_retry.duration(),
             reset_query: g.server_reset_query.clone(),
             reset_always: g.server_reset_query_always,
+            round_robin: g.server_round_robin,
             connect: Rc::new(connect),
         }
     }

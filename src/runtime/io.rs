@@ -163,6 +163,15 @@ impl Stream {
 
     /// The peer's uid, from SO_PEERCRED; `None` for TCP (or if the kernel will not say).
     pub fn peer_uid(&self) -> Option<u32> {
+        self.peer_cred().map(|c| c.uid)
+    }
+
+    /// The peer process's id on a unix socket (SO_PEERCRED); `None` over TCP.
+    pub fn peer_pid(&self) -> Option<u32> {
+        self.peer_cred().and_then(|c| u32::try_from(c.pid).ok())
+    }
+
+    fn peer_cred(&self) -> Option<libc::ucred> {
         if !self.unix {
             return None;
         }
@@ -182,7 +191,7 @@ impl Stream {
                 &mut len,
             )
         };
-        (rc == 0).then_some(cred.uid)
+        (rc == 0).then_some(cred)
     }
 
     /// Starts watching for input with no task waiting (a server going idle), so that
@@ -298,6 +307,18 @@ impl Drop for Stream {
         if let Some(ex) = super::executor::try_current() {
             ex.reactor.forget(&self.io);
         }
+    }
+}
+
+impl std::os::fd::AsFd for Listener {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl std::os::fd::AsFd for Stream {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 }
 
@@ -453,11 +474,55 @@ pub async fn timeout<T>(d: Duration, fut: impl Future<Output = T>) -> Option<T> 
     .await
 }
 
+/// Sets the TCP options `t` asks for on a TCP socket. On a socket fresh from `socket()`
+/// (`fresh`), options at the kernel's default are not set again, which saves the system calls;
+/// otherwise (a listening socket re-tuned by RELOAD) every option is set, so a setting turned
+/// back to its default takes effect. The buffer sizes are the exception: once set, the
+/// kernel's auto-tuning cannot be given back to a socket.
+pub fn tune_tcp(
+    fd: &impl std::os::fd::AsFd,
+    t: &crate::config::TcpTuning,
+    fresh: bool,
+) -> io::Result<()> {
+    let s = socket2::SockRef::from(fd);
+    if t.keepalive || !fresh {
+        s.set_keepalive(t.keepalive)?;
+    }
+    if t.keepalive && (t.keepidle | t.keepintvl | t.keepcnt) != 0 {
+        let mut ka = socket2::TcpKeepalive::new();
+        if t.keepidle != 0 {
+            ka = ka.with_time(Duration::from_secs(t.keepidle.into()));
+        }
+        if t.keepintvl != 0 {
+            ka = ka.with_interval(Duration::from_secs(t.keepintvl.into()));
+        }
+        if t.keepcnt != 0 {
+            ka = ka.with_retries(t.keepcnt);
+        }
+        s.set_tcp_keepalive(&ka)?;
+    }
+    if t.user_timeout != 0 || !fresh {
+        let timeout = (t.user_timeout != 0).then(|| Duration::from_millis(t.user_timeout.into()));
+        s.set_tcp_user_timeout(timeout)?;
+    }
+    if t.buffer != 0 {
+        s.set_send_buffer_size(t.buffer as usize)?;
+        s.set_recv_buffer_size(t.buffer as usize)?;
+    }
+    Ok(())
+}
+
 /// Opens a connection (TCP, or a unix socket, by the address's family) with a deadline.
 ///
 /// The socket is non-blocking from the start. TCP gets TCP_NODELAY (pgring writes whole
-/// messages and waits for replies); a unix socket has no Nagle delay to turn off.
-pub async fn connect(addr: &socket2::SockAddr, deadline: Duration) -> io::Result<Stream> {
+/// messages and waits for replies) and the options of `tuning`, before it connects (the buffer
+/// sizes must be known for the handshake's window scale); a unix socket has no Nagle delay to
+/// turn off.
+pub async fn connect(
+    addr: &socket2::SockAddr,
+    deadline: Duration,
+    tuning: Option<&crate::config::TcpTuning>,
+) -> io::Result<Stream> {
     use socket2::{Domain, Protocol, Socket, Type};
     let unix = addr.domain() == Domain::UNIX;
     let protocol = (!unix).then_some(Protocol::TCP);
@@ -468,6 +533,9 @@ pub async fn connect(addr: &socket2::SockAddr, deadline: Duration) -> io::Result
     )?;
     if !unix {
         socket.set_nodelay(true)?;
+        if let Some(t) = tuning {
+            tune_tcp(&socket, t, true)?;
+        }
     }
     let started = now();
     let in_progress = loop {

@@ -234,6 +234,7 @@ impl Shard {
 
     /// Switches to a configuration every shard validated (RELOAD phase 2).
     pub fn apply_config(&self, config: Arc<Config>, files: Arc<Files>) {
+        crate::logs::set(&config.general);
         *self.config.borrow_mut() = config;
         *self.files.borrow_mut() = files;
         self.auth_cache.expire();
@@ -329,6 +330,7 @@ pub async fn run_shard(
     let slot = Rc::new(std::cell::OnceCell::new());
     let mesh = ends.connect(slot.clone()).await;
     let config = shared.config();
+    crate::logs::set(&config.general);
     let files = shared.files();
     let control_rx = shared.control_rx[id].clone();
     let shard = Rc::new(Shard {

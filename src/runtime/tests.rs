@@ -265,7 +265,7 @@ fn connect_to_a_closed_port_fails_with_an_error() {
     }; // closed again: nobody listens there now
     run(async move {
         let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let r = super::io::connect(&addr.into(), Duration::from_secs(2)).await;
+        let r = super::io::connect(&addr.into(), Duration::from_secs(2), None).await;
         assert!(r.is_err(), "connected to a closed port");
     });
 }
@@ -284,7 +284,7 @@ fn unix_round_trip(
         got
     });
     run(async move {
-        let mut s = super::io::connect(&addr, Duration::from_secs(2))
+        let mut s = super::io::connect(&addr, Duration::from_secs(2), None)
             .await
             .expect("connects to the unix socket");
         assert!(s.is_unix(), "a unix-socket connection knows it is one");
@@ -326,7 +326,7 @@ fn connect_to_a_missing_unix_socket_fails_at_once() {
     run(async {
         let addr = socket2::SockAddr::unix("/nonexistent-pgring-dir/.s.PGSQL.5432").unwrap();
         let started = Instant::now();
-        let r = super::io::connect(&addr, Duration::from_secs(2)).await;
+        let r = super::io::connect(&addr, Duration::from_secs(2), None).await;
         let e = r.expect_err("no such socket");
         assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{e}");
         assert!(started.elapsed() < Duration::from_secs(1));

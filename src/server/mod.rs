@@ -74,6 +74,8 @@ pub struct ConnectSettings {
     pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     /// `server_tls_sslmode` `require` and stronger: a server that answers `N` is refused.
     pub tls_required: bool,
+    /// TCP options (keepalive, user timeout, buffers) for TCP servers.
+    pub tcp: crate::config::TcpTuning,
 }
 
 impl ConnectSettings {
@@ -107,6 +109,7 @@ impl ConnectSettings {
             max_packet: config.general.max_packet_size,
             tls: creds.tls,
             tls_required: config.general.server_tls_sslmode.requires_tls(),
+            tcp: config.general.tcp_tuning(),
         }
     }
 }
@@ -343,19 +346,21 @@ pub async fn connect(cs: &ConnectSettings, id: u64) -> Result<ServerConn> {
         conn.simple_query(q).await?;
     }
     // PgBouncer's `log_connections` line (objects.c); "from" is our end of the socket.
-    let from = conn
-        .meta
-        .local_addr
-        .map_or_else(|| "unix socket".to_owned(), |a| a.to_string());
-    let addr = &conn.meta.addr;
-    info!(server = id, pid = conn.pid(), %addr, "new connection to server (from {from})");
+    if crate::logs::connections() {
+        let from = conn
+            .meta
+            .local_addr
+            .map_or_else(|| "unix socket".to_owned(), |a| a.to_string());
+        let addr = &conn.meta.addr;
+        info!(server = id, pid = conn.pid(), %addr, "new connection to server (from {from})");
+    }
     Ok(conn)
 }
 
 async fn open_socket(cs: &ConnectSettings) -> Result<(Stream, ServerAddr)> {
     let mut last = None;
     for addr in &cs.addrs {
-        match connect_to(addr, cs.connect_timeout).await {
+        match connect_to(addr, cs.connect_timeout, Some(&cs.tcp)).await {
             Ok(s) => return Ok((s, addr.clone())),
             Err(e) => last = Some((addr, e)),
         }
@@ -560,8 +565,12 @@ fn scram_failed(e: scram::ScramError) -> Error {
 }
 
 /// Connects to a server address, TCP or unix socket.
-async fn connect_to(addr: &ServerAddr, deadline: Duration) -> std::io::Result<Stream> {
-    runtime::connect(&addr.sock_addr()?, deadline).await
+async fn connect_to(
+    addr: &ServerAddr,
+    deadline: Duration,
+    tcp: Option<&crate::config::TcpTuning>,
+) -> std::io::Result<Stream> {
+    runtime::connect(&addr.sock_addr()?, deadline, tcp).await
 }
 
 /// Sends a CancelRequest for `key` to the backend at `addr` on a new
@@ -572,7 +581,7 @@ pub async fn send_cancel(
     key: CancelKey,
     deadline: Duration,
 ) -> std::io::Result<()> {
-    let mut stream = connect_to(&addr, deadline).await?;
+    let mut stream = connect_to(&addr, deadline, None).await?;
     let mut out = Vec::with_capacity(16);
     build::cancel_request(&mut out, key);
     rio::write_all(&mut stream, &out).await?;

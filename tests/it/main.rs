@@ -19,4 +19,5 @@ mod pool;
 mod prepared;
 mod protocol;
 mod restart;
+mod settings;
 mod tls;

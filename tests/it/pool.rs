@@ -259,7 +259,7 @@ impl UsersWatch {
 const QUERY_LIMIT: Duration = Duration::from_secs(20);
 
 /// `n` clients of `user`@`db`, each running `sql` `times` times; every error, described.
-async fn run_clients(
+pub(crate) async fn run_clients(
     port: u16,
     db: &str,
     user: &str,

@@ -153,6 +153,11 @@ impl Wire {
         Wire { stream }
     }
 
+    /// Our end's port (the client's address as pgring sees it).
+    pub fn local_port(&self) -> u16 {
+        self.stream.local_addr().expect("a connected socket").port()
+    }
+
     /// Wraps a stream connected some other way (e.g. from a chosen local port).
     pub fn from_stream(stream: TcpStream) -> Wire {
         stream.set_nodelay(true).ok();

@@ -1,0 +1,213 @@
+//! PgBouncer settings that change what an operator sees or what the network does, honoured as
+//! PgBouncer honours them: `log_connections` / `log_disconnections` / `log_pooler_errors`,
+//! `application_name_add_host`, `server_round_robin`, and the TCP options (`tcp_keepalive`,
+//! `tcp_keepidle`...) on client and server sockets.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use crate::common::wire::Wire;
+use crate::common::{self, config_for, Pgring};
+
+/// With the three log switches off, a login, a server connection, a disconnect and a pooler
+/// error leave no line; `SET log_connections = 1` on the console brings the login line back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_switches_silence_their_lines_and_set_turns_them_back_on() {
+    let pgring = Pgring::start(&config_for(
+        "transaction",
+        2,
+        2,
+        "log_connections = false\nlog_disconnections = false\nlog_pooler_errors = false",
+    ));
+    let (mut client, _) =
+        Wire::login(pgring.port, &[("user", "trust_user"), ("database", "app")]).await;
+    assert_eq!(client.query_value("SELECT 1").await.as_deref(), Some("1"));
+    drop(client);
+    let refused = Wire::try_login(
+        pgring.port,
+        &[("user", "trust_user"), ("database", "nosuchdb")],
+    )
+    .await;
+    assert!(refused.is_err(), "a database that does not exist");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = pgring.log();
+    for line in [
+        "login attempt",
+        "new connection to server",
+        "closing because",
+        "pooler error",
+    ] {
+        assert!(
+            !log.contains(line),
+            "{line:?} logged with its switch off:\n{log}"
+        );
+    }
+
+    let console = common::connect(pgring.port, "pgbouncer", "postgres", "").await;
+    console
+        .simple_query("SET log_connections = 1")
+        .await
+        .unwrap_or_else(|e| panic!("SET log_connections: {}", common::describe(&e)));
+    let (_client, _) =
+        Wire::login(pgring.port, &[("user", "trust_user"), ("database", "app")]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = pgring.log();
+    assert!(
+        log.contains("login attempt"),
+        "SET log_connections = 1 had no effect:\n{log}"
+    );
+    assert!(
+        !log.contains("closing because"),
+        "log_disconnections is still off:\n{log}"
+    );
+}
+
+/// `application_name_add_host`: the client's address goes after its application_name (`app`
+/// when it sent none), both in what the client is told and on the server, as PgBouncer's
+/// `set_appname` writes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn application_name_add_host_appends_the_clients_address() {
+    let pgring = Pgring::start(&config_for(
+        "transaction",
+        2,
+        2,
+        "application_name_add_host = true",
+    ));
+    for (sent, name) in [(Some("psql"), "psql"), (None, "app")] {
+        let mut params = vec![("user", "trust_user"), ("database", "app")];
+        params.extend(sent.map(|a| ("application_name", a)));
+        let (mut client, login) = Wire::login(pgring.port, &params).await;
+        let want = format!("{name} - 127.0.0.1:{}", client.local_port());
+        assert_eq!(
+            login.params.get("application_name"),
+            Some(&want),
+            "ParameterStatus"
+        );
+        assert_eq!(
+            client
+                .query_value(
+                    "SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+                )
+                .await,
+            Some(want),
+            "the server's application_name"
+        );
+    }
+}
+
+/// `server_round_robin`: consecutive transactions of one client take the pool's idle servers
+/// in turn instead of the most recently used one again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_round_robin_takes_the_idle_servers_in_turn() {
+    for (round_robin, want) in [(false, 1), (true, 3)] {
+        let pgring = Pgring::start(&config_for(
+            "transaction",
+            3,
+            1,
+            &format!("server_round_robin = {round_robin}"),
+        ));
+        // Three servers, opened by three clients at once.
+        let errors = crate::pool::run_clients(
+            pgring.port,
+            "app",
+            "trust_user",
+            3,
+            1,
+            "SELECT pg_sleep(0.2)",
+        )
+        .await;
+        assert!(errors.is_empty(), "{errors:?}");
+        let (mut client, _) =
+            Wire::login(pgring.port, &[("user", "trust_user"), ("database", "app")]).await;
+        let mut pids = HashSet::new();
+        for _ in 0..6 {
+            pids.insert(client.query_value("SELECT pg_backend_pid()").await);
+        }
+        assert_eq!(
+            pids.len(),
+            want,
+            "server_round_robin = {round_robin}: six transactions used {pids:?}"
+        );
+    }
+}
+
+/// The TCP options reach the sockets: with `tcp_keepidle = 7`, a client socket pgring accepted
+/// and the server socket it opened both carry a keepalive timer due within 7 s (the kernel's
+/// default idle time is 2 hours). Read from /proc/net/tcp: `tr` 2 is the keepalive timer,
+/// `tm->when` its time left in clock ticks (USER_HZ: 100 a second on Linux).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_keepidle_reaches_client_and_server_sockets() {
+    let pgring = Pgring::start(&config_for("transaction", 2, 2, "tcp_keepidle = 7"));
+    let (mut client, _) =
+        Wire::login(pgring.port, &[("user", "trust_user"), ("database", "app")]).await;
+    // The server connection's port on pgring's side, as PostgreSQL sees it.
+    let server_port: u16 = client
+        .query_value("SELECT inet_client_port()")
+        .await
+        .and_then(|p| p.parse().ok())
+        .expect("inet_client_port() over TCP");
+    // Right after traffic a socket may show its retransmit timer instead (data not yet
+    // acknowledged): look again for a while.
+    let (mut accepted, mut opened) = (None, None);
+    for _ in 0..50 {
+        accepted = keepalive_due(pgring.port, Some(client.local_port()));
+        opened = keepalive_due(server_port, None);
+        if accepted.is_some() && opened.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        accepted.is_some_and(|j| j > 0 && j <= 700),
+        "the accepted client socket's keepalive timer: {accepted:?} jiffies"
+    );
+    assert!(
+        opened.is_some_and(|j| j > 0 && j <= 700),
+        "the server socket's keepalive timer: {opened:?} jiffies"
+    );
+
+    // A changed setting reaches the next client accepted (the listener is tuned again).
+    let console = common::connect(pgring.port, "pgbouncer", "postgres", "").await;
+    console
+        .simple_query("SET tcp_keepidle = 2")
+        .await
+        .unwrap_or_else(|e| panic!("SET tcp_keepidle: {}", common::describe(&e)));
+    let (next, _) = Wire::login(pgring.port, &[("user", "trust_user"), ("database", "app")]).await;
+    let mut due = None;
+    for _ in 0..50 {
+        due = keepalive_due(pgring.port, Some(next.local_port()));
+        if due.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        due.is_some_and(|j| j > 0 && j <= 200),
+        "after SET tcp_keepidle = 2, the next client's keepalive timer: {due:?} ticks"
+    );
+}
+
+/// The keepalive timer of the IPv4 socket whose local port is `local` (and remote port
+/// `remote`, if given): jiffies left, or None when no keepalive timer runs.
+fn keepalive_due(local: u16, remote: Option<u16>) -> Option<u64> {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let port_of = |addr: &str| {
+        addr.rsplit(':')
+            .next()
+            .and_then(|p| u16::from_str_radix(p, 16).ok())
+    };
+    for line in table.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (Some(l), Some(r)) = (f.get(1), f.get(2)) else {
+            continue;
+        };
+        if port_of(l) != Some(local) || remote.is_some_and(|p| port_of(r) != Some(p)) {
+            continue;
+        }
+        let (tr, when) = f.get(5)?.split_once(':')?;
+        return (tr == "02")
+            .then(|| u64::from_str_radix(when, 16).ok())
+            .flatten();
+    }
+    None
+}
