@@ -176,10 +176,12 @@ pub fn validate_on_shard(
             warn!(db = %key.db, "database removed by RELOAD; its clients keep their pool");
             continue;
         }
+        // Names are looked up when connections open (dns_max_ttl), not here: a RELOAD never
+        // waits on DNS, and a name that fails now may answer by then.
         let s = ConnectSettings::resolve(&config, key, Default::default());
-        if s.addrs.is_empty() {
+        if s.targets.is_empty() {
             return Err(format!(
-                "database {}: host {:?} does not resolve",
+                "database {}: host {:?} names no server",
                 key.db, s.host
             ));
         }

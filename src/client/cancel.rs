@@ -25,7 +25,8 @@ use tracing::{debug, info};
 use crate::protocol::startup::CancelKey;
 use crate::runtime::mesh::MeshMsg;
 use crate::runtime::{self, Shard};
-use crate::server::addr::server_addrs;
+use crate::server::addr::{server_targets, Target};
+use crate::server::{dns, ServerAddr};
 
 /// How long a cancel request may take to reach PostgreSQL or a peer: `cancel_wait_timeout`
 /// (PgBouncer's default 10 s), or with 0 ("no limit") `server_connect_timeout`, which bounds the
@@ -105,19 +106,34 @@ fn forward_to_peer(shard: &Rc<Shard>, mut key: CancelKey, to: u16) {
         );
         return;
     };
-    let addrs = server_addrs(
-        peer.host.as_deref(),
+    let (targets, port) = (
+        server_targets(
+            peer.host.as_deref(),
+            peer.port,
+            &config.general.unix_socket_dir,
+        ),
         peer.port,
-        &config.general.unix_socket_dir,
     );
     debug!(peer = to, "forwarding cancel request to peer");
     let deadline = deadline(shard);
     runtime::spawn(async move {
         let mut last = None;
-        for addr in addrs {
-            match crate::server::send_cancel(addr, key, deadline).await {
-                Ok(()) => return,
-                Err(e) => last = Some(e),
+        for target in targets {
+            let addrs = match target {
+                Target::Fixed(a) => vec![a],
+                Target::Name(name) => match dns::lookup(&name, port, deadline).await {
+                    Ok(found) => found.into_iter().map(ServerAddr::Tcp).collect(),
+                    Err(e) => {
+                        last = Some(e);
+                        continue;
+                    }
+                },
+            };
+            for addr in addrs {
+                match crate::server::send_cancel(addr, key, deadline).await {
+                    Ok(()) => return,
+                    Err(e) => last = Some(e),
+                }
             }
         }
         match last {

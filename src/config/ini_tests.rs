@@ -3,7 +3,7 @@
 
 use super::super::*;
 use super::connstr;
-use crate::server::addr::{server_addrs, ServerAddr};
+use crate::server::addr::{server_targets, ServerAddr, Target};
 use std::path::PathBuf;
 
 /// Debian's /etc/pgbouncer/pgbouncer.ini (PgBouncer 1.18) as shipped: only comments and
@@ -203,8 +203,8 @@ fn commented_examples_map_onto_the_model() {
         config.warnings
     );
     let foodb = &config.databases["foodb"];
-    let addrs = server_addrs(foodb.host.as_deref(), foodb.port, &g.unix_socket_dir);
-    assert_eq!(addrs, [ServerAddr::unix("/tmp", 5432)]);
+    let targets = server_targets(foodb.host.as_deref(), foodb.port, &g.unix_socket_dir);
+    assert_eq!(targets, [Target::Fixed(ServerAddr::unix("/tmp", 5432))]);
 }
 
 #[test]
@@ -409,8 +409,11 @@ mixed = host=/run/pg,127.0.0.1
 ";
     let config = load_text("unixhosts", text).unwrap_or_else(|e| panic!("{e}"));
     let sock = &config.databases["sock"];
-    let addrs = server_addrs(sock.host.as_deref(), sock.port, "/tmp");
-    assert_eq!(addrs[0].to_string(), "/var/run/postgresql/.s.PGSQL.5433");
+    let targets = server_targets(sock.host.as_deref(), sock.port, "/tmp");
+    assert_eq!(
+        targets,
+        [Target::Fixed(ServerAddr::unix("/var/run/postgresql", 5433))]
+    );
 
     let long = "d".repeat(120);
     let text = format!(

@@ -29,26 +29,38 @@ pub enum ServerAddr {
     },
 }
 
-/// The addresses of a database entry's `host` (a comma list; `None`: unset, the unix socket in
-/// `unix_socket_dir`), in order. A name that does not resolve adds nothing; so does an unset
-/// host when `unix_socket_dir` is empty (config validation refuses both up front).
-pub fn server_addrs(host: Option<&str>, port: u16, unix_socket_dir: &str) -> Vec<ServerAddr> {
+/// A place a database entry's `host` (or a peer's) names, before any lookup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A unix socket or a literal IP address: nothing to look up.
+    Fixed(ServerAddr),
+    /// A host name, looked up when a connection opens (see `server::dns`).
+    Name(String),
+}
+
+/// The targets of a `host` (a comma list; `None`: unset, the unix socket in
+/// `unix_socket_dir`), in order. An unset host adds nothing when `unix_socket_dir` is empty
+/// (config validation refuses that up front).
+pub fn server_targets(host: Option<&str>, port: u16, unix_socket_dir: &str) -> Vec<Target> {
     let Some(host) = host else {
         return match unix_socket_dir {
             "" => Vec::new(),
-            dir => vec![ServerAddr::unix(dir, port)],
+            dir => vec![Target::Fixed(ServerAddr::unix(dir, port))],
         };
     };
-    let mut out = Vec::new();
-    for h in host.split(',').map(str::trim).filter(|h| !h.is_empty()) {
-        if is_unix_host(h) {
-            out.push(ServerAddr::unix(h, port));
-        } else {
-            let tcp = crate::pool::resolve_addrs(h, port);
-            out.extend(tcp.into_iter().map(ServerAddr::Tcp));
-        }
-    }
-    out
+    host.split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .map(|h| {
+            if is_unix_host(h) {
+                Target::Fixed(ServerAddr::unix(h, port))
+            } else if let Ok(ip) = h.parse::<std::net::IpAddr>() {
+                Target::Fixed(ServerAddr::Tcp(SocketAddr::new(ip, port)))
+            } else {
+                Target::Name(h.to_owned())
+            }
+        })
+        .collect()
 }
 
 /// The largest socket path a `sockaddr_un` holds (108 bytes with the terminating NUL).
@@ -131,22 +143,34 @@ mod tests {
     }
 
     #[test]
-    fn host_lists_mix_sockets_and_addresses_and_unset_means_unix_socket_dir() {
-        let addrs = server_addrs(Some("/run/pg, 127.0.0.1,@abs"), 6000, "/tmp");
-        let shown: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+    fn host_lists_mix_sockets_addresses_and_names_and_unset_means_unix_socket_dir() {
+        let targets = server_targets(
+            Some("/run/pg, 127.0.0.1,@abs, db.example, ::1"),
+            6000,
+            "/tmp",
+        );
+        let shown: Vec<String> = targets
+            .iter()
+            .map(|t| match t {
+                Target::Fixed(a) => a.to_string(),
+                Target::Name(n) => format!("name {n}"),
+            })
+            .collect();
         assert_eq!(
             shown,
             [
                 "/run/pg/.s.PGSQL.6000",
                 "127.0.0.1:6000",
-                "@abs/.s.PGSQL.6000"
+                "@abs/.s.PGSQL.6000",
+                "name db.example",
+                "[::1]:6000"
             ]
         );
         assert_eq!(
-            server_addrs(None, 5432, "/var/run/postgresql"),
-            [ServerAddr::unix("/var/run/postgresql", 5432)]
+            server_targets(None, 5432, "/var/run/postgresql"),
+            [Target::Fixed(ServerAddr::unix("/var/run/postgresql", 5432))]
         );
-        assert!(server_addrs(None, 5432, "").is_empty());
+        assert!(server_targets(None, 5432, "").is_empty());
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! cancelled, the fd handed over) and attached on another ([`DetachedServer`]).
 
 pub mod addr;
+pub mod dns;
 pub mod params;
 
 use std::net::SocketAddr;
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
-pub use addr::ServerAddr;
+pub use addr::{ServerAddr, Target};
 pub use params::{BaseParams, ClientParams, ServerParams};
 
 use crate::auth::{md5, scram};
@@ -49,8 +50,16 @@ pub struct ServerCredentials {
 /// How to reach and log into PostgreSQL for one pool.
 #[derive(Debug, Clone)]
 pub struct ConnectSettings {
-    /// Candidate addresses (host list × port), tried in order.
-    pub addrs: Vec<ServerAddr>,
+    /// The host list's entries, looked up (names) when a connection opens.
+    pub targets: Vec<Target>,
+    /// `load_balance_hosts`: where in the list the next connection starts.
+    pub balance: crate::config::LoadBalanceHosts,
+    /// Index (into the looked-up address list) the next connection tries first.
+    next: std::cell::Cell<usize>,
+    /// Host name answers, for `dns_max_ttl` / `dns_nxdomain_ttl`.
+    dns: dns::Cache,
+    /// The two TTLs.
+    dns_ttl: dns::Ttl,
     /// Human-readable host (logs, errors): the `host` value, or the `unix_socket_dir` used
     /// when it is unset.
     pub host: String,
@@ -94,8 +103,16 @@ impl ConnectSettings {
         let host = db.and_then(|d| d.host.as_deref());
         let port = db.map(|d| d.port).unwrap_or(5432);
         let socket_dir = &config.general.unix_socket_dir;
+        let g = &config.general;
         ConnectSettings {
-            addrs: addr::server_addrs(host, port, socket_dir),
+            targets: addr::server_targets(host, port, socket_dir),
+            balance: db.map(|d| d.load_balance()).unwrap_or_default(),
+            next: Default::default(),
+            dns: Default::default(),
+            dns_ttl: dns::Ttl {
+                found: g.dns_max_ttl.duration(),
+                missing: g.dns_nxdomain_ttl.duration(),
+            },
             host: host.unwrap_or(socket_dir).to_owned(),
             port,
             dbname: db
@@ -357,11 +374,28 @@ pub async fn connect(cs: &ConnectSettings, id: u64) -> Result<ServerConn> {
     Ok(conn)
 }
 
+/// Connects to the first address that answers, starting where `load_balance_hosts` says:
+/// with `round-robin` (PgBouncer's default) each new connection starts one further along the
+/// list, with `disable` it stays on the address that last worked. Host names are looked up
+/// here (cached for `dns_max_ttl`), each contributing all its addresses in place.
 async fn open_socket(cs: &ConnectSettings) -> Result<(Stream, ServerAddr)> {
+    let addrs = cs.addresses().await;
+    let start = cs.next.get() % addrs.len().max(1);
+    let round_robin = cs.balance == crate::config::LoadBalanceHosts::RoundRobin;
+    if round_robin {
+        // Taken now: connections opened at the same time start at different addresses.
+        cs.next.set(start + 1);
+    }
     let mut last = None;
-    for addr in &cs.addrs {
+    for i in (start..addrs.len()).chain(0..start) {
+        let addr = &addrs[i];
         match connect_to(addr, cs.connect_timeout, Some(&cs.tcp)).await {
-            Ok(s) => return Ok((s, addr.clone())),
+            Ok(s) => {
+                if !round_robin {
+                    cs.next.set(i);
+                }
+                return Ok((s, addr.clone()));
+            }
             Err(e) => last = Some((addr, e)),
         }
     }
@@ -372,6 +406,31 @@ async fn open_socket(cs: &ConnectSettings) -> Result<(Stream, ServerAddr)> {
             "no address for host".into(),
         ),
     })
+}
+
+impl ConnectSettings {
+    /// The addresses of the host list, names looked up (off the shard's thread) unless their
+    /// answer is still fresh.
+    async fn addresses(&self) -> Vec<ServerAddr> {
+        let mut out = Vec::with_capacity(self.targets.len());
+        for t in &self.targets {
+            match t {
+                Target::Fixed(a) => out.push(a.clone()),
+                Target::Name(name) => {
+                    let now = Instant::now();
+                    let found = match self.dns.fresh(name, now, self.dns_ttl) {
+                        Some(found) => found,
+                        None => {
+                            let answer = dns::lookup(name, self.port, self.connect_timeout).await;
+                            self.dns.record(name, now, answer)
+                        }
+                    };
+                    out.extend(found.into_iter().map(ServerAddr::Tcp));
+                }
+            }
+        }
+        out
+    }
 }
 
 fn cannot_connect(server: String, reason: String) -> Error {

@@ -1,13 +1,14 @@
 //! PgBouncer settings that change what an operator sees or what the network does, honoured as
 //! PgBouncer honours them: `log_connections` / `log_disconnections` / `log_pooler_errors`,
-//! `application_name_add_host`, `server_round_robin`, and the TCP options (`tcp_keepalive`,
-//! `tcp_keepidle`...) on client and server sockets.
+//! `application_name_add_host`, `server_round_robin`, the TCP options (`tcp_keepalive`,
+//! `tcp_keepidle`...) on client and server sockets, host names looked up as servers open, and
+//! `load_balance_hosts` over a host list.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
 use crate::common::wire::Wire;
-use crate::common::{self, config_for, Pgring};
+use crate::common::{self, config_for, pg, Pgring};
 
 /// With the three log switches off, a login, a server connection, a disconnect and a pooler
 /// error leave no line; `SET log_connections = 1` on the console brings the login line back.
@@ -210,4 +211,46 @@ fn keepalive_due(local: u16, remote: Option<u16>) -> Option<u64> {
             .flatten();
     }
     None
+}
+
+/// A database `host` given by name is looked up when servers open (off the shard's thread,
+/// cached for `dns_max_ttl`), and `load_balance_hosts` spreads new server connections over a
+/// host list: here the fixture's unix socket and its TCP address, told apart by
+/// pg_stat_activity's `client_addr` (NULL over the socket). `round-robin` (PgBouncer's default) alternates,
+/// `disable` stays on the first that works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_names_resolve_at_connect_and_load_balance_hosts_spreads_the_list() {
+    for mode in ["round-robin", "disable"] {
+        // A role per round: the first round's servers may still be leaving.
+        let user = pg().fresh_user(&format!("lb_{}", mode.replace('-', "_")));
+        let mut toml = config_for("transaction", 4, 1, "");
+        toml.push_str(&format!(
+            "\n[databases.spread]\nhost = \"{}, localhost\"\nport = {}\ndbname = \"app\"\n\
+             load_balance_hosts = \"{mode}\"\n",
+            pg().dir.display(),
+            pg().port
+        ));
+        let pgring = Pgring::start(&toml);
+        let errors =
+            crate::pool::run_clients(pgring.port, "spread", &user, 4, 1, "SELECT pg_sleep(0.3)")
+                .await;
+        assert!(errors.is_empty(), "{mode}: {errors:?}");
+        let admin = pg().admin("postgres").await;
+        let rows = admin
+            .query(
+                "SELECT client_addr IS NULL FROM pg_stat_activity WHERE usename = $1",
+                &[&user],
+            )
+            .await
+            .expect("pg_stat_activity");
+        let unix = rows.iter().filter(|r| r.get::<_, bool>(0)).count();
+        let split = [unix, rows.len() - unix];
+        // (`localhost` may also name ::1, where PostgreSQL does not listen: a round-robin
+        // start there moves on to the next address, so only "both are used" is certain.)
+        let spread = match mode {
+            "round-robin" => split[0] > 0 && split[1] > 0 && rows.len() == 4,
+            _ => split == [4, 0],
+        };
+        assert!(spread, "{mode}: [unix, tcp] servers {split:?}");
+    }
 }
