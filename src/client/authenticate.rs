@@ -69,7 +69,7 @@ pub(super) async fn authenticate(
         (AuthType::Md5, Some(s)) => md5_exchange(stream, s, user, max).await?,
         (AuthType::ScramSha256, Some(Secret::Plain(p))) => {
             let salt: [u8; 16] = rand::random();
-            let verifier = Verifier::from_password(p, &salt, 4096);
+            let verifier = Verifier::from_password(p, &salt, config.general.scram_iterations);
             scram_exchange(stream, verifier, max).await?.is_some()
         }
         (AuthType::ScramSha256, Some(Secret::Md5(_))) => false,

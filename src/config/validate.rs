@@ -74,6 +74,16 @@ fn general(g: &General, out: &mut Vec<String>) {
             "empty and unix_socket_dir is empty too: nowhere to listen".into(),
         );
     }
+    if !(1..=crate::auth::scram::MAX_CLIENT_ITERATIONS).contains(&g.scram_iterations) {
+        fail(
+            "scram_iterations",
+            format!(
+                "{} is outside 1..={}: each login computes that many PBKDF2 rounds on its shard",
+                g.scram_iterations,
+                crate::auth::scram::MAX_CLIENT_ITERATIONS
+            ),
+        );
+    }
     if g.peer_id > MAX_PEER_ID {
         fail(
             "peer_id",

@@ -42,7 +42,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use global::{Caps, Counter, Full, GlobalPool, ShardCounts};
 pub use lease::Held;
@@ -102,6 +102,9 @@ pub struct Pool {
     startup_strings: RefCell<std::collections::HashSet<Rc<str>>>,
     /// Longest current wait start, for SHOW POOLS maxwait.
     pub stats: crate::stats::PoolStats,
+    /// Since when nothing has used this slice (`autodb_idle_timeout`), when it belongs to a
+    /// database only the `*` fallback defines.
+    unused_since: Cell<Option<Instant>>,
 }
 
 impl Pool {
@@ -128,6 +131,7 @@ impl Pool {
             validated: RefCell::default(),
             startup_strings: RefCell::default(),
             stats: Default::default(),
+            unused_since: Cell::new(None),
         }
     }
 

@@ -207,3 +207,34 @@ pub fn evict_idle(shard: &Rc<Shard>, key: &PoolKey, by: Full) -> bool {
         None => false,
     }
 }
+
+impl Pool {
+    /// `autodb_idle_timeout`: a slice of a database that only the `*` fallback defines is
+    /// dropped once nothing has used it for that long: no client holds it, no server is leased,
+    /// opening or waited for. Its idle servers are closed and its figures forgotten, as
+    /// PgBouncer frees such databases; the next client makes a fresh one. True when dropped.
+    /// (`self` is held by the shard's table and by the janitor's list: two references mean
+    /// nothing else has it.)
+    pub fn expire_if_unused(self: &Rc<Self>, shard: &Rc<Shard>, now: std::time::Instant) -> bool {
+        let config = shard.config();
+        let timeout = config.general.autodb_idle_timeout.duration();
+        let auto = !config.databases.contains_key(&*self.key.db);
+        let unused = Rc::strong_count(self) <= 2
+            && self.active.get() == 0
+            && self.opening.get() == 0
+            && self.waiters.borrow().is_empty();
+        if !auto || timeout.is_zero() || !unused {
+            self.unused_since.set(None);
+            return false;
+        }
+        let since = *self.unused_since.get().get_or_insert(now);
+        self.unused_since.set(Some(since));
+        if now.saturating_duration_since(since) < timeout {
+            return false;
+        }
+        info!(db = %self.key.db, user = %self.key.user, "dropping an unused pool of an automatic database (autodb_idle_timeout)");
+        shard.pools.borrow_mut().remove(&self.key);
+        self.close_idle(shard, "unused automatic database (autodb_idle_timeout)");
+        true
+    }
+}

@@ -142,6 +142,21 @@ impl Shared {
             .clone()
     }
 
+    /// Forgets the global part of pools that no shard has a slice of any more (their
+    /// automatic database went unused, see `Pool::expire_if_unused`). A slice holds its
+    /// global part, so one held only by this table has no slice, no server and no client; the
+    /// write lock keeps a shard from taking it meanwhile.
+    pub fn forget_unused_global_pools(&self) {
+        let unused =
+            |m: &HashMap<PoolKey, Arc<GlobalPool>>| m.values().any(|g| Arc::strong_count(g) == 1);
+        if !self.pools.read().map(|m| unused(&m)).unwrap_or(false) {
+            return;
+        }
+        if let Ok(mut m) = self.pools.write() {
+            m.retain(|_, g| Arc::strong_count(g) > 1);
+        }
+    }
+
     /// Every global pool (console).
     pub fn global_pools(&self) -> Vec<(PoolKey, Arc<GlobalPool>)> {
         self.pools

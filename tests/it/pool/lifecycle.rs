@@ -245,3 +245,86 @@ async fn a_server_killed_while_idle_past_server_check_delay_is_replaced() {
     );
     assert_ne!(pid_of(&client).await, pid);
 }
+
+/// `autodb_idle_timeout`: the pool of a database that only the `*` entry defines is dropped once
+/// no client has used it for that long, and its servers are closed (PgBouncer frees such
+/// databases); the pool of a database with its own entry stays; the next client of the
+/// automatic database gets a fresh pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unused_automatic_database_is_dropped_after_autodb_idle_timeout() {
+    let user = pg().fresh_user("autodb");
+    let mut toml = config_for(
+        "transaction",
+        2,
+        2,
+        "autodb_idle_timeout = 1\nmin_pool_size = 0",
+    );
+    toml.push_str(&format!(
+        "\n[databases.\"*\"]\nhost = \"127.0.0.1\"\nport = {}\n",
+        pg().port
+    ));
+    let pgring = Pgring::start(&toml);
+    for db in ["postgres", "app"] {
+        let errors = run_clients(pgring.port, db, &user, 1, 1, "SELECT 1").await;
+        assert!(errors.is_empty(), "{db}: {errors:?}");
+    }
+    let console = common::connect(pgring.port, "pgbouncer", "postgres", "").await;
+    let auto = format!("postgres/{user}");
+    let named = format!("app/{user}");
+    let listed = pool_names(&console).await;
+    assert!(
+        listed.contains(&auto) && listed.contains(&named),
+        "{listed:?}"
+    );
+
+    let admin = pg().admin("postgres").await;
+    let started = Instant::now();
+    loop {
+        let listed = pool_names(&console).await;
+        let row = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND datname = 'postgres'",
+                &[&user],
+            )
+            .await
+            .expect("pg_stat_activity");
+        let servers: i64 = row.get(0);
+        if !listed.contains(&auto) && servers == 0 {
+            assert!(
+                listed.contains(&named),
+                "the named database's pool went too: {listed:?}"
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(6),
+            "after {:?} the automatic database's pool is still there: {listed:?}, {servers} servers",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "dropped before autodb_idle_timeout"
+    );
+    let errors = run_clients(pgring.port, "postgres", &user, 1, 1, "SELECT 2").await;
+    assert!(errors.is_empty(), "a client after the drop: {errors:?}");
+}
+
+/// SHOW POOLS as `database/user` names.
+async fn pool_names(console: &tokio_postgres::Client) -> Vec<String> {
+    let rows = console
+        .simple_query("SHOW POOLS")
+        .await
+        .expect("SHOW POOLS");
+    rows.into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(format!(
+                "{}/{}",
+                r.get(0).unwrap_or(""),
+                r.get(1).unwrap_or("")
+            )),
+            _ => None,
+        })
+        .collect()
+}
