@@ -44,11 +44,7 @@ async fn the_log_switches_silence_their_lines_and_set_turns_them_back_on() {
         );
     }
 
-    let console = common::connect(pgring.port, "pgbouncer", "postgres", "").await;
-    console
-        .simple_query("SET log_connections = 1")
-        .await
-        .unwrap_or_else(|e| panic!("SET log_connections: {}", common::describe(&e)));
+    console_set(pgring.port, "log_connections = 1").await;
     let (_client, _) =
         Wire::login(pgring.port, &[("user", "trust_user"), ("database", "app")]).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -168,11 +164,7 @@ async fn tcp_keepidle_reaches_client_and_server_sockets() {
     );
 
     // A changed setting reaches the next client accepted (the listener is tuned again).
-    let console = common::connect(pgring.port, "pgbouncer", "postgres", "").await;
-    console
-        .simple_query("SET tcp_keepidle = 2")
-        .await
-        .unwrap_or_else(|e| panic!("SET tcp_keepidle: {}", common::describe(&e)));
+    console_set(pgring.port, "tcp_keepidle = 2").await;
     let (next, _) = Wire::login(pgring.port, &[("user", "trust_user"), ("database", "app")]).await;
     let mut due = None;
     for _ in 0..50 {
@@ -253,4 +245,13 @@ async fn host_names_resolve_at_connect_and_load_balance_hosts_spreads_the_list()
         };
         assert!(spread, "{mode}: [unix, tcp] servers {split:?}");
     }
+}
+
+/// `SET <assignment>` on pgring's console, as an admin.
+async fn console_set(port: u16, assignment: &str) {
+    let console = common::connect(port, "pgbouncer", "postgres", "").await;
+    console
+        .simple_query(&format!("SET {assignment}"))
+        .await
+        .unwrap_or_else(|e| panic!("SET {assignment}: {}", common::describe(&e)));
 }
