@@ -147,8 +147,9 @@ async fn tcp_keepidle_reaches_client_and_server_sockets() {
     // acknowledged): look again for a while.
     let (mut accepted, mut opened) = (None, None);
     for _ in 0..50 {
-        accepted = keepalive_due(pgring.port, Some(client.local_port()));
-        opened = keepalive_due(server_port, None);
+        accepted = keepalive_due(pgring.port, client.local_port());
+        // The remote port too: another test's socket may share the ephemeral port.
+        opened = keepalive_due(server_port, pg().port);
         if accepted.is_some() && opened.is_some() {
             break;
         }
@@ -168,7 +169,7 @@ async fn tcp_keepidle_reaches_client_and_server_sockets() {
     let (next, _) = Wire::login(pgring.port, &[("user", "trust_user"), ("database", "app")]).await;
     let mut due = None;
     for _ in 0..50 {
-        due = keepalive_due(pgring.port, Some(next.local_port()));
+        due = keepalive_due(pgring.port, next.local_port());
         if due.is_some() {
             break;
         }
@@ -180,9 +181,10 @@ async fn tcp_keepidle_reaches_client_and_server_sockets() {
     );
 }
 
-/// The keepalive timer of the IPv4 socket whose local port is `local` (and remote port
-/// `remote`, if given): jiffies left, or None when no keepalive timer runs.
-fn keepalive_due(local: u16, remote: Option<u16>) -> Option<u64> {
+/// The keepalive timer of the IPv4 socket from local port `local` to remote port `remote`
+/// (both: concurrent tests share the ephemeral ports): jiffies left, or None when no
+/// keepalive timer runs.
+fn keepalive_due(local: u16, remote: u16) -> Option<u64> {
     let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
     let port_of = |addr: &str| {
         addr.rsplit(':')
@@ -194,7 +196,7 @@ fn keepalive_due(local: u16, remote: Option<u16>) -> Option<u64> {
         let (Some(l), Some(r)) = (f.get(1), f.get(2)) else {
             continue;
         };
-        if port_of(l) != Some(local) || remote.is_some_and(|p| port_of(r) != Some(p)) {
+        if port_of(l) != Some(local) || port_of(r) != Some(remote) {
             continue;
         }
         let (tr, when) = f.get(5)?.split_once(':')?;
