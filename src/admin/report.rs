@@ -14,6 +14,7 @@ use crate::client::{ClientInfo, ClientState};
 use crate::config::{Config, PoolMode};
 use crate::pool::{Pool, PoolKey};
 use crate::runtime::Shard;
+use crate::server::ServerConn;
 use crate::stats::StatsSnapshot;
 
 /// One shard's report.
@@ -48,8 +49,13 @@ pub struct PoolReport {
     pub cl_active: u32,
     /// Clients waiting for a server.
     pub cl_waiting: u32,
+    /// Cancel requests on their way to this pool's servers (`cl_active_cancel_req`; each
+    /// travels on a connection of its own, `sv_active_cancel`).
+    pub cancels: u32,
     /// Servers linked to a client.
     pub sv_active: u32,
+    /// Servers held back until a cancel request for them lands.
+    pub sv_being_canceled: u32,
     /// Idle servers.
     pub sv_idle: u32,
     /// Servers being opened.
@@ -69,7 +75,9 @@ impl PoolReport {
     pub fn merge(&mut self, o: &PoolReport) {
         self.cl_active += o.cl_active;
         self.cl_waiting += o.cl_waiting;
+        self.cancels += o.cancels;
         self.sv_active += o.sv_active;
+        self.sv_being_canceled += o.sv_being_canceled;
         self.sv_idle += o.sv_idle;
         self.sv_login += o.sv_login;
         self.close_needed += o.close_needed;
@@ -187,6 +195,11 @@ pub fn build(shard: &Rc<Shard>, conns: bool) -> ShardReport {
             idle_server_rows(shard, key, pool, &mut report.servers);
         }
     }
+    shard.cancelling.by_pool(|key, n| {
+        if let Some(p) = pools.get_mut(key) {
+            p.cancels += n;
+        }
+    });
     report.pools = pools.into_values().collect();
     report
 }
@@ -198,7 +211,8 @@ fn pool_report(shard: &Shard, p: &Pool) -> PoolReport {
         db: p.key.db.to_string(),
         user: p.key.user.to_string(),
         mode: Some(p.mode()),
-        sv_active: p.active_count(),
+        sv_active: p.active_count() - p.being_canceled_count(),
+        sv_being_canceled: p.being_canceled_count(),
         sv_idle: p.idle_count() as u32,
         sv_login: p.opening_count(),
         close_needed,
@@ -294,12 +308,12 @@ fn linked_server_row(shard: &Shard, key: &PoolKey, c: &ClientInfo) -> Option<Con
 }
 
 fn idle_server_rows(shard: &Shard, key: &PoolKey, pool: &Pool, out: &mut Vec<ConnRow>) {
-    pool.for_each_idle(|s| {
+    let mut row = |s: &ServerConn, state| {
         out.push(ConnRow {
             kind: "S",
             user: key.user.to_string(),
             db: key.db.to_string(),
-            state: "idle",
+            state,
             addr: s.meta.addr.tcp(),
             unix_port: s.meta.addr.unix_port(),
             local: s.meta.local_addr,
@@ -314,5 +328,7 @@ fn idle_server_rows(shard: &Shard, key: &PoolKey, pool: &Pool, out: &mut Vec<Con
             app_name: String::new(),
             prepared: s.meta.prepared.len(),
         })
-    });
+    };
+    pool.for_each_idle(|s| row(s, "idle"));
+    pool.for_each_being_canceled(|s| row(s, "being_canceled"));
 }

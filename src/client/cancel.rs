@@ -17,14 +17,17 @@
 //! another shard (`balance`): the key's shard, not finding it, asks the other shards (only
 //! once some client has left it, so a stray key costs no fan-out otherwise).
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
 use tracing::{debug, info};
 
+use crate::pool::{Notify, PoolKey};
 use crate::protocol::startup::CancelKey;
 use crate::runtime::mesh::MeshMsg;
-use crate::runtime::{self, Shard};
+use crate::runtime::{self, wait_group, Shard};
 use crate::server::addr::{server_targets, Target};
 use crate::server::{dns, ServerAddr};
 
@@ -67,29 +70,40 @@ pub fn peer_of(key: CancelKey) -> u16 {
 }
 
 /// Routes a CancelRequest received on `shard`: to the peer process its key names, or to the
-/// key's owning shard here.
-pub fn route(shard: &Rc<Shard>, mut key: CancelKey) {
+/// key's owning shard here. The returned waiter resolves once the request has reached
+/// PostgreSQL (or a peer), or was dropped; the canceller's connection stays open until then.
+pub fn route(shard: &Rc<Shard>, mut key: CancelKey) -> wait_group::Waiter {
+    let (done, waiter) = wait_group::new();
     let me = shard.config().general.peer_id;
     if me != 0 {
         let to = peer_of(key);
         if to != me {
-            return forward_to_peer(shard, key, to);
+            forward_to_peer(shard, key, to, done);
+            return waiter;
         }
         // Our keys carry a full TTL; a request forwarded to us has spent some.
         key.secret |= TTL_MASK;
     }
     let owner = owner(key);
     if owner == shard.id {
-        cancel_local(shard, key, true);
+        cancel_local(shard, key, true, done);
     } else if owner < shard.shared.workers {
-        shard.mesh.send(owner, MeshMsg::Cancel(key));
+        shard.mesh.send(owner, MeshMsg::Cancel(key, done));
     } else {
         debug!(pid = key.pid, "cancel request with an unknown key");
     }
+    waiter
+}
+
+/// How long a canceller's connection is kept open at most: every step a request takes is
+/// bounded by [`deadline`] (a name lookup, a connect, PostgreSQL's close), so this is only a
+/// backstop.
+pub fn answer_limit(shard: &Shard) -> Duration {
+    deadline(shard) * 3
 }
 
 /// Sends a cancel request on to the peer process `to`, one TTL step spent.
-fn forward_to_peer(shard: &Rc<Shard>, mut key: CancelKey, to: u16) {
+fn forward_to_peer(shard: &Rc<Shard>, mut key: CancelKey, to: u16, done: wait_group::Token) {
     if key.secret & TTL_MASK == 0 {
         info!(
             peer = to,
@@ -117,6 +131,7 @@ fn forward_to_peer(shard: &Rc<Shard>, mut key: CancelKey, to: u16) {
     debug!(peer = to, "forwarding cancel request to peer");
     let deadline = deadline(shard);
     runtime::spawn(async move {
+        let _done = done;
         let mut last = None;
         for target in targets {
             let addrs = match target {
@@ -149,11 +164,16 @@ fn forward_to_peer(shard: &Rc<Shard>, mut key: CancelKey, to: u16) {
 /// Cancels the query of this shard's client holding `key`, if it is
 /// linked to a server right now. The key's own shard (`owner`), not finding the client,
 /// asks the other shards if some client has moved away from it (`client::balance`).
-pub fn cancel_local(shard: &Rc<Shard>, key: CancelKey, owner: bool) {
+///
+/// While the request travels, its server is marked in [`InFlight`]: should the query end by
+/// itself first, the server is held back from the pool until the request has landed
+/// (`Pool::release`), so it cannot cancel the next client's query (PgBouncer 1.18+'s
+/// `sv_being_canceled`).
+pub fn cancel_local(shard: &Rc<Shard>, key: CancelKey, owner: bool, done: wait_group::Token) {
     let Some(client) = shard.clients.borrow().get(&key).cloned() else {
         if owner && shard.balance.moved_out() > 0 {
             for to in (0..shard.shared.workers).filter(|&to| to != shard.id) {
-                shard.mesh.send(to, MeshMsg::CancelMoved(key));
+                shard.mesh.send(to, MeshMsg::CancelMoved(key, done.clone()));
             }
             return;
         }
@@ -169,12 +189,84 @@ pub fn cancel_local(shard: &Rc<Shard>, key: CancelKey, owner: bool) {
         server_pid = link.backend_key.pid,
         "forwarding cancel request"
     );
+    let pool = crate::admin::report::client_pool_key(&shard.config(), &client);
+    let travelling = InFlight::start(shard, link.server_id, pool);
     let deadline = deadline(shard);
     runtime::spawn(async move {
         if let Err(e) = crate::server::send_cancel(link.addr, link.backend_key, deadline).await {
             info!(error = %e, "cancel request to server failed");
         }
+        drop(travelling);
+        drop(done);
     });
+}
+
+/// The cancel requests on their way to one shard's servers, by server id: how many, and the
+/// pool of each (SHOW POOLS `cl_active_cancel_req`, `sv_active_cancel`). Empty but for the
+/// moments a cancel travels, so the check at every release is one `is_empty`.
+#[derive(Debug, Default)]
+pub struct InFlight {
+    servers: RefCell<HashMap<u64, (u32, PoolKey)>>,
+    /// Wakes the servers held back (`Pool::release`) when a request lands.
+    landed: Notify,
+}
+
+impl InFlight {
+    /// Marks one request for `server` as travelling until the guard is dropped.
+    fn start(shard: &Rc<Shard>, server: u64, pool: PoolKey) -> Travelling {
+        shard
+            .cancelling
+            .servers
+            .borrow_mut()
+            .entry(server)
+            .or_insert((0, pool))
+            .0 += 1;
+        Travelling {
+            shard: shard.clone(),
+            server,
+        }
+    }
+
+    /// Is a cancel request for `server` still travelling?
+    pub fn targets(&self, server: u64) -> bool {
+        let servers = self.servers.borrow();
+        !servers.is_empty() && servers.contains_key(&server)
+    }
+
+    /// Resolves once no request for `server` travels.
+    pub async fn landed(&self, server: u64) {
+        while self.targets(server) {
+            self.landed.notified().await;
+        }
+    }
+
+    /// Requests travelling, by pool.
+    pub fn by_pool(&self, mut f: impl FnMut(&PoolKey, u32)) {
+        for (n, pool) in self.servers.borrow().values() {
+            f(pool, *n);
+        }
+    }
+}
+
+/// One travelling request (see [`InFlight::start`]).
+struct Travelling {
+    shard: Rc<Shard>,
+    server: u64,
+}
+
+impl Drop for Travelling {
+    fn drop(&mut self) {
+        let in_flight = &self.shard.cancelling;
+        let mut servers = in_flight.servers.borrow_mut();
+        if let Some(entry) = servers.get_mut(&self.server) {
+            entry.0 -= 1;
+            if entry.0 == 0 {
+                servers.remove(&self.server);
+            }
+        }
+        drop(servers);
+        in_flight.landed.notify_all();
+    }
 }
 
 #[cfg(test)]

@@ -55,7 +55,12 @@ pub(super) async fn read_startup(
                     .map_err(Error::ClientIo)?;
             }
             StartupPacket::Cancel(key) => {
-                super::cancel::route(shard, key);
+                // Answered, as PostgreSQL answers, by closing the connection once the request
+                // is delivered: PQcancel waits for that, so a client that goes on after its
+                // cancel returned cannot have its next query cancelled by it.
+                let landed = super::cancel::route(shard, key);
+                let limit = super::cancel::answer_limit(shard);
+                let _ = crate::runtime::io::timeout(limit, landed).await;
                 return Ok(None);
             }
             StartupPacket::Startup { params, .. } => return decode_startup(params).map(Some),

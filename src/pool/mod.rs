@@ -76,6 +76,9 @@ pub struct Pool {
     pub global: Arc<GlobalPool>,
     settings: RefCell<PoolSettings>,
     idle: RefCell<Vec<ServerConn>>,
+    /// Servers a client gave back while a cancel request for them was still on its way to
+    /// PostgreSQL: still counted in `active`, reused once it has landed (`Pool::release`).
+    being_canceled: RefCell<Vec<ServerConn>>,
     waiters: RefCell<VecDeque<Rc<Waiter>>>,
     /// Served waiters kept for reuse (at most `recycle::KEEP`).
     spare_waiters: RefCell<Vec<Rc<Waiter>>>,
@@ -118,6 +121,7 @@ impl Pool {
             global,
             settings: RefCell::new(settings),
             idle: RefCell::new(Vec::new()),
+            being_canceled: RefCell::new(Vec::new()),
             waiters: RefCell::new(VecDeque::new()),
             spare_waiters: RefCell::new(Vec::new()),
             active: Cell::new(0),
@@ -160,9 +164,16 @@ impl Pool {
         self.settings.borrow().mode
     }
 
-    /// Servers leased to clients on this shard.
+    /// Servers leased to clients on this shard (and those held back while a cancel request
+    /// for them travels).
     pub fn active_count(&self) -> u32 {
         self.active.get()
+    }
+
+    /// Servers held back while a cancel request for them travels (SHOW POOLS
+    /// `sv_being_canceled`).
+    pub fn being_canceled_count(&self) -> u32 {
+        self.being_canceled.borrow().len() as u32
     }
 
     /// Idle servers on this shard.
@@ -192,6 +203,13 @@ impl Pool {
     /// Visits idle servers (console).
     pub fn for_each_idle(&self, mut f: impl FnMut(&ServerConn)) {
         for s in self.idle.borrow().iter() {
+            f(s);
+        }
+    }
+
+    /// Visits the servers held back while a cancel request travels (console).
+    pub fn for_each_being_canceled(&self, mut f: impl FnMut(&ServerConn)) {
+        for s in self.being_canceled.borrow().iter() {
             f(s);
         }
     }

@@ -14,6 +14,9 @@ use crate::server::{self, ServerConn};
 impl Pool {
     /// Returns a clean server (ReadyForQuery `I`) from a client.
     pub fn release(self: &Rc<Self>, shard: &Rc<Shard>, mut server: ServerConn) {
+        if shard.cancelling.targets(server.meta.id) {
+            return self.hold_until_cancel_lands(shard, server);
+        }
         self.active.set(self.active.get().saturating_sub(1));
         let now = crate::runtime::io::now();
         server.meta.last_used = now;
@@ -29,6 +32,27 @@ impl Pool {
             return;
         }
         self.place(shard, server);
+    }
+
+    /// A cancel request for `server` is still on its way to PostgreSQL: the query it was sent
+    /// for has ended by itself, and handing the server on now would let the request cancel the
+    /// next client's query. Held (still counted active) until the request has landed, then
+    /// released as usual. Bounded: a request's journey is (`cancel_wait_timeout`).
+    fn hold_until_cancel_lands(self: &Rc<Self>, shard: &Rc<Shard>, server: ServerConn) {
+        let id = server.meta.id;
+        self.being_canceled.borrow_mut().push(server);
+        let (pool, shard) = (self.clone(), shard.clone());
+        crate::runtime::spawn(async move {
+            shard.cancelling.landed(id).await;
+            let server = {
+                let mut held = pool.being_canceled.borrow_mut();
+                let Some(at) = held.iter().position(|s| s.meta.id == id) else {
+                    return;
+                };
+                held.swap_remove(at)
+            };
+            pool.release(&shard, server);
+        });
     }
 
     /// Gives an unleased server to a shard the janitor found short of servers, a local

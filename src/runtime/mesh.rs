@@ -23,11 +23,12 @@ use crate::server::DetachedServer;
 
 /// A message from one shard to another.
 pub enum MeshMsg {
-    /// A CancelRequest whose key belongs to the receiving shard.
-    Cancel(CancelKey),
+    /// A CancelRequest whose key belongs to the receiving shard; the token is held until
+    /// PostgreSQL has it (the canceller's connection stays open until then).
+    Cancel(CancelKey, super::wait_group::Token),
     /// A CancelRequest whose client moved away from the key's shard: the receiver cancels
     /// only if the client is here now, and forwards it nowhere.
-    CancelMoved(CancelKey),
+    CancelMoved(CancelKey, super::wait_group::Token),
     /// A client session moving to the receiving shard (see `client::balance`).
     Client(Box<crate::client::balance::Moving>),
     /// An idle server moving to the receiving shard, which has waiters.

@@ -25,6 +25,7 @@ pub mod tcp;
 #[cfg(test)]
 mod tests;
 pub mod tls;
+pub mod wait_group;
 
 use std::sync::Arc;
 use std::time::Duration;

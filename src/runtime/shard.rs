@@ -232,6 +232,8 @@ pub struct Shard {
     pub auth_cache: crate::client::auth_query::AuthCache,
     /// Wakes tasks waiting for RESUME or for the shard to stop.
     pub state_changed: crate::pool::Notify,
+    /// Cancel requests on their way to this shard's servers (`client::cancel`).
+    pub cancelling: crate::client::cancel::InFlight,
     /// This shard's side of moving clients between shards.
     pub balance: crate::client::balance::Balance,
 }
@@ -284,8 +286,12 @@ impl Shard {
     /// Handles a message from another shard.
     pub fn handle_mesh(self: &Rc<Self>, msg: MeshMsg) {
         match msg {
-            MeshMsg::Cancel(key) => crate::client::cancel::cancel_local(self, key, true),
-            MeshMsg::CancelMoved(key) => crate::client::cancel::cancel_local(self, key, false),
+            MeshMsg::Cancel(key, done) => {
+                crate::client::cancel::cancel_local(self, key, true, done)
+            }
+            MeshMsg::CancelMoved(key, done) => {
+                crate::client::cancel::cancel_local(self, key, false, done)
+            }
             MeshMsg::Client(moving) => crate::client::arrive(self, moving),
             MeshMsg::Handoff { pool, server } => self.pool(&pool).adopt(self, server),
             MeshMsg::Steal { pool, from } => {
@@ -366,6 +372,7 @@ pub async fn run_shard(
         stopping: Cell::new(None),
         auth_cache: Default::default(),
         state_changed: crate::pool::Notify::default(),
+        cancelling: Default::default(),
         balance: Default::default(),
     });
     let _ = slot.set(shard.clone());

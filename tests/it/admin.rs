@@ -11,7 +11,7 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 use crate::common::{self, config_for, describe, free_port, sqlstate, Pgring};
 
 /// Column names and rows (by column name) of one console command.
-struct Table {
+pub(crate) struct Table {
     columns: Vec<String>,
     rows: Vec<HashMap<String, String>>,
 }
@@ -25,7 +25,7 @@ impl Table {
             .unwrap_or_else(|| panic!("no row with {key} = {value}: {:?}", self.rows))
     }
 
-    fn num(&self, key: &str, value: &str, column: &str) -> u64 {
+    pub(crate) fn num(&self, key: &str, value: &str, column: &str) -> u64 {
         let row = self.row(key, value);
         row.get(column)
             .unwrap_or_else(|| panic!("no column {column}"))
@@ -34,7 +34,7 @@ impl Table {
     }
 }
 
-async fn show(client: &Client, sql: &str) -> Table {
+pub(crate) async fn show(client: &Client, sql: &str) -> Table {
     let messages = client
         .simple_query(sql)
         .await
@@ -63,7 +63,7 @@ async fn show(client: &Client, sql: &str) -> Table {
     table
 }
 
-async fn console(p: &Pgring, user: &str) -> Client {
+pub(crate) async fn console(p: &Pgring, user: &str) -> Client {
     common::connect(p.port, "pgbouncer", user, "").await
 }
 

@@ -442,6 +442,76 @@ async fn send_cancel(port: u16, (pid, secret): (u32, u32), label: &str) {
     );
 }
 
+/// A cancel request still on its way to PostgreSQL when its query ends by itself must hit neither
+/// the next query on that server nor the client that asked (PgBouncer 1.18+): here a relay holds
+/// cancel requests for a second before PostgreSQL sees them, and the pool has one server.
+/// - pgring keeps the canceller's connection open until PostgreSQL has taken the request (as
+///   PostgreSQL does, and as libpq's PQcancel waits for), so a client that goes on after its
+///   cancel returned cannot have its next query cancelled;
+/// - the server, free again, is held back ("being canceled") until the request has landed; the
+///   next client waits for it and its query runs to the end;
+/// - SHOW POOLS counts both while it lasts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_cancel_request_hits_no_later_query() {
+    const HELD: Duration = Duration::from_millis(1000);
+    let relay = common::slow_cancel_relay(HELD).await;
+    let mut toml = config_for("transaction", 1, 1, "");
+    toml.push_str(&database_section_on("slow", relay, "app", ""));
+    let pgring = Pgring::start(&toml);
+    let params = [("user", "trust_user"), ("database", "slow")];
+    let (mut first, login) = Wire::login(pgring.port, &params).await;
+    let key = login.key.expect("BackendKeyData at login");
+    let (mut next, _) = Wire::login(pgring.port, &params).await;
+    let console = crate::admin::console(&pgring, "postgres").await;
+
+    first
+        .send(&common::wire::query("SELECT pg_sleep(0.3)"))
+        .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let port = pgring.port;
+    let canceller = tokio::spawn(async move {
+        let asked = Instant::now();
+        send_cancel(port, key, "late cancel").await;
+        asked.elapsed()
+    });
+    // The query ends by itself, long before its cancel reaches PostgreSQL.
+    first
+        .read_result()
+        .await
+        .expect("the first query ends by itself");
+
+    next.send(&common::wire::query("SELECT pg_sleep(1)")).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let pools = crate::admin::show(&console, "SHOW POOLS").await;
+    for (column, want) in [
+        ("cl_active_cancel_req", 1),
+        ("sv_active_cancel", 1),
+        ("sv_being_canceled", 1),
+        ("sv_active", 0),
+        ("cl_waiting", 1),
+    ] {
+        assert_eq!(
+            pools.num("database", "slow", column),
+            want,
+            "SHOW POOLS {column} while the cancel is in flight"
+        );
+    }
+
+    next.read_result().await.unwrap_or_else(|e| {
+        panic!("the next client's query was hit by the earlier client's cancel: {e}")
+    });
+    let held = canceller.await.expect("canceller task");
+    assert!(
+        held >= HELD - Duration::from_millis(100),
+        "pgring closed the cancel connection after {held:?}, before PostgreSQL had the request"
+    );
+    // And the first client's own next query runs too.
+    assert_eq!(first.query_value("SELECT 1").await.as_deref(), Some("1"));
+    let pools = crate::admin::show(&console, "SHOW POOLS").await;
+    assert_eq!(pools.num("database", "slow", "sv_being_canceled"), 0);
+    assert_eq!(pools.num("database", "slow", "cl_active_cancel_req"), 0);
+}
+
 /// PgBouncer's peering (1.19+): processes behind one address (a load balancer, or SO_REUSEPORT
 /// while a new pgring takes over from an old one) each forward a cancel request that carries
 /// another's `peer_id` to that `[peers]` entry. Two pgring processes on their own ports list

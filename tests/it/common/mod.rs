@@ -245,3 +245,39 @@ pub async fn cancel_a_sleep(client: tokio_postgres::Client, label: &str) -> Dura
     );
     took
 }
+
+/// A TCP relay on 127.0.0.1 in front of the fixture's PostgreSQL that holds each CancelRequest
+/// for `delay` before passing it on (a slow link, a postmaster busy forking), and relays every
+/// other connection as it comes. Returns its port; it lives as long as the test's runtime.
+pub async fn slow_cancel_relay(delay: Duration) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const CANCEL_REQUEST_CODE: u32 = 80_877_102;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the relay");
+    let port = listener.local_addr().expect("relay address").port();
+    let upstream = pg().port;
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = [0u8; 8];
+                if inbound.read_exact(&mut head).await.is_err() {
+                    return;
+                }
+                let code = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+                if code == CANCEL_REQUEST_CODE {
+                    tokio::time::sleep(delay).await;
+                }
+                let Ok(mut outbound) =
+                    tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                else {
+                    return;
+                };
+                if outbound.write_all(&head).await.is_ok() {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    port
+}
