@@ -168,7 +168,9 @@ impl Console {
             "totals" => show_stats::totals(shard, out).await,
             "latency" | "percentiles" => show_stats::latency(shard, out).await,
             "peers" => show_misc::peers(shard, out),
-            w @ ("peer_pools" | "dns_hosts" | "dns_zones") => show_misc::empty(out, w),
+            "peer_pools" => show_misc::peer_pools(shard, out),
+            "dns_hosts" => show_misc::dns_hosts(shard, out),
+            "dns_zones" => show_misc::dns_zones(out),
             _ => syntax_error(out, sql),
         }
     }

@@ -1,8 +1,6 @@
-//! The small SHOW tables: HELP, VERSION, STATE, LISTS, MEM, and the ones
-//! pgring has nothing to put in (PEERS, PEER_POOLS, DNS_HOSTS, DNS_ZONES)
-//! but answers with PgBouncer's header so tools do not fail on them. Also
-//! PgBouncer's fake parameters (`SHOW client_encoding` and friends), which
-//! some drivers ask of any server.
+//! The small SHOW tables: HELP, VERSION, STATE, LISTS, MEM, PEERS, PEER_POOLS, DNS_HOSTS, and
+//! DNS_ZONES (PgBouncer's header, no rows: pgring follows no zones). Also PgBouncer's fake
+//! parameters (`SHOW client_encoding` and friends), which some drivers ask of any server.
 
 use std::rc::Rc;
 
@@ -75,21 +73,22 @@ pub async fn lists(shard: &Rc<Shard>, out: &mut Vec<u8>) {
         .map(|p| p.sv_active + p.sv_idle + p.sv_login)
         .sum();
     let users: std::collections::BTreeSet<&str> = pools.iter().map(|p| p.user.as_str()).collect();
+    let (dns_names, dns_queries) = crate::server::dns::hosts().counts();
     let mut rs = ResultSet::new(out, &[("list", Ty::Text), ("items", Ty::Int4)]);
     for (name, n) in [
         ("databases", config.databases.len() as u32 + 1),
         ("users", users.len() as u32),
-        ("peers", 0),
+        ("peers", config.peers.len() as u32),
         ("pools", pools.len() as u32),
-        ("peer_pools", 0),
+        ("peer_pools", config.peers.len() as u32),
         ("free_clients", 0),
         ("used_clients", clients + login),
         ("login_clients", login),
         ("free_servers", 0),
         ("used_servers", servers),
-        ("dns_names", 0),
+        ("dns_names", dns_names as u32),
         ("dns_zones", 0),
-        ("dns_queries", 0),
+        ("dns_queries", dns_queries as u32),
         ("dns_pending", 0),
     ] {
         rs.row(&[v(name), v(n)]);
@@ -130,17 +129,22 @@ const PEERS_COLUMNS: &[(&str, Ty)] = &[
     ("pool_size", Ty::Int4),
 ];
 
-/// SHOW PEERS: the `[peers]` entries, by id (pool_size defaults to `default_pool_size`).
-pub fn peers(shard: &Shard, out: &mut Vec<u8>) {
-    let config = shard.config();
+/// The `[peers]` entries, by id.
+fn configured_peers(config: &crate::config::Config) -> Vec<(u16, &crate::config::Peer)> {
     let mut peers: Vec<_> = config
         .peers
         .iter()
         .filter_map(|(id, p)| Some((id.parse::<u16>().ok()?, p)))
         .collect();
     peers.sort_by_key(|(id, _)| *id);
+    peers
+}
+
+/// SHOW PEERS: the `[peers]` entries, by id (pool_size defaults to `default_pool_size`).
+pub fn peers(shard: &Shard, out: &mut Vec<u8>) {
+    let config = shard.config();
     let mut rs = ResultSet::new(out, PEERS_COLUMNS);
-    for (id, p) in peers {
+    for (id, p) in configured_peers(&config) {
         rs.row(&[
             v(id),
             p.host.clone(),
@@ -151,28 +155,58 @@ pub fn peers(shard: &Shard, out: &mut Vec<u8>) {
     rs.finish();
 }
 
-/// SHOW PEER_POOLS / DNS_HOSTS / DNS_ZONES: PgBouncer's headers, no rows. (pgring keeps no
-/// pool of connections to peers: each forwarded cancel request is one short connection.)
-pub fn empty(out: &mut Vec<u8>, what: &str) {
-    let cols: &[(&str, Ty)] = match what {
-        "peer_pools" => &[
-            ("peer_id", Ty::Int4),
-            ("cl_active_cancel_req", Ty::Int4),
-            ("cl_waiting_cancel_req", Ty::Int4),
-            ("sv_active_cancel", Ty::Int4),
-            ("sv_login", Ty::Int4),
-        ],
-        "dns_hosts" => &[
+/// SHOW PEER_POOLS: per `[peers]` entry, the cancel requests forwarded to it now (each
+/// travels on a connection of its own, so a client request and its connection are counted
+/// alike).
+pub fn peer_pools(shard: &Shard, out: &mut Vec<u8>) {
+    let config = shard.config();
+    let cols: &[(&str, Ty)] = &[
+        ("peer_id", Ty::Int4),
+        ("cl_active_cancel_req", Ty::Int4),
+        ("cl_waiting_cancel_req", Ty::Int4),
+        ("sv_active_cancel", Ty::Int4),
+        ("sv_login", Ty::Int4),
+    ];
+    let mut rs = ResultSet::new(out, cols);
+    for (id, _) in configured_peers(&config) {
+        let c = shard.shared.peer_pools.counts(id);
+        rs.row(&[
+            v(id),
+            v(c.login + c.active),
+            v(c.waiting),
+            v(c.active),
+            v(c.login),
+        ]);
+    }
+    rs.finish();
+}
+
+/// SHOW DNS_HOSTS: the names looked up so far (database and peer hosts), with the seconds
+/// until each is looked up again and its addresses.
+pub fn dns_hosts(shard: &Shard, out: &mut Vec<u8>) {
+    let ttl = crate::server::dns::Ttl::of_config(&shard.config().general);
+    let mut rs = ResultSet::new(
+        out,
+        &[
             ("hostname", Ty::Text),
             ("ttl", Ty::Int8),
             ("addrs", Ty::Text),
         ],
-        _ => &[
-            ("zonename", Ty::Text),
-            ("serial", Ty::Int8),
-            ("count", Ty::Int4),
-        ],
-    };
+    );
+    for h in crate::server::dns::hosts().list(ttl) {
+        rs.row(&[v(h.name), v(h.ttl), v(h.addrs)]);
+    }
+    rs.finish();
+}
+
+/// SHOW DNS_ZONES: PgBouncer's header, no rows (zones are followed only by its c-ares build,
+/// through SOA serials; pgring looks names up again when their TTL ends).
+pub fn dns_zones(out: &mut Vec<u8>) {
+    let cols: &[(&str, Ty)] = &[
+        ("zonename", Ty::Text),
+        ("serial", Ty::Int8),
+        ("count", Ty::Int4),
+    ];
     ResultSet::new(out, cols).finish();
 }
 

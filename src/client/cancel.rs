@@ -128,24 +128,39 @@ fn forward_to_peer(shard: &Rc<Shard>, mut key: CancelKey, to: u16, done: wait_gr
         ),
         peer.port,
     );
+    let cap = peer.pool_size.unwrap_or(config.general.default_pool_size);
     debug!(peer = to, "forwarding cancel request to peer");
     let deadline = deadline(shard);
+    let ttl = dns::Ttl::of_config(&config.general);
+    let shared = shard.shared.clone();
     runtime::spawn(async move {
         let _done = done;
+        // At most `pool_size` requests travel to one peer at once; one waits its turn for
+        // `cancel_wait_timeout` at most.
+        let slot = runtime::io::timeout(deadline, shared.peer_pools.slot(to, cap)).await;
+        let Some(mut slot) = slot else {
+            info!(
+                peer = to,
+                "cancel request not forwarded: no free connection to the peer in time"
+            );
+            return;
+        };
         let mut last = None;
         for target in targets {
             let addrs = match target {
                 Target::Fixed(a) => vec![a],
-                Target::Name(name) => match dns::lookup(&name, port, deadline).await {
-                    Ok(found) => found.into_iter().map(ServerAddr::Tcp).collect(),
-                    Err(e) => {
-                        last = Some(e);
-                        continue;
+                Target::Name(name) => {
+                    let found = dns::hosts().resolve(&name, port, ttl, deadline).await;
+                    if found.is_empty() {
+                        last = Some(std::io::Error::other(format!("{name} does not resolve")));
                     }
-                },
+                    found.into_iter().map(ServerAddr::Tcp).collect()
+                }
             };
             for addr in addrs {
-                match crate::server::send_cancel(addr, key, deadline).await {
+                let sent =
+                    crate::server::send_cancel_then(addr, key, deadline, || slot.delivered());
+                match sent.await {
                     Ok(()) => return,
                     Err(e) => last = Some(e),
                 }

@@ -13,6 +13,7 @@ mod authenticate;
 pub mod balance;
 pub mod cancel;
 pub mod login;
+pub mod peers;
 mod session;
 pub mod span;
 mod startup;

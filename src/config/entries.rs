@@ -169,9 +169,8 @@ pub struct Peer {
     pub host: Option<String>,
     /// Port (default 6432).
     pub port: u16,
-    /// Accepted and shown (SHOW PEERS): PgBouncer's cap on cancel requests in flight to the
-    /// peer (default `default_pool_size`). pgring sends each forwarded cancel on its own short
-    /// connection, bounded in time, and does not queue them.
+    /// Cancel requests travelling to the peer at once (default `default_pool_size`), each on
+    /// a short connection of its own; more wait their turn for `cancel_wait_timeout` at most.
     pub pool_size: Option<u32>,
 }
 

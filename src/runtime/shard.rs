@@ -73,6 +73,8 @@ pub struct Shared {
     pub started: std::time::Instant,
     /// Each shard's published load, for moving clients (`client::balance`).
     pub loads: Box<[crossbeam::utils::CachePadded<crate::client::balance::ShardLoad>]>,
+    /// Cancel requests forwarded to `[peers]`, capped per peer (`client::peers`).
+    pub peer_pools: crate::client::peers::PeerPools,
 }
 
 impl Shared {
@@ -99,6 +101,7 @@ impl Shared {
             stop_requested: AtomicBool::new(false),
             started: std::time::Instant::now(),
             loads: crate::client::balance::loads(workers),
+            peer_pools: Default::default(),
         })
     }
 

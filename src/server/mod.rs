@@ -56,9 +56,7 @@ pub struct ConnectSettings {
     pub balance: crate::config::LoadBalanceHosts,
     /// Index (into the looked-up address list) the next connection tries first.
     next: std::cell::Cell<usize>,
-    /// Host name answers, for `dns_max_ttl` / `dns_nxdomain_ttl`.
-    dns: dns::Cache,
-    /// The two TTLs.
+    /// `dns_max_ttl` / `dns_nxdomain_ttl` (answers live in [`dns::hosts`]).
     dns_ttl: dns::Ttl,
     /// Human-readable host (logs, errors): the `host` value, or the `unix_socket_dir` used
     /// when it is unset.
@@ -108,11 +106,7 @@ impl ConnectSettings {
             targets: addr::server_targets(host, port, socket_dir),
             balance: db.map(|d| d.load_balance()).unwrap_or_default(),
             next: Default::default(),
-            dns: Default::default(),
-            dns_ttl: dns::Ttl {
-                found: g.dns_max_ttl.duration(),
-                missing: g.dns_nxdomain_ttl.duration(),
-            },
+            dns_ttl: dns::Ttl::of_config(g),
             host: host.unwrap_or(socket_dir).to_owned(),
             port,
             dbname: db
@@ -417,14 +411,9 @@ impl ConnectSettings {
             match t {
                 Target::Fixed(a) => out.push(a.clone()),
                 Target::Name(name) => {
-                    let now = Instant::now();
-                    let found = match self.dns.fresh(name, now, self.dns_ttl) {
-                        Some(found) => found,
-                        None => {
-                            let answer = dns::lookup(name, self.port, self.connect_timeout).await;
-                            self.dns.record(name, now, answer)
-                        }
-                    };
+                    let found = dns::hosts()
+                        .resolve(name, self.port, self.dns_ttl, self.connect_timeout)
+                        .await;
                     out.extend(found.into_iter().map(ServerAddr::Tcp));
                 }
             }
@@ -640,10 +629,22 @@ pub async fn send_cancel(
     key: CancelKey,
     deadline: Duration,
 ) -> std::io::Result<()> {
+    send_cancel_then(addr, key, deadline, || {}).await
+}
+
+/// [`send_cancel`], calling `sent` once the request is written (the rest is waiting for the
+/// other end to close).
+pub async fn send_cancel_then(
+    addr: ServerAddr,
+    key: CancelKey,
+    deadline: Duration,
+    sent: impl FnOnce(),
+) -> std::io::Result<()> {
     let mut stream = connect_to(&addr, deadline, None).await?;
     let mut out = Vec::with_capacity(16);
     build::cancel_request(&mut out, key);
     rio::write_all(&mut stream, &out).await?;
+    sent();
     // PostgreSQL closes the connection when done; wait briefly for that so
     // the cancel is processed before we report anything.
     let mut b = [0u8; 1];

@@ -18,7 +18,7 @@ pub(crate) struct Table {
 
 impl Table {
     /// The row whose `key` column is `value`.
-    fn row(&self, key: &str, value: &str) -> &HashMap<String, String> {
+    pub(crate) fn row(&self, key: &str, value: &str) -> &HashMap<String, String> {
         self.rows
             .iter()
             .find(|r| r.get(key).map(String::as_str) == Some(value))

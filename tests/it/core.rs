@@ -610,6 +610,64 @@ async fn a_cancel_request_reaching_the_wrong_peer_is_forwarded_to_its_own() {
     assert_eq!(rows, want);
 }
 
+/// A peer's `pool_size` caps the cancel requests travelling to it at once, as PgBouncer caps its
+/// connections to the peer: with pool_size 1 and a peer that takes the request but never closes,
+/// a second request waits its turn, and SHOW PEER_POOLS counts one travelling and one waiting;
+/// both end within their `cancel_wait_timeout`s and the counts go back to zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peers_pool_size_caps_the_cancel_requests_travelling_to_it() {
+    // The kernel completes the handshake and takes the request; nothing ever answers or closes.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the silent peer");
+    let silent_port = silent.local_addr().expect("addr").port();
+    let mut toml = config_for("transaction", 2, 2, "peer_id = 1\ncancel_wait_timeout = 2");
+    toml.push_str(&format!(
+        "\n[peers.5]\nhost = \"127.0.0.1\"\nport = {silent_port}\npool_size = 1\n"
+    ));
+    let pgring = Pgring::start(&toml);
+    // A key of peer 5 (bytes 1-2), with a full hop count in the secret's low bits.
+    let key = (5u32 << 16 | 0x2a, 0x5eed_0003u32);
+    let mut cancellers = Vec::new();
+    for _ in 0..2 {
+        let mut c = Wire::connect(pgring.port).await;
+        c.send(&common::wire::cancel_request(key.0, key.1)).await;
+        cancellers.push(c);
+    }
+    let console = crate::admin::console(&pgring, "postgres").await;
+    let counts = |t: &crate::admin::Table| {
+        [
+            "cl_active_cancel_req",
+            "cl_waiting_cancel_req",
+            "sv_active_cancel",
+            "sv_login",
+        ]
+        .map(|c| t.num("peer_id", "5", c))
+    };
+    let started = Instant::now();
+    loop {
+        let seen = counts(&crate::admin::show(&console, "SHOW PEER_POOLS").await);
+        if seen == [1, 1, 1, 0] {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "one request should travel and one wait: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Each request gives up on the silent peer after cancel_wait_timeout (2 s), the second after
+    // its wait for the slot: then pgring closes both cancellers' connections.
+    for mut c in cancellers {
+        let closed = tokio::time::timeout(Duration::from_secs(8), c.recv()).await;
+        assert!(
+            matches!(closed, Ok(None)),
+            "the canceller's connection should close"
+        );
+    }
+    let seen = counts(&crate::admin::show(&console, "SHOW PEER_POOLS").await);
+    assert_eq!(seen, [0, 0, 0, 0]);
+    drop(silent);
+}
+
 /// A database whose server refuses connections: the client gets an 08 error quickly, not a hang.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_refusing_connections_gives_an_08_error_within_the_connect_timeout() {

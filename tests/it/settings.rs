@@ -246,6 +246,22 @@ async fn host_names_resolve_at_connect_and_load_balance_hosts_spreads_the_list()
             _ => split == [4, 0],
         };
         assert!(spread, "{mode}: [unix, tcp] servers {split:?}");
+
+        // The console lists the name it looked up (SHOW DNS_HOSTS), due again within
+        // dns_max_ttl (15 s), and counts it in SHOW LISTS.
+        let console = crate::admin::console(&pgring, "postgres").await;
+        let hosts = crate::admin::show(&console, "SHOW DNS_HOSTS").await;
+        let localhost = hosts.row("hostname", "localhost");
+        assert!(
+            localhost["addrs"].split(',').any(|a| a == "127.0.0.1"),
+            "{localhost:?}"
+        );
+        assert!(
+            hosts.num("hostname", "localhost", "ttl") <= 15,
+            "{localhost:?}"
+        );
+        let lists = crate::admin::show(&console, "SHOW LISTS").await;
+        assert_eq!(lists.num("list", "dns_names", "items"), 1);
     }
 }
 
