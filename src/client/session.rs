@@ -75,6 +75,8 @@ pub(super) struct Session {
     params: ClientParams,
     max_packet: u32,
     timeouts: Timeouts,
+    /// Told once that it waited `query_wait_notify` for a server.
+    wait_noticed: bool,
     _slots: login::ClientSlots,
     /// The client's prepared statement names (transaction pooling).
     prepared: crate::prepared::ClientStatements,
@@ -97,6 +99,7 @@ impl Session {
             params,
             max_packet: config.general.max_packet_size,
             timeouts: Timeouts::for_user(&config, &user),
+            wait_noticed: false,
             _slots: slots,
             prepared: crate::prepared::ClientStatements::new(
                 config.general.max_prepared_statements,
@@ -125,6 +128,7 @@ impl Session {
             params,
             max_packet: m.max_packet,
             timeouts: m.timeouts,
+            wait_noticed: m.wait_noticed,
             _slots: m.slots,
             prepared: crate::prepared::ClientStatements::from_portable(m.prepared),
         }
@@ -155,6 +159,7 @@ impl Session {
             slots: self._slots,
             max_packet: self.max_packet,
             timeouts: self.timeouts,
+            wait_noticed: self.wait_noticed,
         }
     }
 
@@ -334,7 +339,8 @@ impl Session {
     async fn transaction(&mut self, stream: &mut Stream, cbuf: Buf) -> Result<Option<Buf>> {
         self.info.state.set(ClientState::Waiting);
         self.info.request_time.set(rio::now());
-        let mut server = match self.pool.acquire(&self.shard).await {
+        let acquire = lease(&self.pool, &self.shard, stream, &mut self.wait_noticed);
+        let mut server = match acquire.await {
             Ok(s) => s,
             Err(e) => {
                 self.shard.bufs.give(cbuf);
@@ -484,6 +490,52 @@ fn test_hook_panic(cbuf: &Buf) {
 fn test_hook_moves_every_client() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var_os("PGRING_TEST_MOVE_CLIENTS").is_some_and(|v| v == "1"))
+}
+
+/// Leases a server for a transaction. A client still waiting after `query_wait_notify` is
+/// told so once, keeping its place in the queue: PgBouncer 1.25's NOTICE, once per client.
+/// Costs nothing when a server is at hand, and arms a timer only while a client waits.
+async fn lease<'a>(
+    pool: &'a Rc<Pool>,
+    shard: &'a Rc<Shard>,
+    stream: &mut Stream,
+    noticed: &mut bool,
+) -> Result<crate::pool::Held<'a>> {
+    let mut acquire = std::pin::pin!(pool.acquire(shard));
+    if *noticed {
+        return acquire.await;
+    }
+    if let Some(done) = futures_lite::future::poll_once(acquire.as_mut()).await {
+        return done;
+    }
+    let after = shard.config().general.query_wait_notify.duration();
+    if after.is_zero() {
+        return acquire.await;
+    }
+    if let Some(done) = rio::timeout(after, acquire.as_mut()).await {
+        return done;
+    }
+    *noticed = true;
+    let mut notice = Vec::with_capacity(96);
+    crate::protocol::build::error_response(
+        &mut notice,
+        crate::protocol::build::Severity::Notice,
+        "00000",
+        "No server connection available in postgres backend, client being queued",
+    );
+    // The wait goes on while the notice is written: a server granted meanwhile is taken up
+    // at once, and the notice is whole before anything of the transaction follows it.
+    let (written, leased) =
+        futures_lite::future::zip(rio::write_all(stream, &notice), acquire).await;
+    match (written, leased) {
+        (Err(e), Ok(server)) => {
+            // Untouched: it goes back as it came.
+            pool.release(shard, server.take());
+            Err(Error::ClientIo(e))
+        }
+        (Err(e), Err(_)) => Err(Error::ClientIo(e)),
+        (Ok(()), leased) => leased,
+    }
 }
 
 #[cfg(test)]

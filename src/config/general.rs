@@ -174,6 +174,9 @@ pub struct General {
     pub query_wait_timeout: Seconds,
     /// Give up on a cancel request that found no connection after this. [seconds]
     pub cancel_wait_timeout: Seconds,
+    /// Tell a client waiting for a server this long, once, that it is queued (a NOTICE, as
+    /// PgBouncer 1.25 sends); 0 = never. [seconds]
+    pub query_wait_notify: Seconds,
     /// Close clients idle (between transactions) longer than this; 0 = off. [seconds]
     pub client_idle_timeout: Seconds,
     /// Close clients idle inside a transaction longer than this; 0 = off. [seconds]
@@ -314,6 +317,7 @@ impl Default for General {
             query_timeout: Seconds::ZERO,
             query_wait_timeout: Seconds(120.0),
             cancel_wait_timeout: Seconds(10.0),
+            query_wait_notify: Seconds(5.0),
             client_idle_timeout: Seconds::ZERO,
             idle_transaction_timeout: Seconds::ZERO,
             transaction_timeout: Seconds::ZERO,

@@ -50,11 +50,6 @@ const PGBOUNCER_ONLY: &[(&str, Option<&str>, &str)] = &[
     ("syslog_ident", None, "pgring does not log to syslog"),
     ("syslog_facility", None, "pgring does not log to syslog"),
     (
-        "query_wait_notify",
-        None,
-        "waiting clients are not sent a notice",
-    ),
-    (
         "resolv_conf",
         None,
         "host names are resolved with the system resolver",

@@ -107,3 +107,56 @@ async fn query_wait_timeout_fails_a_waiting_client_with_pgbouncers_error() {
         .expect("holder")
         .expect("the holder's pg_sleep(3)");
 }
+
+/// `query_wait_notify` (PgBouncer 1.25): a client that has waited that long for a server is
+/// sent a NOTICE saying it is queued, keeps its place, and gets its answer once a server is
+/// free; it is told once per connection, as PgBouncer does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_queued_past_query_wait_notify_is_told_once() {
+    let extra = "reserve_pool_size = 0\nquery_wait_notify = 1";
+    let pgring = Pgring::start(&config_for("transaction", 1, 2, extra));
+    let login = [("user", "trust_user"), ("database", "app")];
+    let (mut holder, _) = Wire::login(pgring.port, &login).await;
+    let (mut waiter, _) = Wire::login(pgring.port, &login).await;
+    for round in 0..2 {
+        // The holder's open transaction keeps the one server.
+        holder.simple_query("BEGIN").await.expect("BEGIN");
+        waiter.send(&wire::query("SELECT 7")).await;
+        let asked = Instant::now();
+        if round == 0 {
+            let first = waiter.recv().await.expect("a message while queued");
+            assert_eq!(first.tag, b'N', "the first message should be the notice");
+            let notice = ErrorFields::parse(&first.body);
+            assert_eq!(notice.severity(), "NOTICE");
+            assert_eq!(notice.code(), "00000");
+            assert_eq!(
+                notice.message(),
+                "No server connection available in postgres backend, client being queued"
+            );
+            let after = asked.elapsed();
+            assert!(
+                after >= Duration::from_millis(900) && after < Duration::from_secs(4),
+                "the notice came {} after the query (query_wait_notify = 1 s)",
+                secs(after)
+            );
+        } else {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+        }
+        holder.simple_query("COMMIT").await.expect("COMMIT");
+        // Nothing else came before the answer: the notice was whole, and sent only once.
+        let mut tags = Vec::new();
+        loop {
+            let msg = waiter.recv().await.expect("the answer");
+            tags.push(msg.tag);
+            if msg.tag == b'Z' {
+                break;
+            }
+        }
+        assert_eq!(
+            tags,
+            b"TDCZ",
+            "round {round}: {:?}",
+            String::from_utf8_lossy(&tags)
+        );
+    }
+}
