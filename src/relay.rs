@@ -151,6 +151,8 @@ pub struct Link {
     state: LinkState,
     mode: PoolMode,
     max_packet: u32,
+    /// `disable_pqexec`: a simple Query ends the client.
+    refuse_simple_query: bool,
     query_start: Option<Instant>,
     limits: Limits,
     started: Instant,
@@ -167,11 +169,17 @@ impl Link {
             state: LinkState::default(),
             mode,
             max_packet,
+            refuse_simple_query: false,
             query_start: None,
             limits,
             started: now,
             last_ready: now,
         }
+    }
+
+    /// Refuses simple-protocol queries (`disable_pqexec`): one ends the client.
+    pub fn refuse_simple_queries(&mut self) {
+        self.refuse_simple_query = true;
     }
 
     /// The earliest limit that applies now, with the error it raises.
@@ -213,6 +221,7 @@ impl Link {
         let mut splice = Splice::new(data, to_server);
         let mut pos = 0;
         let mut terminate = false;
+        let mut refused = false;
         // Mid-way through a server message, the client must not get a
         // local reply: it would land inside that message.
         let held = self.state.sskip > 0;
@@ -231,6 +240,12 @@ impl Link {
             let t = data[pos];
             if t == tag::TERMINATE {
                 terminate = true;
+                break;
+            }
+            if t == tag::QUERY && self.refuse_simple_query {
+                // What came before it goes first; the client ends at the Query, with the
+                // server in whatever state those left it.
+                refused = pos == 0;
                 break;
             }
             let action = match rw.as_deref_mut() {
@@ -259,6 +274,7 @@ impl Link {
             consumed: pos,
             direct: splice.finish(pos),
             terminate,
+            refused,
         })
     }
 
@@ -365,6 +381,8 @@ struct ClientStep {
     direct: Option<usize>,
     /// A Terminate follows.
     terminate: bool,
+    /// A simple Query is next, and `disable_pqexec` refuses it.
+    refused: bool,
 }
 
 /// Relays until the transaction ends (transaction and statement modes) or
@@ -438,6 +456,11 @@ fn client_step(
         .map_err(Error::ClientProtocol)
 }
 
+/// The error that ends a client sending a simple Query under `disable_pqexec` (PgBouncer's).
+pub fn pqexec_disallowed() -> PgError {
+    PgError::fatal(sqlstate::PROTOCOL_VIOLATION, "PQexec disallowed")
+}
+
 /// Sends what the client step produced: the batch to the server, local
 /// replies to the client. Returns how the relay ends, if it does.
 async fn forward_client(
@@ -463,6 +486,10 @@ async fn forward_client(
     if step.terminate {
         link.cbuf.filled = 0;
         return Ok(Some(End::ClientGone(link.state)));
+    }
+    if step.refused {
+        link.cbuf.filled = 0;
+        return Ok(Some(End::Abort(pqexec_disallowed(), link.state)));
     }
     if scratch.to_client.is_empty() {
         return Ok(None);

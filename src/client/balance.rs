@@ -302,8 +302,6 @@ pub struct Moving {
     pub(super) max_packet: u32,
     /// The user's timeouts, as at login.
     pub(super) timeouts: super::session::Timeouts,
-    /// Whether it has been told it is queued (`query_wait_notify`, once per client).
-    pub(super) wait_noticed: bool,
 }
 
 impl std::fmt::Debug for Moving {

@@ -17,16 +17,20 @@ use crate::runtime::recycle::Recycled;
 use crate::runtime::{Shard, Stream};
 use crate::server::{ClientParams, ServerConn};
 
-/// The user's timeouts as configured when it logged in. Kept as whole
-/// milliseconds in a `u32` (16 bytes for the four; `Seconds` took 32 and
-/// `Duration`s 64, and every idle client carries them), and made `Duration`s
-/// where they are used.
+/// The user's timeouts as configured when it logged in, and `disable_pqexec`. Kept as whole
+/// milliseconds in a `u32` (24 bytes for the five and the flag; `Seconds` took 40 and
+/// `Duration`s 80, and every idle client carries them), and made `Duration`s where they are
+/// used.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(super) struct Timeouts {
     query: Millis,
     idle_in_transaction: Millis,
     transaction: Millis,
     client_idle: Millis,
+    /// `query_wait_notify`; zero once the client has been told (PgBouncer tells it once).
+    wait_notify: Millis,
+    /// `disable_pqexec`: a simple Query ends the client.
+    pqexec_disabled: bool,
 }
 
 /// A timeout in milliseconds: a non-zero timeout under 1 ms rounds up to 1 ms (it must not
@@ -55,6 +59,8 @@ impl Timeouts {
             idle_in_transaction: Millis::from_config(config.idle_transaction_timeout(user)),
             transaction: Millis::from_config(config.transaction_timeout(user)),
             client_idle: Millis::from_config(config.client_idle_timeout(user)),
+            wait_notify: Millis::from_config(config.general.query_wait_notify),
+            pqexec_disabled: config.general.disable_pqexec,
         }
     }
 
@@ -75,8 +81,6 @@ pub(super) struct Session {
     params: ClientParams,
     max_packet: u32,
     timeouts: Timeouts,
-    /// Told once that it waited `query_wait_notify` for a server.
-    wait_noticed: bool,
     _slots: login::ClientSlots,
     /// The client's prepared statement names (transaction pooling).
     prepared: crate::prepared::ClientStatements,
@@ -99,7 +103,6 @@ impl Session {
             params,
             max_packet: config.general.max_packet_size,
             timeouts: Timeouts::for_user(&config, &user),
-            wait_noticed: false,
             _slots: slots,
             prepared: crate::prepared::ClientStatements::new(
                 config.general.max_prepared_statements,
@@ -128,7 +131,6 @@ impl Session {
             params,
             max_packet: m.max_packet,
             timeouts: m.timeouts,
-            wait_noticed: m.wait_noticed,
             _slots: m.slots,
             prepared: crate::prepared::ClientStatements::from_portable(m.prepared),
         }
@@ -159,7 +161,6 @@ impl Session {
             slots: self._slots,
             max_packet: self.max_packet,
             timeouts: self.timeouts,
-            wait_noticed: self.wait_noticed,
         }
     }
 
@@ -337,9 +338,19 @@ impl Session {
     /// One server lease: from the first byte of a request to the release.
     /// Returns bytes the client already sent for the next one, if any.
     async fn transaction(&mut self, stream: &mut Stream, cbuf: Buf) -> Result<Option<Buf>> {
+        if self.timeouts.pqexec_disabled && cbuf.data().first() == Some(&b'Q') {
+            // Refused before it takes a server or a place in the queue.
+            self.shard.bufs.give(cbuf);
+            return Err(Error::Refused(relay::pqexec_disallowed()));
+        }
         self.info.state.set(ClientState::Waiting);
         self.info.request_time.set(rio::now());
-        let acquire = lease(&self.pool, &self.shard, stream, &mut self.wait_noticed);
+        let acquire = lease(
+            &self.pool,
+            &self.shard,
+            stream,
+            &mut self.timeouts.wait_notify,
+        );
         let mut server = match acquire.await {
             Ok(s) => s,
             Err(e) => {
@@ -371,6 +382,9 @@ impl Session {
             self.max_packet,
             self.timeouts.relay_limits(),
         );
+        if self.timeouts.pqexec_disabled {
+            link.refuse_simple_queries();
+        }
         let end = relay::run(
             &mut link,
             stream,
@@ -499,23 +513,19 @@ async fn lease<'a>(
     pool: &'a Rc<Pool>,
     shard: &'a Rc<Shard>,
     stream: &mut Stream,
-    noticed: &mut bool,
+    notify: &mut Millis,
 ) -> Result<crate::pool::Held<'a>> {
     let mut acquire = std::pin::pin!(pool.acquire(shard));
-    if *noticed {
+    if notify.0 == 0 {
         return acquire.await;
     }
     if let Some(done) = futures_lite::future::poll_once(acquire.as_mut()).await {
         return done;
     }
-    let after = shard.config().general.query_wait_notify.duration();
-    if after.is_zero() {
-        return acquire.await;
-    }
-    if let Some(done) = rio::timeout(after, acquire.as_mut()).await {
+    if let Some(done) = rio::timeout(notify.duration(), acquire.as_mut()).await {
         return done;
     }
-    *noticed = true;
+    *notify = Millis(0);
     let mut notice = Vec::with_capacity(96);
     crate::protocol::build::error_response(
         &mut notice,
@@ -551,6 +561,6 @@ mod tests {
             Duration::from_millis(2500)
         );
         assert_eq!(Millis::from_config(Seconds(1e12)), Millis(u32::MAX));
-        assert_eq!(std::mem::size_of::<Timeouts>(), 16);
+        assert_eq!(std::mem::size_of::<Timeouts>(), 24);
     }
 }

@@ -96,6 +96,11 @@ pub struct General {
     /// Reuse servers round-robin instead of most-recently-used first.
     #[serde(deserialize_with = "flag")]
     pub server_round_robin: bool,
+    /// Refuse simple-protocol queries (PQexec), which can carry several statements in one
+    /// message: a client sending one is ended with "PQexec disallowed". Extended-protocol
+    /// clients only.
+    #[serde(deserialize_with = "flag")]
+    pub disable_pqexec: bool,
     /// Startup parameters tracked per client beyond the built-in set (array or comma list).
     #[serde(deserialize_with = "list")]
     pub track_extra_parameters: Vec<String>,
@@ -285,6 +290,7 @@ impl Default for General {
             max_db_client_connections: 0,
             max_user_client_connections: 0,
             server_round_robin: false,
+            disable_pqexec: false,
             track_extra_parameters: vec!["IntervalStyle".into()],
             ignore_startup_parameters: Vec::new(),
             application_name_add_host: false,

@@ -14,10 +14,10 @@
 //!   starts. Lines starting with `;` or `#` are comments. Later keys override earlier ones.
 //!
 //! Every problem is collected with its `file:line` before anything fails, as for TOML. A key
-//! PgBouncer knows and pgring does not act on is reported by name: an error when ignoring it
-//! would change what clients or servers see (`disable_pqexec = 1`), a warning
-//! otherwise (`syslog`, tuning knobs). Value-level gaps that TOML shares (TLS modes, auth types)
-//! are judged later, for both formats, by `validate::unsupported`.
+//! PgBouncer knows and pgring does not act on is reported by name, as a warning (`syslog`,
+//! tuning knobs: none changes what clients or servers see). Values pgring cannot honour are
+//! errors, since ignoring them would change behaviour: `target_session_attrs=read-only` here,
+//! and (for both formats, in `validate::unsupported`) auth types pgring lacks.
 //!
 //! One deliberate default differs from the TOML: an INI file without `listen_addr` listens on
 //! the unix socket only, as PgBouncer does (pgring's TOML default is `127.0.0.1`).
@@ -37,32 +37,37 @@ const MAX_INCLUDE_DEPTH: usize = 8;
 /// The sections pgring reads.
 const SECTIONS: &[&str] = &["pgbouncer", "databases", "users", "peers"];
 
-/// PgBouncer `[pgbouncer]` keys that have no pgring field, and how ignoring each is judged.
-/// `harmless` is the value at which ignoring the key changes nothing (`None`: never matters
-/// for clients, always a warning).
-const PGBOUNCER_ONLY: &[(&str, Option<&str>, &str)] = &[
-    (
-        "disable_pqexec",
-        Some("0"),
-        "pgring does not refuse multi-statement simple queries",
-    ),
-    ("syslog", None, "pgring logs to stderr and logfile only"),
-    ("syslog_ident", None, "pgring does not log to syslog"),
-    ("syslog_facility", None, "pgring does not log to syslog"),
+/// PgBouncer `[pgbouncer]` keys that have no pgring field: each is reported as ignored, with
+/// why (none of them changes what a client or server sees).
+const PGBOUNCER_ONLY: &[(&str, &str)] = &[
+    ("syslog", "pgring logs to stderr and logfile only"),
+    ("syslog_ident", "pgring does not log to syslog"),
+    ("syslog_facility", "pgring does not log to syslog"),
     (
         "resolv_conf",
-        None,
         "host names are resolved with the system resolver",
     ),
-    ("tcp_defer_accept", None, "a PgBouncer tuning knob"),
-    ("sbuf_loopcnt", None, "a PgBouncer tuning knob"),
-    ("client_tls_dheparams", None, "TLS is not implemented"),
-    ("client_tls_ecdhcurve", None, "TLS is not implemented"),
-    ("client_tls13_ciphers", None, "TLS is not implemented"),
-    ("server_tls13_ciphers", None, "TLS is not implemented"),
-    ("auth_ldap_options", None, "LDAP is not implemented"),
-    ("service_name", None, "Windows only"),
-    ("job_name", None, "Windows only"),
+    ("tcp_defer_accept", "a PgBouncer tuning knob"),
+    ("sbuf_loopcnt", "a PgBouncer tuning knob"),
+    (
+        "client_tls_dheparams",
+        "rustls has no finite-field DH: TLS 1.3 and ECDHE key exchange only",
+    ),
+    (
+        "client_tls_ecdhcurve",
+        "rustls picks the key exchange group (X25519, P-256, P-384)",
+    ),
+    (
+        "client_tls13_ciphers",
+        "rustls's TLS 1.3 cipher suites (AES-GCM, ChaCha20-Poly1305) are used",
+    ),
+    (
+        "server_tls13_ciphers",
+        "rustls's TLS 1.3 cipher suites (AES-GCM, ChaCha20-Poly1305) are used",
+    ),
+    ("auth_ldap_options", "LDAP is not implemented"),
+    ("service_name", "Windows only"),
+    ("job_name", "Windows only"),
 ];
 
 /// Where a line came from, printed `pgbouncer.ini:12`.
@@ -223,8 +228,10 @@ impl Mapper {
         // PgBouncer matches `[pgbouncer]` keys case-insensitively.
         let key = line.key.to_ascii_lowercase();
         let at = format!("{}: [pgbouncer] {key}", line.loc);
-        if let Some((_, harmless, why)) = PGBOUNCER_ONLY.iter().find(|(k, ..)| *k == key) {
-            return self.pgbouncer_only(&at, &line.value, *harmless, why);
+        if let Some((_, why)) = PGBOUNCER_ONLY.iter().find(|(k, _)| *k == key) {
+            return self
+                .warnings
+                .push(format!("{at}: ignored by pgring: {why}"));
         }
         let known = field_names::<General>();
         if !known.contains(&key.as_str()) {
@@ -241,18 +248,6 @@ impl Mapper {
                 self.general.insert(key, value);
             }
             Err(message) => self.problems.push(format!("{at}: {message}")),
-        }
-    }
-
-    fn pgbouncer_only(&mut self, at: &str, value: &str, harmless: Option<&str>, why: &str) {
-        match harmless {
-            Some(ok) if value == ok || value.is_empty() => {}
-            Some(_) => self
-                .problems
-                .push(format!("{at} = {value}: not implemented by pgring: {why}")),
-            None => self
-                .warnings
-                .push(format!("{at}: ignored by pgring: {why}")),
         }
     }
 

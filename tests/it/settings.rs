@@ -273,3 +273,65 @@ async fn console_set(port: u16, assignment: &str) {
         .await
         .unwrap_or_else(|e| panic!("SET {assignment}: {}", common::describe(&e)));
 }
+
+/// `disable_pqexec = 1`: extended-protocol clients work as before; a simple Query ends its
+/// client with PgBouncer's FATAL "PQexec disallowed" (08P01), and the server goes back to the
+/// pool clean: as it was when the Query opened a transaction, rolled back when the client had
+/// one open. The console still takes simple queries (psql speaks nothing else).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disable_pqexec_refuses_simple_queries_and_keeps_the_server() {
+    let pgring = Pgring::start(&config_for("transaction", 1, 2, "disable_pqexec = 1"));
+    let backend = |c: tokio_postgres::Client| async move {
+        let row = c
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap_or_else(|e| panic!("extended query: {}", common::describe(&e)));
+        row.get::<_, i32>(0)
+    };
+    let first = backend(common::connect(pgring.port, "app", "trust_user", "").await).await;
+
+    for (label, open_transaction) in [("between transactions", false), ("in a transaction", true)] {
+        let client = common::connect(pgring.port, "app", "trust_user", "").await;
+        if open_transaction {
+            client.execute("BEGIN", &[]).await.expect("BEGIN");
+        }
+        let refused = client
+            .simple_query("SELECT 1")
+            .await
+            .expect_err("a simple query under disable_pqexec");
+        let db = refused
+            .as_db_error()
+            .unwrap_or_else(|| panic!("{label}: no ErrorResponse: {}", common::describe(&refused)));
+        assert_eq!(db.code().code(), "08P01", "{label}");
+        assert_eq!(db.message(), "PQexec disallowed", "{label}");
+        assert_eq!(db.severity(), "FATAL", "{label}");
+        assert!(client.is_closed() || client.simple_query("SELECT 1").await.is_err());
+        // The one server is the same backend, idle and outside any transaction.
+        let next = common::connect(pgring.port, "app", "trust_user", "").await;
+        let pid = next
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap_or_else(|e| panic!("{label}: {}", common::describe(&e)));
+        assert_eq!(
+            pid.get::<_, i32>(0),
+            first,
+            "{label}: the server was closed"
+        );
+        // SAVEPOINT outside a transaction block fails with 25P01.
+        let outside = next
+            .execute("SAVEPOINT s", &[])
+            .await
+            .expect_err("no transaction");
+        assert_eq!(
+            common::sqlstate(&outside),
+            "25P01",
+            "{label}: left inside a transaction"
+        );
+    }
+
+    let console = common::connect(pgring.port, "pgbouncer", "postgres", "").await;
+    console
+        .simple_query("SHOW POOLS")
+        .await
+        .expect("the console takes simple queries");
+}
