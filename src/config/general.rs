@@ -204,6 +204,8 @@ pub struct General {
     pub client_tls_protocols: String,
     /// Cipher list towards clients.
     pub client_tls_ciphers: String,
+    /// TLS 1.3 cipher suites towards clients, colon-separated (empty: all rustls has).
+    pub client_tls13_ciphers: String,
     /// TLS towards servers.
     pub server_tls_sslmode: SslMode,
     /// CA to verify server certificates.
@@ -216,6 +218,8 @@ pub struct General {
     pub server_tls_protocols: String,
     /// Cipher list towards servers.
     pub server_tls_ciphers: String,
+    /// TLS 1.3 cipher suites towards servers, colon-separated (empty: all rustls has).
+    pub server_tls13_ciphers: String,
 
     // ---- network ---------------------------------------------------------------------------
     /// Enable TCP keepalive on client and server sockets.
@@ -334,12 +338,14 @@ impl Default for General {
             client_tls_ca_file: None,
             client_tls_protocols: "secure".into(),
             client_tls_ciphers: "default".into(),
+            client_tls13_ciphers: String::new(),
             server_tls_sslmode: SslMode::Prefer,
             server_tls_ca_file: None,
             server_tls_key_file: None,
             server_tls_cert_file: None,
             server_tls_protocols: "secure".into(),
             server_tls_ciphers: "default".into(),
+            server_tls13_ciphers: String::new(),
             tcp_keepalive: true,
             tcp_keepidle: 0,
             tcp_keepintvl: 0,

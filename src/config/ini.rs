@@ -57,14 +57,6 @@ const PGBOUNCER_ONLY: &[(&str, &str)] = &[
         "client_tls_ecdhcurve",
         "rustls picks the key exchange group (X25519, P-256, P-384)",
     ),
-    (
-        "client_tls13_ciphers",
-        "rustls's TLS 1.3 cipher suites (AES-GCM, ChaCha20-Poly1305) are used",
-    ),
-    (
-        "server_tls13_ciphers",
-        "rustls's TLS 1.3 cipher suites (AES-GCM, ChaCha20-Poly1305) are used",
-    ),
     ("auth_ldap_options", "LDAP is not implemented"),
     ("service_name", "Windows only"),
     ("job_name", "Windows only"),

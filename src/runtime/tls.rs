@@ -48,6 +48,47 @@ fn protocol_versions(list: &str) -> Result<Vec<&'static rustls::SupportedProtoco
     Ok(versions)
 }
 
+/// rustls's provider with its TLS 1.3 cipher suites narrowed to a `*_tls13_ciphers` list
+/// (OpenSSL's names, colon-separated, in order of preference; empty: all of them). The two CCM
+/// suites OpenSSL can offer are not in rustls: they are skipped, and a list of only those is
+/// refused. TLS 1.2 suites are left as they are.
+fn provider(tls13_ciphers: &str) -> Result<Arc<rustls::crypto::CryptoProvider>, String> {
+    use rustls::CipherSuite as C;
+    let mut provider = rustls::crypto::ring::default_provider();
+    let names: Vec<&str> = tls13_ciphers
+        .split(':')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .collect();
+    if names.is_empty() {
+        return Ok(Arc::new(provider));
+    }
+    let mut wanted = Vec::new();
+    for name in &names {
+        wanted.push(match *name {
+            "TLS_AES_256_GCM_SHA384" => C::TLS13_AES_256_GCM_SHA384,
+            "TLS_AES_128_GCM_SHA256" => C::TLS13_AES_128_GCM_SHA256,
+            "TLS_CHACHA20_POLY1305_SHA256" => C::TLS13_CHACHA20_POLY1305_SHA256,
+            "TLS_AES_128_CCM_SHA256" | "TLS_AES_128_CCM_8_SHA256" => continue,
+            other => return Err(format!("unknown TLS 1.3 cipher suite \"{other}\"")),
+        });
+    }
+    let all = std::mem::take(&mut provider.cipher_suites);
+    let (tls13, tls12): (Vec<_>, Vec<_>) = all.into_iter().partition(|s| s.tls13().is_some());
+    let mut suites: Vec<_> = wanted
+        .iter()
+        .filter_map(|w| tls13.iter().find(|s| s.suite() == *w).copied())
+        .collect();
+    if suites.is_empty() {
+        return Err(format!(
+            "no TLS 1.3 cipher suite of \"{tls13_ciphers}\" is available (the CCM suites are not)"
+        ));
+    }
+    suites.extend(tls12);
+    provider.cipher_suites = suites;
+    Ok(Arc::new(provider))
+}
+
 /// Where the TLS configuration for clients comes from (`client_tls_*`).
 pub struct TlsFiles<'a> {
     /// `client_tls_cert_file`: a PEM chain, leaf first.
@@ -61,6 +102,8 @@ pub struct TlsFiles<'a> {
     pub require_client_cert: bool,
     /// `client_tls_protocols`.
     pub protocols: &'a str,
+    /// `client_tls13_ciphers`.
+    pub tls13_ciphers: &'a str,
 }
 
 /// Builds the TLS configuration for clients: TLS 1.2 and 1.3 with rustls's safe defaults, as
@@ -69,7 +112,7 @@ pub struct TlsFiles<'a> {
 pub fn acceptor(files: &TlsFiles<'_>) -> Result<Arc<ServerConfig>, String> {
     let certs = read_certs(files.cert)?;
     let key = PrivateKeyDer::from_pem_file(files.key).map_err(|e| shown(files.key, &e))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = provider(files.tls13_ciphers)?;
     let versions = protocol_versions(files.protocols)?;
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&versions)
@@ -118,8 +161,9 @@ pub fn connector(
     ca: Option<&Path>,
     client_cert: Option<(&Path, &Path)>,
     protocols: &str,
+    tls13_ciphers: &str,
 ) -> Result<Arc<ClientConfig>, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = provider(tls13_ciphers)?;
     let versions = protocol_versions(protocols)?;
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&versions)
@@ -429,5 +473,49 @@ impl Tls {
     ) -> Poll<io::Result<()>> {
         self.conn.send_close_notify();
         self.poll_flush(sock, cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::provider;
+    use rustls::CipherSuite as C;
+
+    fn tls13_of(list: &str) -> Vec<C> {
+        let p = provider(list).unwrap_or_else(|e| panic!("{list}: {e}"));
+        let suites = p.cipher_suites.iter();
+        suites
+            .filter(|s| s.tls13().is_some())
+            .map(|s| s.suite())
+            .collect()
+    }
+
+    #[test]
+    fn tls13_ciphers_narrow_and_order_the_suites_and_leave_tls12_alone() {
+        assert_eq!(tls13_of("").len(), 3);
+        assert_eq!(
+            tls13_of("TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256"),
+            [
+                C::TLS13_CHACHA20_POLY1305_SHA256,
+                C::TLS13_AES_128_GCM_SHA256
+            ]
+        );
+        // OpenSSL's CCM suites are skipped; rustls has none.
+        assert_eq!(
+            tls13_of("TLS_AES_128_CCM_SHA256:TLS_AES_256_GCM_SHA384"),
+            [C::TLS13_AES_256_GCM_SHA384]
+        );
+        let narrowed = provider("TLS_AES_256_GCM_SHA384").expect("narrowed");
+        let all = provider("").expect("all");
+        let tls12 = |p: &rustls::crypto::CryptoProvider| {
+            p.cipher_suites
+                .iter()
+                .filter(|s| s.tls13().is_none())
+                .count()
+        };
+        assert_eq!(tls12(&narrowed), tls12(&all));
+        assert!(provider("TLS_AES_128_CCM_8_SHA256").is_err());
+        let unknown = provider("TLS_AES_256_GCM_SHA384:AES256-SHA").unwrap_err();
+        assert!(unknown.contains("\"AES256-SHA\""), "{unknown}");
     }
 }

@@ -41,7 +41,8 @@ fn tls_pgring(mode: &str, extra: &str) -> (Pgring, std::path::PathBuf) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn require_serves_libpq_over_tls_and_refuses_plain_tcp() {
-    let (pgring, files) = tls_pgring("require", "");
+    let ciphers = "client_tls13_ciphers = \"TLS_CHACHA20_POLY1305_SHA256\"";
+    let (pgring, files) = tls_pgring("require", ciphers);
     let port = pgring.port;
     // A result of many TLS records, and the server really is PostgreSQL behind a pool.
     let big = psql(
@@ -81,10 +82,14 @@ async fn require_serves_libpq_over_tls_and_refuses_plain_tcp() {
     assert!(out.status.success(), "{said}\n{}", pgring.log());
     assert!(said.contains("number of failed transactions: 0"), "{said}");
 
-    // The console shows each TLS client's version and cipher.
+    // The console shows each TLS client's version and cipher: the one client_tls13_ciphers
+    // allows (libpq offers AES-GCM first).
     let sql = "SHOW CLIENTS";
     let rows = psql("127.0.0.1", port, "pgbouncer", "require", sql).expect("SHOW CLIENTS");
-    assert!(rows.contains("|TLSv1.3/TLS13_"), "{rows}");
+    assert!(
+        rows.contains("|TLSv1.3/TLS13_CHACHA20_POLY1305_SHA256|"),
+        "{rows}"
+    );
     assert!(pgring.log().contains("tls=TLSv1.3/"), "{}", pgring.log());
     let _ = std::fs::remove_dir_all(files);
 }
@@ -242,12 +247,13 @@ async fn verify_ca_and_cert_auth_take_the_user_from_the_client_certificate() {
     let _ = std::fs::remove_dir_all(files);
 }
 
-/// `ssl` of the backend serving this query, as PostgreSQL sees it.
+/// `ssl` and `cipher` of the backend serving this query, as PostgreSQL sees them.
 async fn backend_ssl(port: u16) -> Result<String, String> {
     let client = crate::common::try_connect(port, "app", "postgres", "")
         .await
         .map_err(|e| crate::common::describe(&e))?;
-    let sql = "SELECT ssl::text FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
+    let sql = "SELECT ssl::text || '/' || coalesce(cipher, '') FROM pg_stat_ssl \
+               WHERE pid = pg_backend_pid()";
     let row = client
         .query_one(sql, &[])
         .await
@@ -262,10 +268,10 @@ async fn backend_ssl(port: u16) -> Result<String, String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_connections_use_tls_as_server_tls_sslmode_says() {
     let prefer = Pgring::start(&config_for("transaction", 2, 2, ""));
-    assert_eq!(
-        backend_ssl(prefer.port).await.as_deref(),
-        Ok("true"),
-        "{}",
+    let ssl = backend_ssl(prefer.port).await;
+    assert!(
+        ssl.as_deref().is_ok_and(|s| s.starts_with("true/TLS_")),
+        "{ssl:?}\n{}",
         prefer.log()
     );
     let disable = Pgring::start(&config_for(
@@ -274,17 +280,19 @@ async fn server_connections_use_tls_as_server_tls_sslmode_says() {
         2,
         "server_tls_sslmode = \"disable\"",
     ));
-    assert_eq!(backend_ssl(disable.port).await.as_deref(), Ok("false"));
+    assert_eq!(backend_ssl(disable.port).await.as_deref(), Ok("false/"));
 
     let ca = pg().ca_file();
+    // server_tls13_ciphers narrows what pgring offers PostgreSQL.
     let full = format!(
-        "server_tls_sslmode = \"verify-full\"\nserver_tls_ca_file = \"{}\"",
+        "server_tls_sslmode = \"verify-full\"\nserver_tls_ca_file = \"{}\"\n\
+         server_tls13_ciphers = \"TLS_AES_128_GCM_SHA256\"",
         ca.display()
     );
     let full = Pgring::start(&config_for("transaction", 2, 2, &full));
     assert_eq!(
         backend_ssl(full.port).await.as_deref(),
-        Ok("true"),
+        Ok("true/TLS_AES_128_GCM_SHA256"),
         "{}",
         full.log()
     );
