@@ -12,7 +12,7 @@
 //! config file's directory (PgBouncer: the working directory), booleans are `true`/`false`
 //! (PgBouncer's `0`/`1` are accepted too), and durations are seconds as numbers.
 
-use super::types::{flag, list, AuthType, FileMode, PoolMode, Seconds, SslMode};
+use super::types::{flag, flag_or_seconds, list, AuthType, FileMode, PoolMode, Seconds, SslMode};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -235,6 +235,11 @@ pub struct General {
     pub tcp_user_timeout: u32,
     /// SO_SNDBUF/SO_RCVBUF; 0 = kernel default. [bytes]
     pub tcp_socket_buffer: u32,
+    /// TCP_DEFER_ACCEPT on the listening sockets (45 s, as PgBouncer): a connection is handed
+    /// to pgring once its first bytes arrive, saving a wake-up per connection. (Old
+    /// PgBouncer configs give seconds: any positive number is on.)
+    #[serde(deserialize_with = "flag_or_seconds")]
+    pub tcp_defer_accept: bool,
     /// How long a DNS answer is cached. [seconds]
     pub dns_max_ttl: Seconds,
     /// How long a "no such host" answer is cached. [seconds]
@@ -352,6 +357,7 @@ impl Default for General {
             tcp_keepcnt: 0,
             tcp_user_timeout: 0,
             tcp_socket_buffer: 0,
+            tcp_defer_accept: true,
             dns_max_ttl: Seconds(15.0),
             dns_nxdomain_ttl: Seconds(15.0),
             dns_zone_check_period: Seconds::ZERO,
@@ -384,6 +390,8 @@ pub struct TcpTuning {
     pub user_timeout: u32,
     /// SO_SNDBUF and SO_RCVBUF, bytes.
     pub buffer: u32,
+    /// TCP_DEFER_ACCEPT (listening sockets only).
+    pub defer_accept: bool,
 }
 
 impl General {
@@ -396,6 +404,7 @@ impl General {
             keepcnt: self.tcp_keepcnt,
             user_timeout: self.tcp_user_timeout,
             buffer: self.tcp_socket_buffer,
+            defer_accept: self.tcp_defer_accept,
         }
     }
 

@@ -47,7 +47,6 @@ const PGBOUNCER_ONLY: &[(&str, &str)] = &[
         "resolv_conf",
         "host names are resolved with the system resolver",
     ),
-    ("tcp_defer_accept", "a PgBouncer tuning knob"),
     ("sbuf_loopcnt", "a PgBouncer tuning knob"),
     (
         "client_tls_dheparams",

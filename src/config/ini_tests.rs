@@ -303,7 +303,11 @@ app = host=127.0.0.1
 ";
     let config = load_text("warn", text).unwrap_or_else(|e| panic!("{e}"));
     let warnings = config.warnings.join("\n");
-    for key in ["syslog", "tcp_defer_accept", "dns_zone_check_period"] {
+    assert!(
+        config.general.tcp_defer_accept,
+        "an old config's 45 seconds mean on"
+    );
+    for key in ["syslog", "dns_zone_check_period"] {
         assert!(warnings.contains(key), "{key} missing from:\n{warnings}");
     }
     assert!(!warnings.contains("disable_pqexec"), "honoured");

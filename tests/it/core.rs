@@ -519,7 +519,9 @@ async fn a_late_cancel_request_hits_no_later_query() {
 /// - a client's key carries its process's peer id where PgBouncer reads it (bytes 1-2);
 /// - a client of the first is cancelled by a request sent to the second;
 /// - a request for the looping id is forwarded three times at most (the key's TTL), then
-///   dropped, and both processes go on serving.
+///   dropped, and both processes go on serving. (Each hop holds one of the first process's
+///   slots for peer 3 until the next hop is done, so the loop needs `pool_size = 3`; with
+///   fewer, the last hop waits out `cancel_wait_timeout`, as it would in PgBouncer.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_request_reaching_the_wrong_peer_is_forwarded_to_its_own() {
     let (first, second) = (
@@ -537,7 +539,7 @@ async fn a_cancel_request_reaching_the_wrong_peer_is_forwarded_to_its_own() {
     let peers = format!(
         "\n[peers.1]\nhost = \"127.0.0.1\"\nport = {port1}\n\
          \n[peers.2]\nhost = \"127.0.0.1\"\nport = {port2}\n\
-         \n[peers.3]\nhost = \"127.0.0.1\"\nport = {port1}\n"
+         \n[peers.3]\nhost = \"127.0.0.1\"\nport = {port1}\npool_size = 3\n"
     );
     let mut one = Pgring::start(&(first + &peers));
     let mut two = Pgring::start(&(second + &peers));
@@ -596,14 +598,14 @@ async fn a_cancel_request_reaching_the_wrong_peer_is_forwarded_to_its_own() {
             _ => None,
         })
         .collect();
-    let want: Vec<Vec<String>> = [(1, port1), (2, port2), (3, port1)]
+    let want: Vec<Vec<String>> = [(1, port1, 2), (2, port2, 2), (3, port1, 3)]
         .iter()
-        .map(|(id, port)| {
+        .map(|(id, port, size)| {
             vec![
                 id.to_string(),
                 "127.0.0.1".into(),
                 port.to_string(),
-                "2".into(),
+                size.to_string(),
             ]
         })
         .collect();

@@ -335,3 +335,38 @@ async fn disable_pqexec_refuses_simple_queries_and_keeps_the_server() {
         .await
         .expect("the console takes simple queries");
 }
+
+/// `tcp_defer_accept` (on by default, as in PgBouncer on Linux): the kernel hands pgring a
+/// connection once its first bytes arrive, so a silent connection is not yet a login client;
+/// turned off, it is one at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_defer_accept_hands_over_a_connection_once_it_speaks() {
+    use tokio::io::AsyncWriteExt;
+    for (defer, extra) in [(true, ""), (false, "tcp_defer_accept = 0")] {
+        let pgring = Pgring::start(&config_for("transaction", 2, 2, extra));
+        let console = crate::admin::console(&pgring, "postgres").await;
+        let logging_in = || async {
+            let lists = crate::admin::show(&console, "SHOW LISTS").await;
+            lists.num("list", "login_clients", "items")
+        };
+        let mut silent = tokio::net::TcpStream::connect(("127.0.0.1", pgring.port))
+            .await
+            .expect("connect");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            logging_in().await,
+            u64::from(!defer),
+            "defer {defer}: silent"
+        );
+        // The startup packet's length word: now it is pgring's.
+        silent.write_all(&[0, 0, 0, 8]).await.expect("write");
+        let started = std::time::Instant::now();
+        while logging_in().await != 1 {
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "defer {defer}: a connection that spoke was not handed over"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}

@@ -174,7 +174,10 @@ async fn client_idle_timeout_closes_idle_clients_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_login_timeout_closes_a_silent_connection() {
-    let pgring = Pgring::start(&config_for("transaction", 1, 2, "client_login_timeout = 1"));
+    // With tcp_defer_accept (the default) the kernel keeps a silent connection from pgring
+    // until it speaks (or 45 s pass), as it keeps it from PgBouncer.
+    let extra = "client_login_timeout = 1\ntcp_defer_accept = 0";
+    let pgring = Pgring::start(&config_for("transaction", 1, 2, extra));
     let mut silent = TcpStream::connect(("127.0.0.1", pgring.port))
         .await
         .expect("connect");
