@@ -54,6 +54,7 @@ pub mod relay;
 pub mod runtime;
 pub mod server;
 pub mod stats;
+pub mod syslog;
 pub mod wire;
 
 /// Tells systemd (Type=notify) that pgring is ready, if it is listening.

@@ -73,8 +73,10 @@ fn main() -> ExitCode {
 /// Everything after the configuration loaded: daemon, logging, pidfile, privileges, shards.
 fn start(cli: &Cli, config: Config, path: PathBuf) -> Result<(), String> {
     let g = &config.general;
-    if cli.daemon && g.logfile.is_none() {
-        return Err("-d needs logfile set: a daemon's standard error goes nowhere".into());
+    if cli.daemon && g.logfile.is_none() && !g.syslog {
+        return Err(
+            "-d needs logfile or syslog set: a daemon's standard error goes nowhere".into(),
+        );
     }
     if let Some(pidfile) = &g.pidfile {
         process::check_pidfile(pidfile).map_err(|e| e.to_string())?;
@@ -112,9 +114,14 @@ fn after_bind(user: Option<&str>, pidfile: Option<&Path>) -> Result<(), BootErro
     Ok(())
 }
 
-/// stderr unless `-q`, plus the logfile when set; level from `verbose` + `-v` (RUST_LOG wins).
+/// stderr unless `-q`, plus the logfile when set, plus the system logger with `syslog`;
+/// level from `verbose` + `-v` (RUST_LOG wins).
 fn init_logging(cli: &Cli, config: &Config) -> Result<(), String> {
-    let level = match config.general.verbose.saturating_add(cli.verbose) {
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let g = &config.general;
+    let level = match g.verbose.saturating_add(cli.verbose) {
         0 => "info",
         1 => "debug",
         _ => "trace",
@@ -123,17 +130,32 @@ fn init_logging(cli: &Cli, config: &Config) -> Result<(), String> {
     // A daemon's stderr is /dev/null anyway.
     let quiet = cli.quiet || cli.daemon;
     let stderr = std::io::stderr.with_filter(move |_| !quiet);
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match &config.general.logfile {
-        Some(path) => {
-            let file = process::open_logfile(path)
-                .map_err(|e| format!("cannot open logfile {}: {e}", path.display()))?;
-            builder
+    let file = match &g.logfile {
+        Some(path) => Some(
+            process::open_logfile(path)
+                .map_err(|e| format!("cannot open logfile {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+    let local = tracing_subscriber::fmt::layer().with_ansi(file.is_none() && !g.syslog);
+    let local = match file {
+        Some(file) => local.with_writer(BoxMakeWriter::new(stderr.and(file))),
+        None => local.with_writer(BoxMakeWriter::new(stderr)),
+    };
+    // The system logger stamps the time itself.
+    let syslog = match g.syslog {
+        true => Some(
+            tracing_subscriber::fmt::layer()
                 .with_ansi(false)
-                .with_writer(stderr.and(file))
-                .init();
-        }
-        None => builder.with_writer(stderr).init(),
-    }
+                .without_time()
+                .with_writer(pgring::syslog::open(&g.syslog_ident, &g.syslog_facility)?),
+        ),
+        false => None,
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(local)
+        .with(syslog)
+        .init();
     Ok(())
 }

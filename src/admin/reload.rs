@@ -239,6 +239,9 @@ const KEPT: &[&str] = &[
     "spin_before_park_us",
     "stats_listen",
     "user",
+    "syslog",
+    "syslog_ident",
+    "syslog_facility",
 ];
 
 fn keep_restart_keys(old: &Config, new: &mut Config) -> Vec<String> {
@@ -264,6 +267,9 @@ fn keep_restart_keys(old: &Config, new: &mut Config) -> Vec<String> {
         spin_before_park_us,
         stats_listen,
         user,
+        syslog,
+        syslog_ident,
+        syslog_facility,
     );
     notes
 }

@@ -255,6 +255,14 @@ pub struct General {
     pub user: Option<String>,
     /// Also log to this file (reopened on SIGHUP).
     pub logfile: Option<PathBuf>,
+    /// Also log to the system logger (`/dev/log`).
+    #[serde(deserialize_with = "flag")]
+    pub syslog: bool,
+    /// The name log lines carry in the system log (PgBouncer's default, so that existing
+    /// filters keep matching).
+    pub syslog_ident: String,
+    /// The syslog facility: auth, authpriv, daemon, user, local0-local7.
+    pub syslog_facility: String,
     /// Log each client login.
     #[serde(deserialize_with = "flag")]
     pub log_connections: bool,
@@ -364,6 +372,9 @@ impl Default for General {
             pidfile: None,
             user: None,
             logfile: None,
+            syslog: false,
+            syslog_ident: "pgbouncer".into(),
+            syslog_facility: "daemon".into(),
             log_connections: true,
             log_disconnections: true,
             log_pooler_errors: true,

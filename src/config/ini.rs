@@ -40,9 +40,6 @@ const SECTIONS: &[&str] = &["pgbouncer", "databases", "users", "peers"];
 /// PgBouncer `[pgbouncer]` keys that have no pgring field: each is reported as ignored, with
 /// why (none of them changes what a client or server sees).
 const PGBOUNCER_ONLY: &[(&str, &str)] = &[
-    ("syslog", "pgring logs to stderr and logfile only"),
-    ("syslog_ident", "pgring does not log to syslog"),
-    ("syslog_facility", "pgring does not log to syslog"),
     (
         "resolv_conf",
         "host names are resolved with the system resolver",

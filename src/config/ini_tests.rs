@@ -294,6 +294,7 @@ fn keys_pgring_ignores_are_named_as_warnings_or_errors() {
     let text = "\
 [pgbouncer]
 auth_type = trust
+sbuf_loopcnt = 10
 syslog = 1
 tcp_defer_accept = 45
 disable_pqexec = 0
@@ -307,7 +308,8 @@ app = host=127.0.0.1
         config.general.tcp_defer_accept,
         "an old config's 45 seconds mean on"
     );
-    for key in ["syslog", "dns_zone_check_period"] {
+    assert!(config.general.syslog, "syslog is honoured");
+    for key in ["sbuf_loopcnt", "dns_zone_check_period"] {
         assert!(warnings.contains(key), "{key} missing from:\n{warnings}");
     }
     assert!(!warnings.contains("disable_pqexec"), "honoured");

@@ -31,6 +31,9 @@ pub const RESTART_KEYS: &[&str] = &[
     "pin_shards",
     "spin_before_park_us",
     "stats_listen",
+    "syslog",
+    "syslog_ident",
+    "syslog_facility",
 ];
 
 /// Keys whose values never appear in a diff.

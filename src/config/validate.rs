@@ -261,6 +261,13 @@ pub(crate) fn unsupported(config: &Config) -> (Vec<String>, Vec<String>) {
             ));
         }
     }
+    if crate::syslog::facility_code(&g.syslog_facility).is_none() {
+        errors.push(format!(
+            "[general] syslog_facility: \"{}\" is not one of {}",
+            g.syslog_facility,
+            crate::syslog::facility_names()
+        ));
+    }
     if !g.dns_zone_check_period.is_zero() {
         warnings
             .push("[general] dns_zone_check_period: ignored by pgring (no DNS zone checks)".into());

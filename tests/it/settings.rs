@@ -370,3 +370,55 @@ async fn tcp_defer_accept_hands_over_a_connection_once_it_speaks() {
         }
     }
 }
+
+/// `syslog = 1`: every log line also reaches the system logger as one datagram,
+/// `<PRI>ident[pid]: line`, PRI being `syslog_facility` and the line's severity (local3 =
+/// 19, info = 6: 158), without the time, which the logger stamps. The socket is /dev/log;
+/// here a test socket stands in for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn syslog_sends_each_line_with_ident_pid_facility_and_severity() {
+    let dir = common::pgring::fresh_dir();
+    let path = dir.join("log.sock");
+    let logger = std::os::unix::net::UnixDatagram::bind(&path).expect("bind the test logger");
+    logger
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let socket = path.to_str().expect("UTF-8 path");
+    let extra = "syslog = 1\nsyslog_ident = \"pgtest\"\nsyslog_facility = \"local3\"";
+    let pgring = Pgring::start_with_env(
+        &config_for("transaction", 2, 2, extra),
+        &[("PGRING_SYSLOG_SOCKET", socket)],
+    );
+    let (mut client, _) =
+        Wire::login(pgring.port, &[("user", "trust_user"), ("database", "app")]).await;
+    assert_eq!(client.query_value("SELECT 1").await.as_deref(), Some("1"));
+    let lines = tokio::task::spawn_blocking(move || {
+        let mut lines = Vec::new();
+        let mut buf = vec![0u8; 8192];
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_secs(5) {
+            if let Ok(n) = logger.recv(&mut buf) {
+                let line = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let done = line.contains("login attempt");
+                lines.push(line);
+                if done {
+                    break;
+                }
+            }
+        }
+        lines
+    })
+    .await
+    .expect("logger task");
+    let login = lines
+        .iter()
+        .find(|l| l.contains("login attempt"))
+        .unwrap_or_else(|| panic!("no login line among {lines:#?}"));
+    let prefix = format!("<158>pgtest[{}]: ", pgring.pid());
+    assert!(login.starts_with(&prefix), "{login}");
+    assert!(
+        !login.contains('\n') && !login.contains('\u{1b}'),
+        "{login:?}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
