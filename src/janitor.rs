@@ -32,6 +32,7 @@ pub fn start(shard: &Rc<Shard>) {
             crate::client::balance::tick(&shard);
             ticks = ticks.wrapping_add(1);
             if second {
+                crate::admin::control::fast_close(&shard);
                 shard.bufs.trim();
                 if shard.id == 0 {
                     shard.shared.forget_unused_global_pools();

@@ -387,7 +387,8 @@ struct ClientStep {
 
 /// Relays until the transaction ends (transaction and statement modes) or
 /// the client leaves. `prepared` is the client's statement names; they are
-/// rewritten unless the pool is in session mode or the feature is off.
+/// rewritten unless the pool is in session mode or the feature is off. `busy` says, for the
+/// console and `server_fast_close`, whether a request is on the server (the link not at rest).
 pub async fn run(
     link: &mut Link,
     client: &mut Stream,
@@ -395,6 +396,7 @@ pub async fn run(
     params: &mut ClientParams,
     prepared: &mut ClientStatements,
     stats: &PoolStats,
+    busy: &std::cell::Cell<bool>,
 ) -> Result<End> {
     let rewrite = link.mode != PoolMode::Session && prepared.max() > 0;
     server.meta.prepared.begin_lease();
@@ -405,6 +407,7 @@ pub async fn run(
                 return Ok(end);
             }
         }
+        busy.set(!link.state.at_rest());
         let deadline = link.deadline();
         let read = read_either(client, &mut link.cbuf, &mut server.stream, &mut link.sbuf);
         let ready = match deadline {

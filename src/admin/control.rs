@@ -7,7 +7,9 @@
 //!   as PgBouncer disconnects servers under PAUSE.
 //! - KILL [db]: pause the database, end its clients, close its idle servers.
 //! - RECONNECT [db]: close idle servers now; mark leased ones so that their
-//!   release closes them (`close_needed` in SHOW SERVERS).
+//!   release closes them (`close_needed` in SHOW SERVERS). With `server_fast_close`, a
+//!   session-mode client whose server is marked is ended as soon as no request of its is on
+//!   the server ([`fast_close`]), rather than at its disconnect.
 //! - DISABLE / ENABLE db: refuse or allow new logins.
 //! - SUSPEND: hold every new transaction until RESUME.
 
@@ -118,7 +120,44 @@ fn reconnect(shard: &Rc<Shard>, db: &Option<String>) -> u32 {
         }
     }
     info!(shard = shard.id, closed, marked, "RECONNECT");
+    fast_close(shard);
     closed + marked
+}
+
+/// `server_fast_close`: ends each session-mode client whose server must close (RECONNECT, a
+/// RELOAD that changed its database) and has no request on it, so that the server closes now
+/// instead of when the client leaves (PgBouncer's janitor does the same with a "ready"
+/// server). A transaction open on it is rolled back as the session ends. Run at RECONNECT and
+/// every second; touches nothing unless both the setting and a marked server are there.
+pub fn fast_close(shard: &Rc<Shard>) {
+    if shard.admin.close_needed.borrow().is_empty() || !shard.config().general.server_fast_close {
+        return;
+    }
+    let pools = shard.pools.borrow();
+    let config = shard.config();
+    let victims: Vec<_> = shard
+        .clients
+        .borrow()
+        .values()
+        .filter(|c| {
+            let marked = c
+                .linked
+                .borrow()
+                .as_ref()
+                .is_some_and(|l| shard.admin.close_needed(l.server_id));
+            marked
+                && !c.busy.get()
+                && !c.is_killed()
+                && pools
+                    .get(&client_pool_key(&config, c))
+                    .is_some_and(|p| p.mode() == crate::config::PoolMode::Session)
+        })
+        .cloned()
+        .collect();
+    drop(pools);
+    for c in victims {
+        c.kill("database configuration changed");
+    }
 }
 
 fn kill(shard: &Rc<Shard>, db: &Option<String>) -> u32 {

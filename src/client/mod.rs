@@ -97,6 +97,8 @@ pub struct ClientInfo {
     pub linked: RefCell<Option<Recycled<Linked>>>,
     /// Is this an admin console session.
     pub is_admin: Cell<bool>,
+    /// A request of this client is on its server (set by the relay when it waits).
+    pub busy: Cell<bool>,
     /// Prepared statements the client has (SHOW CLIENTS
     /// prepared_statements), updated after each transaction.
     pub prepared_statements: Cell<u32>,
@@ -361,6 +363,7 @@ impl ClientInfo {
             request_time: Cell::new(rio::now()),
             linked: RefCell::new(None),
             is_admin: Cell::new(false),
+            busy: Cell::new(false),
             prepared_statements: Cell::new(0),
             fd: stream.as_raw_fd(),
             kill_reason: KillReason::default(),

@@ -392,8 +392,10 @@ impl Session {
             &mut self.params,
             &mut self.prepared,
             &self.pool.stats,
+            &self.info.busy,
         )
         .await;
+        self.info.busy.set(false);
         let prepared = u32::try_from(self.prepared.len()).unwrap_or(u32::MAX);
         self.info.prepared_statements.set(prepared);
         let held = rio::now().saturating_duration_since(started);

@@ -588,3 +588,68 @@ async fn admin_sighup_reloads_every_shard() {
         p.log()
     );
 }
+
+/// `server_fast_close` (session mode): after RECONNECT, a client whose server must close is
+/// ended as soon as no request of its is on the server, with FATAL 57P01 "database
+/// configuration changed", and its backend goes; a client whose query is running gets its
+/// answer first. Without the setting, RECONNECT leaves a session-mode client its server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_fast_close_ends_ready_session_clients_at_reconnect() {
+    use crate::common::wire::{ErrorFields, Wire};
+    let login = [("user", "trust_user"), ("database", "app")];
+    for fast in [true, false] {
+        let extra = if fast { "server_fast_close = 1" } else { "" };
+        let p = Pgring::start(&config_for("session", 2, 2, extra));
+        let (mut idle, _) = Wire::login(p.port, &login).await;
+        let pid = idle
+            .query_value("SELECT pg_backend_pid()")
+            .await
+            .expect("pid");
+        let (mut running, _) = Wire::login(p.port, &login).await;
+        running
+            .send(&crate::common::wire::query("SELECT pg_sleep(1.5), 'done'"))
+            .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let c = console(&p, "postgres").await;
+        c.simple_query("RECONNECT app").await.expect("RECONNECT");
+        if !fast {
+            let again = idle.query_value("SELECT pg_backend_pid()").await;
+            assert_eq!(again.as_deref(), Some(pid.as_str()), "kept its server");
+            let rows = running.read_result().await.expect("the sleeper's answer");
+            assert_eq!(rows[0][1].as_deref(), Some("done"));
+            continue;
+        }
+        let msg = tokio::time::timeout(Duration::from_secs(2), idle.recv())
+            .await
+            .expect("the ready client was not ended within 2 s")
+            .expect("an ErrorResponse before the close");
+        assert_eq!(msg.tag, b'E');
+        let e = ErrorFields::parse(&msg.body);
+        assert_eq!(
+            (e.severity(), e.code(), e.message()),
+            ("FATAL", "57P01", "database configuration changed")
+        );
+        // The running query is answered, then its client is ended too (within a janitor
+        // second).
+        let rows = running.read_result().await.expect("the sleeper's answer");
+        assert_eq!(rows[0][1].as_deref(), Some("done"));
+        let ended = tokio::time::timeout(Duration::from_secs(3), running.recv()).await;
+        let msg = ended.expect("the sleeper was not ended after its query");
+        assert_eq!(msg.map(|m| m.tag), Some(b'E'));
+        // Its backend is gone.
+        let admin = crate::common::pg().admin("postgres").await;
+        let started = std::time::Instant::now();
+        loop {
+            let sql = format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}");
+            let n: i64 = admin.query_one(&sql, &[]).await.expect("count").get(0);
+            if n == 0 {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "backend {pid} still there"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
