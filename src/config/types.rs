@@ -372,48 +372,28 @@ pub fn split_list(text: &str) -> Vec<String> {
 
 /// Reads a boolean written as `true`/`false` or as PgBouncer's `0`/`1`.
 pub(crate) fn flag<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
-    d.deserialize_any(FlagVisitor)
+    d.deserialize_any(FlagVisitor { seconds: false })
 }
 
 /// [`flag`] for a PgBouncer setting that older versions took as a number of seconds and newer
 /// ones as a switch (`tcp_defer_accept = 45`): any positive number means on.
 pub(crate) fn flag_or_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
-    d.deserialize_any(SecondsFlagVisitor)
+    d.deserialize_any(FlagVisitor { seconds: true })
 }
 
-struct SecondsFlagVisitor;
-
-impl Visitor<'_> for SecondsFlagVisitor {
-    type Value = bool;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("true or false (or a number: 0 is off)")
-    }
-
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<bool, E> {
-        Ok(v)
-    }
-
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<bool, E> {
-        match v {
-            0 => Ok(false),
-            1.. => Ok(true),
-            _ => Err(E::invalid_value(de::Unexpected::Signed(v), &self)),
-        }
-    }
-
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<bool, E> {
-        Ok(v != 0)
-    }
+/// `seconds`: any positive number is `true`, not only 1.
+struct FlagVisitor {
+    seconds: bool,
 }
-
-struct FlagVisitor;
 
 impl Visitor<'_> for FlagVisitor {
     type Value = bool;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("true or false (or PgBouncer's 1 or 0)")
+        f.write_str(match self.seconds {
+            false => "true or false (or PgBouncer's 1 or 0)",
+            true => "true or false (or a number: 0 is off)",
+        })
     }
 
     fn visit_bool<E: de::Error>(self, v: bool) -> Result<bool, E> {
@@ -424,6 +404,7 @@ impl Visitor<'_> for FlagVisitor {
         match v {
             0 => Ok(false),
             1 => Ok(true),
+            2.. if self.seconds => Ok(true),
             _ => Err(E::invalid_value(de::Unexpected::Signed(v), &self)),
         }
     }
