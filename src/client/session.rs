@@ -536,17 +536,30 @@ async fn lease<'a>(
         "No server connection available in postgres backend, client being queued",
     );
     // The wait goes on while the notice is written: a server granted meanwhile is taken up
-    // at once, and the notice is whole before anything of the transaction follows it.
-    let (written, leased) =
-        futures_lite::future::zip(rio::write_all(stream, &notice), acquire).await;
+    // at once, and the notice is whole before anything of the transaction follows it. A
+    // client gone meanwhile leaves the queue at once (dropping the wait gives back whatever
+    // it was granted).
+    use std::future::Future;
+    let mut write = std::pin::pin!(rio::write_all(stream, &notice));
+    let mut leased = None;
+    let written = std::future::poll_fn(|cx| {
+        if leased.is_none() {
+            if let std::task::Poll::Ready(r) = acquire.as_mut().poll(cx) {
+                leased = Some(r);
+            }
+        }
+        write.as_mut().poll(cx)
+    })
+    .await;
     match (written, leased) {
-        (Err(e), Ok(server)) => {
+        (Ok(()), Some(leased)) => leased,
+        (Ok(()), None) => acquire.await,
+        (Err(e), Some(Ok(server))) => {
             // Untouched: it goes back as it came.
             pool.release(shard, server.take());
             Err(Error::ClientIo(e))
         }
-        (Err(e), Err(_)) => Err(Error::ClientIo(e)),
-        (Ok(()), leased) => leased,
+        (Err(e), _) => Err(Error::ClientIo(e)),
     }
 }
 
