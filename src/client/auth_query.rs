@@ -205,7 +205,7 @@ async fn run_on_pool(
     user: &str,
 ) -> Result<Option<Secret>> {
     let pool = shard.pool(auth_key);
-    let mut server = pool.acquire(shard).await?;
+    let mut server = pool.acquire(shard, crate::pool::INTERNAL).await?;
     let result = query_secret(&mut server, sql, user).await;
     match &result {
         Ok(_) | Err(Error::Server(_)) => pool.release(shard, server.take()),

@@ -196,6 +196,20 @@ pub fn cancel_local(shard: &Rc<Shard>, key: CancelKey, owner: bool, done: wait_g
         return;
     };
     let Some(link) = client.linked.borrow().as_deref().cloned() else {
+        // A client waiting for a server: its request leaves the queue and fails with 57014,
+        // as PostgreSQL answers a cancelled query (PgBouncer ignores it, and the client hangs
+        // until a server is free).
+        if client.state.get() == super::ClientState::Waiting {
+            let key = crate::admin::report::client_pool_key(&shard.config(), &client);
+            let pool = shard.pools.borrow().get(&key).cloned();
+            if pool.is_some_and(|p| p.cancel_waiter(client.id)) {
+                info!(
+                    client = client.id,
+                    "cancel request: request taken out of the queue"
+                );
+                return;
+            }
+        }
         debug!(client = client.id, "cancel request for an idle client");
         return;
     };

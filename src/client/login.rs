@@ -278,7 +278,7 @@ async fn prepare_params(
     if fresh {
         // First client of this pool on this shard: a server tells us
         // what to greet clients with.
-        let server = pool.acquire(shard).await?;
+        let server = pool.acquire(shard, crate::pool::INTERNAL).await?;
         pool.release(shard, server.take());
     }
     let mut params = ClientParams::new(pool.client_base(tracked(config)));
@@ -288,7 +288,7 @@ async fn prepare_params(
         novel |= pool.note_param(k, v);
     }
     if novel {
-        let mut server = pool.acquire(shard).await?;
+        let mut server = pool.acquire(shard, crate::pool::INTERNAL).await?;
         let result = server.sync_params(&mut params).await;
         match &result {
             Err(Error::Server(_)) | Ok(()) => pool.release(shard, server.take()),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::balance::Moving;
 use super::{boxed, goodbye, login, ClientInfo, ClientState};
 use crate::config::{Config, PoolMode, Seconds};
-use crate::error::{Error, Result};
+use crate::error::{sqlstate, Error, Result};
 use crate::pool::Pool;
 use crate::relay::{self, End, Link};
 use crate::runtime::io::{self as rio, Buf};
@@ -348,11 +348,16 @@ impl Session {
         let acquire = lease(
             &self.pool,
             &self.shard,
+            self.info.id,
             stream,
             &mut self.timeouts.wait_notify,
         );
         let mut server = match acquire.await {
             Ok(s) => s,
+            Err(Error::Refused(e)) if e.code == sqlstate::QUERY_CANCELED => {
+                self.info.state.set(ClientState::Idle);
+                return boxed(self.answer_canceled(stream, cbuf, e)).await;
+            }
             Err(e) => {
                 self.shard.bufs.give(cbuf);
                 return Err(e);
@@ -437,6 +442,82 @@ impl Session {
         }
     }
 
+    /// A request cancelled while it waited for a server (none of it reached PostgreSQL),
+    /// answered as PostgreSQL answers a cancelled one: ErrorResponse 57014 at once, the
+    /// request skipped (a simple Query or FunctionCall; extended messages up to their Sync,
+    /// read as they arrive), then ReadyForQuery. Returns what the client sent after it.
+    async fn answer_canceled(
+        &self,
+        stream: &mut Stream,
+        mut cbuf: Buf,
+        e: crate::error::PgError,
+    ) -> Result<Option<Buf>> {
+        use crate::protocol::{frame_len, tag};
+        let mut out = Vec::with_capacity(128);
+        e.encode(&mut out);
+        // Bytes of the current message still to drop; whether it ends the request.
+        let (mut skip, mut ended, mut first) = (0usize, false, true);
+        loop {
+            if skip > 0 {
+                let n = skip.min(cbuf.filled);
+                cbuf.consume(n);
+                skip -= n;
+            }
+            if skip == 0 && ended {
+                break;
+            }
+            if skip == 0 {
+                let next = match frame_len(cbuf.data(), self.max_packet) {
+                    Ok(next) => next,
+                    Err(p) => {
+                        self.shard.bufs.give(cbuf);
+                        return Err(Error::ClientProtocol(p));
+                    }
+                };
+                if let Some(total) = next {
+                    let t = cbuf.data()[0];
+                    if t == tag::TERMINATE {
+                        // Leaving: the session reads it next.
+                        rio::write_all(stream, &out)
+                            .await
+                            .map_err(Error::ClientIo)?;
+                        return Ok(Some(cbuf));
+                    }
+                    ended =
+                        t == tag::SYNC || (first && matches!(t, tag::QUERY | tag::FUNCTION_CALL));
+                    first = false;
+                    skip = total;
+                    continue;
+                }
+            }
+            // More of the request is still to come: the error goes first, as PostgreSQL sends
+            // it before skipping to Sync.
+            if !out.is_empty() {
+                rio::write_all(stream, &out)
+                    .await
+                    .map_err(Error::ClientIo)?;
+                out.clear();
+            }
+            if rio::read_into(stream, &mut cbuf)
+                .await
+                .map_err(Error::ClientIo)?
+                == 0
+            {
+                self.shard.bufs.give(cbuf);
+                return Err(self.closed());
+            }
+        }
+        crate::protocol::build::ready_for_query(&mut out, b'I');
+        rio::write_all(stream, &out)
+            .await
+            .map_err(Error::ClientIo)?;
+        if cbuf.filled > 0 {
+            return Ok(Some(cbuf));
+        }
+        self.shard.bufs.give(cbuf);
+        Ok(None)
+    }
+
     /// Normal release at a transaction boundary.
     async fn release(&self, mut server: ServerConn) {
         self.info.unlink();
@@ -514,10 +595,11 @@ fn test_hook_moves_every_client() -> bool {
 async fn lease<'a>(
     pool: &'a Rc<Pool>,
     shard: &'a Rc<Shard>,
+    client: u64,
     stream: &mut Stream,
     notify: &mut Millis,
 ) -> Result<crate::pool::Held<'a>> {
-    let mut acquire = std::pin::pin!(pool.acquire(shard));
+    let mut acquire = std::pin::pin!(pool.acquire(shard, client));
     if notify.0 == 0 {
         return acquire.await;
     }

@@ -30,6 +30,8 @@ pub(super) enum Grant {
 /// A client in a pool's FIFO.
 pub(super) struct Waiter {
     pub(super) since: Instant,
+    /// The client's id, to find it when a cancel request for it arrives.
+    pub(super) client: u64,
     pub(super) grant: RefCell<Option<Grant>>,
     pub(super) waker: RefCell<Option<Waker>>,
 }
@@ -45,12 +47,21 @@ impl Waiter {
     }
 }
 
+/// The `client` of a lease no cancel request can name (pgring's own: a login's parameter
+/// check, an auth_query).
+pub const INTERNAL: u64 = u64::MAX;
+
 impl Pool {
     /// Leases a server: an idle one, else a new one within the global
     /// budget, else wait (FIFO) for a release, a handoff, the reserve pool
-    /// or `query_wait_timeout`. The lease is [`Held`] from here until its holder gives the
-    /// server back, so a holder that ends any other way cannot leak it.
-    pub async fn acquire<'a>(self: &'a Rc<Self>, shard: &'a Rc<Shard>) -> Result<Held<'a>> {
+    /// or `query_wait_timeout`, or [`Pool::cancel_waiter`] for `client`. The lease is
+    /// [`Held`] from here until its holder gives the server back, so a holder that ends any
+    /// other way cannot leak it.
+    pub async fn acquire<'a>(
+        self: &'a Rc<Self>,
+        shard: &'a Rc<Shard>,
+        client: u64,
+    ) -> Result<Held<'a>> {
         let held = |server| Held::new(self, shard, server);
         loop {
             if let Some(mut server) = self.pop_idle() {
@@ -71,7 +82,7 @@ impl Pool {
                 // The evicted server's slot reaches this wait once its backend has gone.
                 Err(by) => self.evict_elsewhere(shard, by),
             }
-            match self.wait(shard).await {
+            match self.wait(shard, client).await {
                 Grant::Server(server) => return Ok(held(server)),
                 Grant::Budget => {
                     // The slot may come from another shard's failed login.
@@ -203,8 +214,8 @@ impl Pool {
         }
     }
 
-    pub(super) async fn wait(self: &Rc<Self>, shard: &Rc<Shard>) -> Grant {
-        let waiter = self.new_waiter();
+    pub(super) async fn wait(self: &Rc<Self>, shard: &Rc<Shard>, client: u64) -> Grant {
+        let waiter = self.new_waiter(client);
         self.waiters.borrow_mut().push_back(waiter.clone());
         self.set_waiting_counter();
         self.ask_other_shards_if_short(shard);
@@ -230,9 +241,10 @@ impl Pool {
 
     /// A waiter, in the block of one that has finished waiting if there is one: a client
     /// waits on most transactions under load, and this keeps that free of allocation.
-    pub(super) fn new_waiter(&self) -> Rc<Waiter> {
+    pub(super) fn new_waiter(&self, client: u64) -> Rc<Waiter> {
         let fresh = || Waiter {
             since: crate::runtime::io::now(),
+            client,
             grant: RefCell::new(None),
             waker: RefCell::new(None),
         };
@@ -256,6 +268,26 @@ impl Pool {
         if Rc::strong_count(&waiter) == 1 && spare.len() < crate::runtime::recycle::KEEP {
             spare.push(waiter);
         }
+    }
+
+    /// A cancel request for `client`, waiting here for a server: it leaves the queue and its
+    /// request fails as PostgreSQL fails a cancelled one (57014), nothing of it having reached
+    /// PostgreSQL. False if it is not waiting here (granted meanwhile, or elsewhere).
+    pub fn cancel_waiter(&self, client: u64) -> bool {
+        let mut waiters = self.waiters.borrow_mut();
+        let Some(at) = waiters.iter().position(|w| w.client == client) else {
+            return false;
+        };
+        let waiter = waiters.remove(at);
+        drop(waiters);
+        self.set_waiting_counter();
+        if let Some(w) = waiter {
+            w.give(Grant::Fail(PgError::error(
+                sqlstate::QUERY_CANCELED,
+                "canceling statement due to user request",
+            )));
+        }
+        true
     }
 
     /// Removes a waiter whose client went away, returning what it was given.

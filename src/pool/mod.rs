@@ -45,8 +45,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use global::{Caps, Counter, Full, GlobalPool, ShardCounts};
-pub use lease::Held;
 use lease::{Grant, Waiter};
+pub use lease::{Held, INTERNAL};
 pub use notify::Notify;
 pub use settings::PoolSettings;
 pub use upkeep::evict_idle;

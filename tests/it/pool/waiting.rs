@@ -160,3 +160,66 @@ async fn a_client_queued_past_query_wait_notify_is_told_once() {
         );
     }
 }
+
+/// A cancel request for a client waiting for a server (PgBouncer ignores it: pgbouncer#1222,
+/// the client hangs until a server is free): its request leaves the queue and fails as
+/// PostgreSQL fails a cancelled query, ERROR 57014 then ReadyForQuery, and the client goes on.
+/// Simple protocol (a Query) and extended (Parse/Bind/Execute up to Sync, the error sent before
+/// the Sync arrives, as PostgreSQL does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_request_takes_a_waiting_client_out_of_the_queue() {
+    let extra = "reserve_pool_size = 0\nquery_wait_notify = 0";
+    let pgring = Pgring::start(&config_for("transaction", 1, 2, extra));
+    let login = [("user", "trust_user"), ("database", "app")];
+    let (mut holder, _) = Wire::login(pgring.port, &login).await;
+    let (mut waiter, key) = Wire::login(pgring.port, &login).await;
+    let (pid, secret) = key.key.expect("BackendKeyData");
+    holder.simple_query("BEGIN").await.expect("BEGIN");
+    let cancel = || async {
+        let mut c = Wire::connect(pgring.port).await;
+        c.send(&wire::cancel_request(pid, secret)).await;
+        assert!(c.recv().await.is_none(), "the cancel connection is closed");
+    };
+    let expect_canceled = |msg: Option<wire::Msg>| {
+        let msg = msg.expect("an answer");
+        assert_eq!(msg.tag, b'E');
+        let e = ErrorFields::parse(&msg.body);
+        assert_eq!(
+            (e.severity(), e.code(), e.message()),
+            ("ERROR", "57014", "canceling statement due to user request")
+        );
+    };
+
+    // Simple protocol.
+    waiter.send(&wire::query("SELECT 7")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let asked = Instant::now();
+    cancel().await;
+    expect_canceled(waiter.recv().await);
+    assert_eq!(waiter.recv().await.map(|m| m.tag), Some(b'Z'));
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "{}",
+        secs(asked.elapsed())
+    );
+
+    // Extended: the messages before Sync first, then the cancel, then the Sync.
+    let mut parse = b"\0SELECT 9\0".to_vec();
+    parse.extend_from_slice(&0u16.to_be_bytes());
+    let mut bind = b"\0\0".to_vec();
+    bind.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    let mut batch = wire::message(b'P', &parse);
+    batch.extend(wire::message(b'B', &bind));
+    batch.extend(wire::message(b'E', b"\0\0\0\0\0"));
+    waiter.send(&batch).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cancel().await;
+    expect_canceled(waiter.recv().await);
+    waiter.send(&wire::message(b'S', b"")).await;
+    assert_eq!(waiter.recv().await.map(|m| m.tag), Some(b'Z'));
+
+    // Nothing reached PostgreSQL, and both clients go on.
+    holder.simple_query("COMMIT").await.expect("COMMIT");
+    assert_eq!(waiter.query_value("SELECT 8").await.as_deref(), Some("8"));
+    assert_eq!(holder.query_value("SELECT 1").await.as_deref(), Some("1"));
+}
