@@ -310,14 +310,21 @@ impl Session {
     /// Reads until `buf` holds a whole message header.
     async fn read_header(&self, stream: &mut Stream, mut buf: Buf) -> Result<Buf> {
         while buf.filled < crate::protocol::HEADER_LEN {
-            if rio::read_into(stream, &mut buf)
-                .await
-                .map_err(Error::ClientIo)?
-                == 0
-            {
-                self.shard.bufs.give(buf);
-                return Err(self.closed());
-            }
+            buf = self.read_more(stream, buf).await?;
+        }
+        Ok(buf)
+    }
+
+    /// Reads more of the client's bytes into `buf`; at its end, gives `buf` back and says why
+    /// the client is gone.
+    async fn read_more(&self, stream: &mut Stream, mut buf: Buf) -> Result<Buf> {
+        if rio::read_into(stream, &mut buf)
+            .await
+            .map_err(Error::ClientIo)?
+            == 0
+        {
+            self.shard.bufs.give(buf);
+            return Err(self.closed());
         }
         Ok(buf)
     }
@@ -498,14 +505,7 @@ impl Session {
                     .map_err(Error::ClientIo)?;
                 out.clear();
             }
-            if rio::read_into(stream, &mut cbuf)
-                .await
-                .map_err(Error::ClientIo)?
-                == 0
-            {
-                self.shard.bufs.give(cbuf);
-                return Err(self.closed());
-            }
+            cbuf = self.read_more(stream, cbuf).await?;
         }
         crate::protocol::build::ready_for_query(&mut out, b'I');
         rio::write_all(stream, &out)

@@ -113,11 +113,7 @@ async fn query_wait_timeout_fails_a_waiting_client_with_pgbouncers_error() {
 /// free; it is told once per connection, as PgBouncer does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_queued_past_query_wait_notify_is_told_once() {
-    let extra = "reserve_pool_size = 0\nquery_wait_notify = 1";
-    let pgring = Pgring::start(&config_for("transaction", 1, 2, extra));
-    let login = [("user", "trust_user"), ("database", "app")];
-    let (mut holder, _) = Wire::login(pgring.port, &login).await;
-    let (mut waiter, _) = Wire::login(pgring.port, &login).await;
+    let (_pgring, mut holder, mut waiter, _) = holder_and_waiter("query_wait_notify = 1").await;
     for round in 0..2 {
         // The holder's open transaction keeps the one server.
         holder.simple_query("BEGIN").await.expect("BEGIN");
@@ -168,11 +164,7 @@ async fn a_client_queued_past_query_wait_notify_is_told_once() {
 /// the Sync arrives, as PostgreSQL does).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_request_takes_a_waiting_client_out_of_the_queue() {
-    let extra = "reserve_pool_size = 0\nquery_wait_notify = 0";
-    let pgring = Pgring::start(&config_for("transaction", 1, 2, extra));
-    let login = [("user", "trust_user"), ("database", "app")];
-    let (mut holder, _) = Wire::login(pgring.port, &login).await;
-    let (mut waiter, key) = Wire::login(pgring.port, &login).await;
+    let (pgring, mut holder, mut waiter, key) = holder_and_waiter("query_wait_notify = 0").await;
     let (pid, secret) = key.key.expect("BackendKeyData");
     holder.simple_query("BEGIN").await.expect("BEGIN");
     let cancel = || async {
@@ -222,4 +214,15 @@ async fn a_cancel_request_takes_a_waiting_client_out_of_the_queue() {
     holder.simple_query("COMMIT").await.expect("COMMIT");
     assert_eq!(waiter.query_value("SELECT 8").await.as_deref(), Some("8"));
     assert_eq!(holder.query_value("SELECT 1").await.as_deref(), Some("1"));
+}
+
+/// pgring with one server (no reserve) and two raw clients logged in: one to hold the server,
+/// one to wait for it.
+async fn holder_and_waiter(extra: &str) -> (Pgring, Wire, Wire, wire::Login) {
+    let extra = format!("reserve_pool_size = 0\n{extra}");
+    let pgring = Pgring::start(&config_for("transaction", 1, 2, &extra));
+    let login = [("user", "trust_user"), ("database", "app")];
+    let (holder, _) = Wire::login(pgring.port, &login).await;
+    let (waiter, key) = Wire::login(pgring.port, &login).await;
+    (pgring, holder, waiter, key)
 }
