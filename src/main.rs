@@ -137,7 +137,9 @@ fn init_logging(cli: &Cli, config: &Config) -> Result<(), String> {
         ),
         None => None,
     };
-    let local = tracing_subscriber::fmt::layer().with_ansi(file.is_none() && !g.syslog);
+    // Colours only for a person at a terminal: not in a logfile, the journal or a pipe.
+    let ansi = file.is_none() && !quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let local = tracing_subscriber::fmt::layer().with_ansi(ansi);
     let local = match file {
         Some(file) => local.with_writer(BoxMakeWriter::new(stderr.and(file))),
         None => local.with_writer(BoxMakeWriter::new(stderr)),
