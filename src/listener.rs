@@ -94,10 +94,7 @@ fn bind_tcp(addr: SocketAddr, backlog: u32, tuning: &TcpTuning) -> io::Result<Tc
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.set_nodelay(true)?;
-    crate::runtime::io::tune_tcp(&socket, tuning, true)?;
-    if tuning.defer_accept {
-        crate::runtime::io::set_defer_accept(&socket, true)?;
-    }
+    crate::runtime::io::tune_listener(&socket, tuning, true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(backlog.min(i32::MAX as u32) as i32)?;
@@ -288,8 +285,7 @@ fn retune(shard: &Shard, listener: &Listener, stream: &Stream, applied: &mut Tcp
     }
     *applied = want;
     for r in [
-        crate::runtime::io::tune_tcp(listener, &want, false),
-        crate::runtime::io::set_defer_accept(listener, want.defer_accept),
+        crate::runtime::io::tune_listener(listener, &want, false),
         crate::runtime::io::tune_tcp(stream, &want, false),
     ] {
         if let Err(e) = r {

@@ -242,7 +242,7 @@ impl Link {
                 terminate = true;
                 break;
             }
-            if t == tag::QUERY && self.refuse_simple_query {
+            if self.refuse_simple_query && t == tag::QUERY {
                 // What came before it goes first; the client ends at the Query, with the
                 // server in whatever state those left it.
                 refused = pos == 0;

@@ -130,11 +130,14 @@ fn reconnect(shard: &Rc<Shard>, db: &Option<String>) -> u32 {
 /// server). A transaction open on it is rolled back as the session ends. Run at RECONNECT and
 /// every second; touches nothing unless both the setting and a marked server are there.
 pub fn fast_close(shard: &Rc<Shard>) {
-    if shard.admin.close_needed.borrow().is_empty() || !shard.config().general.server_fast_close {
+    if shard.admin.close_needed.borrow().is_empty() {
+        return;
+    }
+    let config = shard.config();
+    if !config.general.server_fast_close {
         return;
     }
     let pools = shard.pools.borrow();
-    let config = shard.config();
     let victims: Vec<_> = shard
         .clients
         .borrow()

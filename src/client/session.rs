@@ -345,7 +345,9 @@ impl Session {
     /// One server lease: from the first byte of a request to the release.
     /// Returns bytes the client already sent for the next one, if any.
     async fn transaction(&mut self, stream: &mut Stream, cbuf: Buf) -> Result<Option<Buf>> {
-        if self.timeouts.pqexec_disabled && cbuf.data().first() == Some(&b'Q') {
+        if self.timeouts.pqexec_disabled
+            && cbuf.data().first() == Some(&crate::protocol::tag::QUERY)
+        {
             // Refused before it takes a server or a place in the queue.
             self.shard.bufs.give(cbuf);
             return Err(Error::Refused(relay::pqexec_disallowed()));

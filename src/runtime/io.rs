@@ -512,10 +512,24 @@ pub fn tune_tcp(
     Ok(())
 }
 
+/// [`tune_tcp`] for a listening socket (Linux copies its options to every socket it accepts),
+/// plus the one option only a listener has: `defer_accept`.
+pub fn tune_listener(
+    fd: &impl std::os::fd::AsFd,
+    t: &crate::config::TcpTuning,
+    fresh: bool,
+) -> io::Result<()> {
+    tune_tcp(fd, t, fresh)?;
+    if t.defer_accept || !fresh {
+        set_defer_accept(fd, t.defer_accept)?;
+    }
+    Ok(())
+}
+
 /// TCP_DEFER_ACCEPT on a listening socket: with `on`, the kernel hands over a connection once
 /// its first bytes have arrived (or after 45 s, PgBouncer's fixed value), so accepting it and
 /// reading its startup packet take one wake-up, not two.
-pub fn set_defer_accept(fd: &impl std::os::fd::AsFd, on: bool) -> io::Result<()> {
+fn set_defer_accept(fd: &impl std::os::fd::AsFd, on: bool) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     let secs: libc::c_int = if on { 45 } else { 0 };
     // SAFETY: setsockopt on an open socket with a pointer to a c_int and its size.

@@ -142,9 +142,7 @@ impl Cache {
                 warn!(host = name, "host name lookup timed out");
                 // The lookup goes on and fills the cache when it ends; meanwhile the last
                 // known addresses, if any.
-                let inner = lock(&self.inner);
-                let known = inner.entries.get(name).map(|e| e.addrs.clone());
-                with_port(known.unwrap_or_default()).collect()
+                with_port(known(&lock(&self.inner), name)).collect()
             }
         }
     }
@@ -171,12 +169,12 @@ impl Cache {
         if let Err(e) = spawned {
             // No thread to be had: answer with what is known; the next connection tries again.
             warn!(host = name, error = %e, "cannot start a host name lookup");
-            let known = {
+            let last = {
                 let mut inner = lock(&self.inner);
                 inner.running.remove(&name);
-                inner.entries.get(&name).map(|e| e.addrs.clone())
+                known(&inner, &name)
             };
-            answer(&lookup, known.unwrap_or_default());
+            answer(&lookup, last);
         }
     }
 
@@ -222,6 +220,15 @@ fn answer(lookup: &Mutex<Lookup>, ips: Vec<IpAddr>) {
     for w in wakers {
         w.wake();
     }
+}
+
+/// The last known addresses of `name`, fresh or not (none if it never resolved).
+fn known(inner: &Inner, name: &str) -> Vec<IpAddr> {
+    inner
+        .entries
+        .get(name)
+        .map(|e| e.addrs.clone())
+        .unwrap_or_default()
 }
 
 /// The cached addresses of `name` if they are still fresh at `now`.
