@@ -37,6 +37,14 @@ pub struct PgError {
 }
 
 impl PgError {
+    /// PostgreSQL's error for a cancelled query.
+    pub fn query_canceled() -> Self {
+        PgError::error(
+            sqlstate::QUERY_CANCELED,
+            "canceling statement due to user request",
+        )
+    }
+
     /// A FATAL error.
     pub fn fatal(code: &str, message: impl Into<String>) -> Self {
         PgError {
@@ -146,6 +154,10 @@ pub enum Error {
     /// timeouts): sent to the client as is.
     #[error("{}", .0.message)]
     Refused(PgError),
+    /// A cancel request came for the client while its request waited for a server: the
+    /// request fails as PostgreSQL fails a cancelled query, and the client goes on.
+    #[error("canceling statement due to user request")]
+    WaitCanceled,
 }
 
 impl Error {
@@ -154,7 +166,7 @@ impl Error {
         match self {
             Error::ClientIo(_) | Error::ClientProtocol(_) | Error::ClientClosed => Side::Client,
             Error::ServerIo(_) | Error::ServerProtocol(_) | Error::Server(_) => Side::Server,
-            Error::Refused(_) => Side::Internal,
+            Error::Refused(_) | Error::WaitCanceled => Side::Internal,
         }
     }
 
@@ -170,6 +182,7 @@ impl Error {
                 "server conn crashed?",
             )),
             Error::Server(e) | Error::Refused(e) => Some(e.clone()),
+            Error::WaitCanceled => Some(PgError::query_canceled()),
         }
     }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::balance::Moving;
 use super::{boxed, goodbye, login, ClientInfo, ClientState};
 use crate::config::{Config, PoolMode, Seconds};
-use crate::error::{sqlstate, Error, Result};
+use crate::error::{Error, Result};
 use crate::pool::Pool;
 use crate::relay::{self, End, Link};
 use crate::runtime::io::{self as rio, Buf};
@@ -250,7 +250,10 @@ impl Session {
             // Boxed: a pause is rare, and its wait would otherwise size every transaction's
             // box.
             if crate::admin::is_paused(&self.shard, &self.pool) {
-                boxed(self.wait_while_paused()).await;
+                if let Err(e) = boxed(self.wait_while_paused(stream, &mut cbuf)).await {
+                    self.shard.bufs.give(cbuf);
+                    return Err(self.gone_or(e));
+                }
             }
             match self.transaction(stream, cbuf).await? {
                 Some(next) => cbuf = next,
@@ -336,15 +339,27 @@ impl Session {
         }
     }
 
-    async fn wait_while_paused(&self) {
-        while crate::admin::is_paused(&self.shard, &self.pool) {
-            self.shard.state_changed.notified().await;
+    /// `e`, unless it says the client closed: then why it is gone ([`Self::closed`]).
+    fn gone_or(&self, e: Error) -> Error {
+        match e {
+            Error::ClientClosed => self.closed(),
+            e => e,
         }
+    }
+
+    /// Waits out a PAUSE with a request in hand, watching the client meanwhile.
+    async fn wait_while_paused(&self, stream: &mut Stream, cbuf: &mut Buf) -> Result<()> {
+        let resumed = std::pin::pin!(async {
+            while crate::admin::is_paused(&self.shard, &self.pool) {
+                self.shard.state_changed.notified().await;
+            }
+        });
+        until_or_gone(resumed, stream, cbuf).await
     }
 
     /// One server lease: from the first byte of a request to the release.
     /// Returns bytes the client already sent for the next one, if any.
-    async fn transaction(&mut self, stream: &mut Stream, cbuf: Buf) -> Result<Option<Buf>> {
+    async fn transaction(&mut self, stream: &mut Stream, mut cbuf: Buf) -> Result<Option<Buf>> {
         if self.timeouts.pqexec_disabled
             && cbuf.data().first() == Some(&crate::protocol::tag::QUERY)
         {
@@ -359,17 +374,18 @@ impl Session {
             &self.shard,
             self.info.id,
             stream,
+            &mut cbuf,
             &mut self.timeouts.wait_notify,
         );
         let mut server = match acquire.await {
             Ok(s) => s,
-            Err(Error::Refused(e)) if e.code == sqlstate::QUERY_CANCELED => {
+            Err(Error::WaitCanceled) => {
                 self.info.state.set(ClientState::Idle);
-                return boxed(self.answer_canceled(stream, cbuf, e)).await;
+                return boxed(self.answer_canceled(stream, cbuf)).await;
             }
             Err(e) => {
                 self.shard.bufs.give(cbuf);
-                return Err(e);
+                return Err(self.gone_or(e));
             }
         };
         self.info.link(&server);
@@ -455,15 +471,10 @@ impl Session {
     /// answered as PostgreSQL answers a cancelled one: ErrorResponse 57014 at once, the
     /// request skipped (a simple Query or FunctionCall; extended messages up to their Sync,
     /// read as they arrive), then ReadyForQuery. Returns what the client sent after it.
-    async fn answer_canceled(
-        &self,
-        stream: &mut Stream,
-        mut cbuf: Buf,
-        e: crate::error::PgError,
-    ) -> Result<Option<Buf>> {
+    async fn answer_canceled(&self, stream: &mut Stream, mut cbuf: Buf) -> Result<Option<Buf>> {
         use crate::protocol::{frame_len, tag};
         let mut out = Vec::with_capacity(128);
-        e.encode(&mut out);
+        crate::error::PgError::query_canceled().encode(&mut out);
         // Bytes of the current message still to drop; whether it ends the request.
         let (mut skip, mut ended, mut first) = (0usize, false, true);
         loop {
@@ -599,17 +610,22 @@ async fn lease<'a>(
     shard: &'a Rc<Shard>,
     client: u64,
     stream: &mut Stream,
+    cbuf: &mut Buf,
     notify: &mut Millis,
 ) -> Result<crate::pool::Held<'a>> {
     let mut acquire = std::pin::pin!(pool.acquire(shard, client));
-    if notify.0 == 0 {
-        return acquire.await;
-    }
     if let Some(done) = futures_lite::future::poll_once(acquire.as_mut()).await {
         return done;
     }
-    if let Some(done) = rio::timeout(notify.duration(), acquire.as_mut()).await {
-        return done;
+    if notify.0 == 0 {
+        return until_or_gone(acquire, stream, cbuf).await?;
+    }
+    let waited = rio::timeout(
+        notify.duration(),
+        until_or_gone(acquire.as_mut(), stream, cbuf),
+    );
+    if let Some(done) = waited.await {
+        return done?;
     }
     *notify = Millis(0);
     let mut notice = Vec::with_capacity(96);
@@ -624,20 +640,22 @@ async fn lease<'a>(
     // client gone meanwhile leaves the queue at once (dropping the wait gives back whatever
     // it was granted).
     use std::future::Future;
-    let mut write = std::pin::pin!(rio::write_all(stream, &notice));
     let mut leased = None;
-    let written = std::future::poll_fn(|cx| {
-        if leased.is_none() {
-            if let std::task::Poll::Ready(r) = acquire.as_mut().poll(cx) {
-                leased = Some(r);
+    let written = {
+        let mut write = std::pin::pin!(rio::write_all(stream, &notice));
+        std::future::poll_fn(|cx| {
+            if leased.is_none() {
+                if let std::task::Poll::Ready(r) = acquire.as_mut().poll(cx) {
+                    leased = Some(r);
+                }
             }
-        }
-        write.as_mut().poll(cx)
-    })
-    .await;
+            write.as_mut().poll(cx)
+        })
+        .await
+    };
     match (written, leased) {
         (Ok(()), Some(leased)) => leased,
-        (Ok(()), None) => acquire.await,
+        (Ok(()), None) => until_or_gone(acquire, stream, cbuf).await?,
         (Err(e), Some(Ok(server))) => {
             // Untouched: it goes back as it came.
             pool.release(shard, server.take());
@@ -645,6 +663,38 @@ async fn lease<'a>(
         }
         (Err(e), _) => Err(Error::ClientIo(e)),
     }
+}
+
+/// Waits for `wait` (a lease, the end of a PAUSE) while watching the client, as PgBouncer
+/// watches a queued client's socket: what it sends meanwhile is kept in `cbuf`, after the
+/// request (up to the buffer's room; a full buffer is not read, as a pipelining client is held
+/// back anyway), and its end of stream or a socket error ends the wait at once
+/// ([`Error::ClientClosed`], [`Error::ClientIo`]). Dropping the wait leaves the queue and gives
+/// back whatever was granted, so a client that gave up never takes a server. The client's
+/// read poll is already armed, so watching costs no syscall until something arrives.
+async fn until_or_gone<T>(
+    mut wait: std::pin::Pin<&mut impl std::future::Future<Output = T>>,
+    stream: &mut Stream,
+    cbuf: &mut Buf,
+) -> Result<T> {
+    use futures_lite::AsyncRead;
+    use std::task::Poll;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(done) = wait.as_mut().poll(cx) {
+            return Poll::Ready(Ok(done));
+        }
+        while cbuf.filled < cbuf.bytes.len() {
+            let room = &mut cbuf.bytes[cbuf.filled..];
+            match std::pin::Pin::new(&mut *stream).poll_read(cx, room) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(Error::ClientClosed)),
+                Poll::Ready(Ok(n)) => cbuf.filled += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::ClientIo(e))),
+                Poll::Pending => break,
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 #[cfg(test)]

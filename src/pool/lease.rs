@@ -25,6 +25,8 @@ pub(super) enum Grant {
     Budget,
     /// Give up with this error.
     Fail(PgError),
+    /// A cancel request came for the client ([`Pool::cancel_waiter`]).
+    Canceled,
 }
 
 /// A client in a pool's FIFO.
@@ -93,6 +95,7 @@ impl Pool {
                     return Box::pin(self.open(shard)).await.map(held);
                 }
                 Grant::Fail(e) => return Err(Error::Refused(e)),
+                Grant::Canceled => return Err(Error::WaitCanceled),
             }
         }
     }
@@ -282,10 +285,7 @@ impl Pool {
         drop(waiters);
         self.set_waiting_counter();
         if let Some(w) = waiter {
-            w.give(Grant::Fail(PgError::error(
-                sqlstate::QUERY_CANCELED,
-                "canceling statement due to user request",
-            )));
+            w.give(Grant::Canceled);
         }
         true
     }

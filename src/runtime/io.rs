@@ -61,10 +61,19 @@ impl<'a> RawSocket<'a> {
 impl tls::Socket for RawSocket<'_> {
     fn poll_recv(&self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
         let (fd, want) = (self.fd, buf.len());
-        poll_io(self.io, Dir::Read, cx, || {
+        let r = poll_io(self.io, Dir::Read, cx, || {
             // SAFETY: recv writes at most buf.len() bytes into buf.
             unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), want, libc::MSG_DONTWAIT) }
-        })
+        });
+        if let Poll::Ready(Ok(n)) = r {
+            // A short read almost always emptied the socket: next time wait for a poll instead
+            // of paying a recv that says EAGAIN (if more came meanwhile, the poll fires at
+            // once). Plain reads and TLS's ciphertext reads alike.
+            if n > 0 && n < want {
+                self.io.clear_ready(Dir::Read);
+            }
+        }
+        r
     }
 
     fn poll_send(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
@@ -339,16 +348,7 @@ impl AsyncRead for Stream {
         if let Some(tls) = this.tls.as_deref_mut() {
             return tls.poll_read(&sock, cx, buf);
         }
-        let want = buf.len();
-        let r = sock.poll_recv(cx, buf);
-        if let Poll::Ready(Ok(n)) = r {
-            // A short read almost always emptied the socket: next time wait for a poll instead
-            // of paying a recv that says EAGAIN. (If more came meanwhile the poll fires at once.)
-            if n > 0 && n < want {
-                this.io.clear_ready(Dir::Read);
-            }
-        }
-        r
+        sock.poll_recv(cx, buf)
     }
 }
 

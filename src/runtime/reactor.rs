@@ -44,6 +44,13 @@ pub(crate) struct IoState {
 const READY: u8 = 1;
 /// A poll is in flight for this direction and not cancelled.
 const ARMED: u8 = 2;
+/// The peer has closed its side (or the socket failed): reads stay worth trying from now on,
+/// whatever a short read suggests. (One bit, above both directions' pairs.) Without it, data and
+/// the end of stream arriving together, reported by one poll completion, would leave the end
+/// unseen once a short read had taken the data: no later arrival would fire the poll again.
+const ENDED: u8 = 1 << 4;
+/// Poll results that mean the peer's side is closed or the socket failed.
+const ENDED_EVENTS: i32 = (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) as i32;
 
 impl Dir {
     fn shift(self) -> u8 {
@@ -103,9 +110,21 @@ impl IoState {
         self.has(dir, ARMED) && !self.has(dir, READY)
     }
 
-    /// The last syscall found nothing (EAGAIN) or all there was: wait for a poll next time.
+    /// The last syscall found nothing (EAGAIN) or all there was: wait for a poll next time
+    /// (reads of a stream whose end has come stay ready: the end is still to be read).
     pub(crate) fn clear_ready(&self, dir: Dir) {
+        if dir == Dir::Read && self.flags.get() & ENDED != 0 {
+            return;
+        }
         self.set(dir, READY, false);
+    }
+
+    /// A poll completion in direction `dir` with `result` (its event mask, or an error).
+    fn completed(&self, dir: Dir, result: i32) {
+        if dir == Dir::Read && result > 0 && result & ENDED_EVENTS != 0 {
+            self.flags.set(self.flags.get() | ENDED);
+        }
+        self.fire(dir);
     }
 }
 
@@ -345,7 +364,7 @@ impl Reactor {
                 // released only at the operation's last completion (one without MORE), below.
                 let io = unsafe { &*ptr };
                 if io.has(dir, ARMED) {
-                    io.fire(dir);
+                    io.completed(dir, result);
                 }
                 continue;
             }
@@ -357,7 +376,7 @@ impl Reactor {
                 continue; // cancelled: the stream is gone
             }
             if result != -libc::ECANCELED {
-                io.fire(dir);
+                io.completed(dir, result);
             }
         }
         let mut batch = batch;

@@ -25,6 +25,14 @@ impl Table {
             .unwrap_or_else(|| panic!("no row with {key} = {value}: {:?}", self.rows))
     }
 
+    /// How many rows have `value` in column `key`.
+    pub(crate) fn rows_where(&self, key: &str, value: &str) -> usize {
+        self.rows
+            .iter()
+            .filter(|r| r.get(key).map(String::as_str) == Some(value))
+            .count()
+    }
+
     pub(crate) fn num(&self, key: &str, value: &str, column: &str) -> u64 {
         let row = self.row(key, value);
         row.get(column)

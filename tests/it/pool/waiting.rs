@@ -226,3 +226,75 @@ async fn holder_and_waiter(extra: &str) -> (Pgring, Wire, Wire, wire::Login) {
     let (waiter, key) = Wire::login(pgring.port, &login).await;
     (pgring, holder, waiter, key)
 }
+
+/// A client that hangs up while it waits for a server leaves the queue at once, as in
+/// PgBouncer, which watches a waiting client's socket: it is no longer counted in `cl_waiting`
+/// or listed by SHOW CLIENTS while the server is still held, and never takes the server. The
+/// same holds for a client waiting out a PAUSE. A queued client that sends more meanwhile
+/// (pipelining) has it answered, in order, once a server is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_client_that_hangs_up_leaves_the_queue_at_once() {
+    let (pgring, mut holder, mut waiter, _) = holder_and_waiter("query_wait_notify = 0").await;
+    let console = crate::admin::console(&pgring, "postgres").await;
+    let counts = || async {
+        let pools = crate::admin::show(&console, "SHOW POOLS").await;
+        let clients = crate::admin::show(&console, "SHOW CLIENTS").await;
+        let on_app = clients.rows_where("database", "app");
+        (pools.num("database", "app", "cl_waiting"), on_app)
+    };
+    // (cl_waiting, clients of the pool); a PAUSE's waiting is not checked (PgBouncer counts
+    // those clients as active).
+    let until = |want: (Option<u64>, usize), what: &'static str| {
+        let counts = &counts;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            loop {
+                let now = counts().await;
+                if want.0.is_none_or(|w| w == now.0) && want.1 == now.1 {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{what}: (cl_waiting, clients) = {now:?}, expected {want:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+
+    // Pipelined while queued: both answered in order.
+    holder.simple_query("BEGIN").await.expect("BEGIN");
+    waiter.send(&wire::query("SELECT 7")).await;
+    until((Some(1), 2), "one client queued").await;
+    waiter.send(&wire::query("SELECT 8")).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    holder.simple_query("COMMIT").await.expect("COMMIT");
+    for want in ["7", "8"] {
+        let rows = waiter.read_result().await.expect("a queued query");
+        assert_eq!(rows[0][0].as_deref(), Some(want));
+    }
+
+    // Hanging up while queued.
+    holder.simple_query("BEGIN").await.expect("BEGIN");
+    waiter.send(&wire::query("SELECT 9")).await;
+    until((Some(1), 2), "queued again").await;
+    drop(waiter);
+    until(
+        (Some(0), 1),
+        "the queued client hung up, the server still held",
+    )
+    .await;
+    holder.simple_query("COMMIT").await.expect("COMMIT");
+
+    // Hanging up while a PAUSE holds the request.
+    console.simple_query("PAUSE app").await.expect("PAUSE");
+    let login = [("user", "trust_user"), ("database", "app")];
+    let (mut paused, _) = Wire::login(pgring.port, &login).await;
+    paused.send(&wire::query("SELECT 10")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    until((None, 2), "a client waiting out the PAUSE").await;
+    drop(paused);
+    until((None, 1), "the paused client hung up").await;
+    console.simple_query("RESUME app").await.expect("RESUME");
+    assert_eq!(holder.query_value("SELECT 1").await.as_deref(), Some("1"));
+}
