@@ -138,10 +138,37 @@ pub async fn render(shard: &Rc<Shard>) -> Result<String, String> {
         "CPU time the shards spent polling before they slept (spin_before_park_us).",
         &[("", crate::runtime::spun_total().as_secs_f64())],
     );
+    shard_cpu(&mut out, &shard.shared.threads.cpu());
     pool_gauges(&mut out, &pools);
     stats_counters(&mut out, &pools);
     histograms(&mut out, &pools);
     Ok(out)
+}
+
+/// Each shard thread's CPU time and time spent waiting for a CPU (`runtime::sched`).
+fn shard_cpu(out: &mut String, cpu: &[Option<crate::runtime::sched::ShardCpu>]) {
+    let labels: Vec<String> = (0..cpu.len()).map(|i| format!("shard=\"{i}\"")).collect();
+    let samples = |f: fn(&crate::runtime::sched::ShardCpu) -> std::time::Duration| {
+        cpu.iter()
+            .zip(&labels)
+            .filter_map(|(c, l)| c.as_ref().map(|c| (l.as_str(), f(c).as_secs_f64())))
+            .collect::<Vec<_>>()
+    };
+    family(
+        out,
+        "counter",
+        "pgring_shard_cpu_seconds_total",
+        "CPU time each shard thread has used.",
+        &samples(|c| c.on_cpu),
+    );
+    family(
+        out,
+        "counter",
+        "pgring_shard_cpu_wait_seconds_total",
+        "Time each shard thread was ready to run but waited for a CPU (its core was busy with \
+         other work): a starved shard serves its clients late.",
+        &samples(|c| c.waiting),
+    );
 }
 
 fn escape(s: &str) -> String {

@@ -19,6 +19,7 @@ pub mod isolate;
 pub mod mesh;
 mod reactor;
 pub mod recycle;
+pub mod sched;
 pub mod shard;
 mod spare;
 pub mod tcp;
@@ -82,6 +83,7 @@ pub fn run(
         let handle = std::thread::Builder::new()
             .name(format!("pgring-shard-{id}"))
             .spawn(move || {
+                shared.threads.register_current(id);
                 if let Some(core) = core {
                     core_affinity::set_for_current(core);
                 }

@@ -75,6 +75,8 @@ pub struct Shared {
     pub loads: Box<[crossbeam::utils::CachePadded<crate::client::balance::ShardLoad>]>,
     /// Cancel requests forwarded to `[peers]`, capped per peer (`client::peers`).
     pub peer_pools: crate::client::peers::PeerPools,
+    /// The shard threads, for their CPU and CPU-wait totals (`runtime::sched`).
+    pub threads: super::sched::ShardThreads,
 }
 
 impl Shared {
@@ -102,6 +104,7 @@ impl Shared {
             started: std::time::Instant::now(),
             loads: crate::client::balance::loads(workers),
             peer_pools: Default::default(),
+            threads: super::sched::ShardThreads::new(workers),
         })
     }
 

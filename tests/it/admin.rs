@@ -506,6 +506,24 @@ async fn admin_metrics_parse_and_match_show_stats() {
         .expect("spin_seconds is a number");
     // SHOW STATE rounds to milliseconds (it can read 0.0005 s under the earlier scrape).
     assert!(spun + 0.0005 >= samples["pgring_spin_seconds_total"]);
+    // Each shard's CPU time and time waiting for a CPU, in both places.
+    let state = show(&c, "SHOW STATE").await;
+    for shard in 0..2 {
+        let labels = format!("{{shard=\"{shard}\"}}");
+        let cpu = samples[&format!("pgring_shard_cpu_seconds_total{labels}")];
+        let wait = samples[&format!("pgring_shard_cpu_wait_seconds_total{labels}")];
+        assert!(
+            cpu > 0.0 && wait >= 0.0,
+            "shard {shard}: {cpu} s on a CPU, {wait} s waiting"
+        );
+        let value = |key: String| -> f64 {
+            state.row("key", &key)["value"]
+                .parse()
+                .unwrap_or_else(|e| panic!("{key}: {e}"))
+        };
+        assert!(value(format!("shard_{shard}_cpu_seconds")) + 0.0005 >= cpu);
+        assert!(value(format!("shard_{shard}_cpu_wait_seconds")) + 0.0005 >= wait);
+    }
     let stats = show(&c, "SHOW STATS").await;
     let xacts = stats.num("database", "app", "total_xact_count") as f64;
     let labels = "database=\"app\",user=\"postgres\"";
