@@ -311,3 +311,60 @@ async fn server_connections_use_tls_as_server_tls_sslmode_says() {
     assert!(err.to_lowercase().contains("certificate"), "{err}");
     let _ = std::fs::remove_dir_all(files);
 }
+
+/// A TLS client queued for a server that goes away (killed: no close_notify, only the end of the
+/// TCP stream) leaves the queue at once while the server is still held, as a plaintext one does
+/// (`pool::waiting`): the watch reads through the TLS session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_tls_client_that_goes_away_leaves_the_queue() {
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+    let files = fresh_dir();
+    let general = format!("{}\nreserve_pool_size = 0", tls_general(&files, "prefer"));
+    let pgring = Pgring::start(&config_for("transaction", 1, 2, &general));
+    let console = crate::admin::console(&pgring, "postgres").await;
+    let holder = crate::common::connect(pgring.port, "app", "postgres", "").await;
+    // psql over TLS, logged in and reading its commands from a pipe.
+    let mut waiter = Command::new(pg().bin.join("psql"))
+        .args(["-X", "-w", "-At", "-h", "127.0.0.1", "-p"])
+        .arg(pgring.port.to_string())
+        .args(["-U", "postgres", "-d", "app"])
+        .env("PGSSLMODE", "require")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("starting psql");
+    let pools = |column: &'static str| {
+        let console = &console;
+        async move {
+            crate::admin::show(console, "SHOW POOLS")
+                .await
+                .num("database", "app", column)
+        }
+    };
+    let until = |column: &'static str, want: u64, what: &'static str| {
+        let pools = &pools;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while pools(column).await != want {
+                assert!(Instant::now() < deadline, "{what}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    until("cl_active", 2, "psql over TLS never logged in").await;
+    holder.simple_query("BEGIN").await.expect("BEGIN");
+    let mut stdin = waiter.stdin.take().expect("psql's stdin");
+    stdin.write_all(b"SELECT 1;\n").expect("writing to psql");
+    stdin.flush().expect("flushing psql's stdin");
+    until("cl_waiting", 1, "psql over TLS never queued").await;
+    waiter.kill().expect("killing psql");
+    let _ = waiter.wait();
+    until("cl_waiting", 0, "the killed TLS client is still queued").await;
+    assert_eq!(pools("cl_active").await, 1, "only the holder is left");
+    holder.simple_query("COMMIT").await.expect("COMMIT");
+    assert_eq!(
+        crate::common::value(&holder, "SELECT 1").await.as_deref(),
+        Some("1")
+    );
+}
