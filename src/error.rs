@@ -36,13 +36,13 @@ pub struct PgError {
     pub message: String,
 }
 
+/// PostgreSQL's message for a cancelled query.
+const QUERY_CANCELED_MESSAGE: &str = "canceling statement due to user request";
+
 impl PgError {
     /// PostgreSQL's error for a cancelled query.
     pub fn query_canceled() -> Self {
-        PgError::error(
-            sqlstate::QUERY_CANCELED,
-            "canceling statement due to user request",
-        )
+        PgError::error(sqlstate::QUERY_CANCELED, QUERY_CANCELED_MESSAGE)
     }
 
     /// A FATAL error.
@@ -156,7 +156,7 @@ pub enum Error {
     Refused(PgError),
     /// A cancel request came for the client while its request waited for a server: the
     /// request fails as PostgreSQL fails a cancelled query, and the client goes on.
-    #[error("canceling statement due to user request")]
+    #[error("{}", QUERY_CANCELED_MESSAGE)]
     WaitCanceled,
 }
 

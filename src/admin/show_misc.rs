@@ -51,13 +51,12 @@ pub fn state(shard: &Rc<Shard>, out: &mut Vec<u8>) {
     rs.row(&[v("active"), yes(!paused && !suspended)]);
     rs.row(&[v("paused"), yes(paused)]);
     rs.row(&[v("suspended"), yes(suspended)]);
+    let secs = |d: std::time::Duration| format!("{:.3}", d.as_secs_f64());
     // pgring's own: CPU time the shards spent polling before they slept (spin_before_park_us).
-    let spun = format!("{:.3}", crate::runtime::spun_total().as_secs_f64());
-    rs.row(&[v("spin_seconds"), v(&spun)]);
+    rs.row(&[v("spin_seconds"), v(secs(crate::runtime::spun_total()))]);
     // pgring's own: each shard thread's time on a CPU and time waiting for one (`runtime::sched`).
     for (i, cpu) in shard.shared.threads.cpu().iter().enumerate() {
         if let Some(cpu) = cpu {
-            let secs = |d: std::time::Duration| format!("{:.3}", d.as_secs_f64());
             rs.row(&[v(format!("shard_{i}_cpu_seconds")), v(secs(cpu.on_cpu))]);
             rs.row(&[
                 v(format!("shard_{i}_cpu_wait_seconds")),
