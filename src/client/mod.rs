@@ -214,8 +214,11 @@ impl ClientInfo {
 ///   login-time value stays in the state.
 #[allow(clippy::manual_async_fn)] // deliberately not an async fn: see above
 pub fn serve(shard: Rc<Shard>, mut stream: Stream) -> impl std::future::Future<Output = ()> {
+    // Listed now, not when the task first runs: a shard draining for SHUTDOWN WAIT_FOR_CLIENTS
+    // right after its accept loop took the last queued connections must see them (it stopped
+    // with one still unlisted, logging in, and that client hung until the process exited).
+    let me = Registered::new(shard, &stream);
     async move {
-        let me = Registered::new(shard, &stream);
         // Both halves made here, so that the block never borrows a span
         // (a borrowed local keeps its slot in the state for good).
         let (login_span, session_span) = client_span(&me.shard, &me.info);
