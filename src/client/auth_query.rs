@@ -40,7 +40,7 @@ use crate::pool::PoolKey;
 use crate::protocol::backend::{self, ErrorFields};
 use crate::protocol::{build, tag, ProtocolError};
 use crate::runtime::io as rio;
-use crate::runtime::Shard;
+use crate::runtime::{Shard, Stream};
 use crate::server::ServerConn;
 use crate::wire::{read_message, small_buf, ReadError};
 
@@ -164,9 +164,11 @@ pub fn remember_keys(shard: &Rc<Shard>, key: &PoolKey, keys: PassThroughKeys) {
 }
 
 /// The secret of `user` for database entry `db` from `auth_query`, when the entry (or
-/// `[general]`) names an `auth_user`. `Ok(None)`: no such user, or no `auth_user`.
+/// `[general]`) names an `auth_user`. `Ok(None)`: no such user, or no `auth_user`. The
+/// client on `stream` is watched while it waits for a server of the auth pool.
 pub async fn lookup(
     shard: &Rc<Shard>,
+    stream: &Stream,
     config: &Config,
     db: &str,
     user: &str,
@@ -191,7 +193,7 @@ pub async fn lookup(
         db: auth_db.unwrap_or(db).into(),
         user: auth_user.into(),
     };
-    let secret = run_on_pool(shard, &auth_key, sql, user).await?;
+    let secret = run_on_pool(shard, stream, &auth_key, sql, user).await?;
     debug!(user, auth_user, found = secret.is_some(), "auth_query");
     shard.auth_cache.store(key, secret.clone());
     Ok(secret)
@@ -200,12 +202,13 @@ pub async fn lookup(
 /// Leases a server of `auth_key`'s pool, runs the query, gives the server back.
 async fn run_on_pool(
     shard: &Rc<Shard>,
+    stream: &Stream,
     auth_key: &PoolKey,
     sql: &str,
     user: &str,
 ) -> Result<Option<Secret>> {
     let pool = shard.pool(auth_key);
-    let mut server = pool.acquire(shard, crate::pool::INTERNAL).await?;
+    let mut server = super::login::lease_at_login(&pool, shard, None, stream).await?;
     let result = query_secret(&mut server, sql, user).await;
     match &result {
         Ok(_) | Err(Error::Server(_)) => pool.release(shard, server.take()),

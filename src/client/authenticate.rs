@@ -36,7 +36,7 @@ pub(super) async fn authenticate(
     let found = match (shard.files().users.get(user), db) {
         (Some(s), _) => Some(s.clone()),
         (None, Some(db)) if method.needs_secret() => {
-            super::auth_query::lookup(shard, &config, db, user).await?
+            super::auth_query::lookup(shard, stream, &config, db, user).await?
         }
         (None, _) => None,
     };

@@ -12,7 +12,7 @@ use tracing::info;
 
 use super::authenticate::{auth_method, authenticate};
 use super::startup::{check_tls_required, read_startup, Startup};
-use super::ClientInfo;
+use super::{ClientInfo, ClientState};
 use crate::config::Config;
 use crate::error::{sqlstate, Error, PgError, Result};
 use crate::pool::{Counter, Pool, PoolKey};
@@ -177,7 +177,7 @@ async fn login_inner(
     }
     let pool = shard.pool(&key);
     share_names(info, &pool.key);
-    let params = prepare_params(shard, &pool, config, &startup).await?;
+    let params = prepare_params(shard, info, stream, &pool, config, &startup).await?;
     share_app_name(info, &pool);
     greet(stream, info, &pool, &params, unsent).await?;
     pool.stats.record_login();
@@ -253,9 +253,6 @@ fn remember_tls(shard: &Shard, info: &ClientInfo, stream: &Stream) -> String {
     tls
 }
 
-/// Builds the client's wanted parameters and, when they differ from what
-/// this pool's servers were already seen to accept, tries them on a server
-/// so a value PostgreSQL rejects fails the login as it would without us.
 /// The parameters a client's server must match: PgBouncer's tracked ones and
 /// `track_extra_parameters`.
 pub(super) fn tracked(config: &Config) -> impl Iterator<Item = &str> + Clone + '_ {
@@ -263,8 +260,13 @@ pub(super) fn tracked(config: &Config) -> impl Iterator<Item = &str> + Clone + '
     TRACKED.iter().copied().chain(extra.map(String::as_str))
 }
 
+/// Builds the client's wanted parameters and, when they differ from what this pool's servers
+/// were already seen to accept (on any shard), tries them on a server so a value PostgreSQL
+/// rejects fails the login as it would without us, at every login that asks for it.
 async fn prepare_params(
     shard: &Rc<Shard>,
+    info: &ClientInfo,
+    stream: &Stream,
     pool: &Rc<Pool>,
     config: &Config,
     startup: &Startup,
@@ -274,29 +276,90 @@ async fn prepare_params(
         let params = startup.params.iter();
         params.filter(|(k, _)| !ignored.iter().any(|i| i.eq_ignore_ascii_case(k)))
     };
-    let fresh = pool.welcome().is_none();
-    if fresh {
-        // First client of this pool on this shard: a server tells us
-        // what to greet clients with.
-        let server = pool.acquire(shard, crate::pool::INTERNAL).await?;
-        pool.release(shard, server.take());
-    }
+    // The first client of this pool (on any shard) learns from a server what to greet clients
+    // with; that server then serves the parameter check too, if there is one.
+    let mut server = match pool.welcome() {
+        Some(_) => None,
+        None => Some(lease_at_login(pool, shard, Some(info), stream).await?),
+    };
     let mut params = ClientParams::new(pool.client_base(tracked(config)));
-    let mut novel = fresh && requested().next().is_some();
+    let mut novel = false;
     for (k, v) in requested() {
         params.set_with(k, v, |s| pool.intern(s));
-        novel |= pool.note_param(k, v);
+        novel |= needs_check(k) && !pool.is_accepted(k, v);
     }
     if novel {
-        let mut server = pool.acquire(shard, crate::pool::INTERNAL).await?;
-        let result = server.sync_params(&mut params).await;
+        let mut held = match server.take() {
+            Some(held) => held,
+            None => lease_at_login(pool, shard, Some(info), stream).await?,
+        };
+        let result = held.sync_params(&mut params).await;
         match &result {
-            Err(Error::Server(_)) | Ok(()) => pool.release(shard, server.take()),
-            Err(_) => pool.close_leased(shard, server.take(), "parameter check failed"),
+            Ok(()) => {
+                let checked = requested().filter(|(k, _)| needs_check(k));
+                pool.accepted(checked.map(|(k, v)| (k.as_str(), v.as_str())));
+                pool.release(shard, held.take());
+            }
+            Err(Error::Server(_)) => pool.release(shard, held.take()),
+            Err(_) => pool.close_leased(shard, held.take(), "parameter check failed"),
         }
         result.map_err(Error::into_fatal)?;
     }
+    if let Some(held) = server {
+        pool.release(shard, held.take());
+    }
     Ok(params)
+}
+
+/// Whether a startup parameter's value must be tried on a server before the client is let in:
+/// all but application_name, which PostgreSQL takes whatever it is (and which
+/// `application_name_add_host`, or an application naming each connection, makes new at nearly
+/// every login).
+fn needs_check(name: &str) -> bool {
+    !name.eq_ignore_ascii_case("application_name")
+}
+
+/// Leases a server for a login's own use (the welcome, a parameter check, an auth_query). A
+/// client that must wait for it waits as PgBouncer's `CL_WAITING_LOGIN` clients do: counted in
+/// its pool's `cl_waiting` and shown `waiting` in SHOW CLIENTS (when `info` is given), and
+/// watched, so that one that hangs up leaves the queue at once. It has sent nothing it may
+/// send before its login ends; if it sends something anyway, that stays in the socket for the
+/// session and the watch ends (the wait goes on).
+pub(super) async fn lease_at_login<'a>(
+    pool: &'a Rc<Pool>,
+    shard: &'a Rc<Shard>,
+    info: Option<&ClientInfo>,
+    stream: &Stream,
+) -> Result<crate::pool::Held<'a>> {
+    use std::future::Future;
+    use std::task::Poll;
+    let mut acquire = std::pin::pin!(pool.acquire(shard, crate::pool::INTERNAL));
+    if let Some(done) = futures_lite::future::poll_once(acquire.as_mut()).await {
+        return done;
+    }
+    if let Some(info) = info {
+        info.state.set(ClientState::Waiting);
+        info.request_time.set(rio::now());
+    }
+    let mut watching = true;
+    let done = std::future::poll_fn(|cx| {
+        if let Poll::Ready(done) = acquire.as_mut().poll(cx) {
+            return Poll::Ready(done);
+        }
+        if watching {
+            match stream.poll_hangup(cx) {
+                Poll::Ready(true) => return Poll::Ready(Err(Error::ClientClosed)),
+                Poll::Ready(false) => watching = false,
+                Poll::Pending => {}
+            }
+        }
+        Poll::Pending
+    })
+    .await;
+    if let Some(info) = info {
+        info.state.set(ClientState::Login);
+    }
+    done
 }
 
 /// Greets the client: ParameterStatus, BackendKeyData, ReadyForQuery, after the

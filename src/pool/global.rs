@@ -3,8 +3,9 @@
 //! `max_user_connections`), each shard's idle/waiting counts, servers owned and demand
 //! (written only by that shard, read by the others when they run out or at the janitor's
 //! tick), and the last
-//! failed login (fail-fast across shards). Touched when a server opens or
-//! closes, never per transaction.
+//! failed login (fail-fast across shards), and what logins learned from a server (the
+//! welcome, accepted startup parameters). Touched when a server opens or closes, or at
+//! login, never per transaction.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -128,6 +129,8 @@ pub struct GlobalPool {
     db: Arc<Counter>,
     user: Arc<Counter>,
     pub(super) shards: Vec<CachePadded<ShardCounts>>,
+    /// What logins on any shard learned from a server (only logins touch it).
+    pub(super) learned: super::learned::SharedLearned,
 }
 
 impl GlobalPool {
@@ -146,6 +149,7 @@ impl GlobalPool {
             shards: (0..workers)
                 .map(|_| CachePadded::new(ShardCounts::default()))
                 .collect(),
+            learned: Default::default(),
         }
     }
 

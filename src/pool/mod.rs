@@ -30,6 +30,7 @@
 
 pub mod global;
 mod handoff;
+mod learned;
 mod lease;
 pub mod notify;
 mod release;
@@ -53,7 +54,7 @@ pub use upkeep::evict_idle;
 
 use crate::config::{Config, PoolMode};
 use crate::runtime::Shard;
-use crate::server::{BaseParams, ServerConn, ServerCredentials};
+use crate::server::{ServerConn, ServerCredentials};
 
 /// The ParameterStatus set clients of a pool are greeted with.
 pub type Welcome = Rc<Vec<(String, String)>>;
@@ -93,16 +94,10 @@ pub struct Pool {
     /// A deferred look for other shards' idle servers is scheduled
     /// (`Pool::ask_other_shards_if_short`).
     ask_scheduled: Cell<bool>,
-    welcome: RefCell<Option<Welcome>>,
-    /// The welcome's tracked part, shared by this slice's clients.
-    client_base: RefCell<Option<Rc<BaseParams>>>,
     shard_id: usize,
-    /// Startup parameter values already tried on a server, by lower-cased name.
-    validated: RefCell<std::collections::HashMap<Box<str>, std::collections::HashSet<Box<str>>>>,
-    /// Startup parameter names and values, one shared copy each for the
-    /// clients that send them. Grows like `validated`: by distinct strings
-    /// seen in startup packets of this pool slice.
-    startup_strings: RefCell<std::collections::HashSet<Rc<str>>>,
+    /// What this slice's logins learned: the welcome, accepted startup parameters, their
+    /// strings.
+    learned: learned::Learned,
     /// Longest current wait start, for SHOW POOLS maxwait.
     pub stats: crate::stats::PoolStats,
     /// Since when nothing has used this slice (`autodb_idle_timeout`), when it belongs to a
@@ -129,11 +124,8 @@ impl Pool {
             give_to: Cell::new(None),
             ask_scheduled: Cell::new(false),
             demand: Cell::new(0),
-            welcome: RefCell::new(None),
-            client_base: RefCell::new(None),
             shard_id: shard.id,
-            validated: RefCell::default(),
-            startup_strings: RefCell::default(),
+            learned: learned::Learned::default(),
             stats: Default::default(),
             unused_since: Cell::new(None),
         }
@@ -214,70 +206,6 @@ impl Pool {
         }
     }
 
-    /// The ParameterStatus set a new client is greeted with, once a server
-    /// of this pool has been seen.
-    pub fn welcome(&self) -> Option<Welcome> {
-        self.welcome.borrow().clone()
-    }
-
-    /// The defaults every client of this slice starts from: the tracked
-    /// part of the welcome, built once and shared (rebuilt only if RELOAD
-    /// changed the tracked names). Empty and unshared before a welcome.
-    ///
-    /// `tracked` is walked, not collected: a login that finds the set built pays no copy of
-    /// the names.
-    pub fn client_base<'a>(
-        &self,
-        tracked: impl Iterator<Item = &'a str> + Clone,
-    ) -> Rc<BaseParams> {
-        let Some(welcome) = self.welcome() else {
-            return Rc::default();
-        };
-        let mut cached = self.client_base.borrow_mut();
-        match cached.as_ref().filter(|b| b.tracks(tracked.clone())) {
-            Some(base) => base.clone(),
-            None => {
-                let tracked: Vec<String> = tracked.map(str::to_owned).collect();
-                let base = BaseParams::from_welcome(&welcome, &tracked);
-                cached.insert(Rc::new(base)).clone()
-            }
-        }
-    }
-
-    /// The first server this shard sees (opened here or handed over)
-    /// tells what new clients are greeted with.
-    fn learn_welcome(&self, server: &ServerConn) {
-        if self.welcome.borrow().is_none() {
-            *self.welcome.borrow_mut() = Some(Rc::new(server.meta.params.login_defaults()));
-        }
-    }
-
-    /// Remembers a startup parameter value; true the first time it is
-    /// seen on this shard (it must then be tried on a server at login).
-    pub fn note_param(&self, name: &str, value: &str) -> bool {
-        // Looked up before anything is copied: a pair seen before (every login but the first
-        // with it) costs no allocation.
-        let name = lowercase(name);
-        let mut validated = self.validated.borrow_mut();
-        if let Some(values) = validated.get_mut(&*name) {
-            return !values.contains(value) && values.insert(value.into());
-        }
-        let values = std::collections::HashSet::from([value.into()]);
-        validated.insert(name.into(), values);
-        true
-    }
-
-    /// The pool's shared copy of a startup parameter name or value.
-    pub fn intern(&self, s: &str) -> Rc<str> {
-        let mut strings = self.startup_strings.borrow_mut();
-        if let Some(shared) = strings.get(s) {
-            return shared.clone();
-        }
-        let shared: Rc<str> = s.into();
-        strings.insert(shared.clone());
-        shared
-    }
-
     fn set_idle_counter(&self) {
         let n = self.idle.borrow().len() as u32;
         self.global
@@ -322,16 +250,6 @@ fn server_password(shard: &Shard, config: &Config, key: &PoolKey) -> ServerCrede
             scram_keys: shard.auth_cache.keys(key),
             tls,
         },
-    }
-}
-
-/// `name` in lower case, copied only when it has an upper-case letter (startup parameter
-/// names rarely do).
-fn lowercase(name: &str) -> std::borrow::Cow<'_, str> {
-    if name.bytes().any(|b| b.is_ascii_uppercase()) {
-        name.to_ascii_lowercase().into()
-    } else {
-        name.into()
     }
 }
 

@@ -215,6 +215,32 @@ impl Stream {
         self.io.is_quiet(Dir::Read)
     }
 
+    /// Watches the peer without reading from it: `Ready(true)` once it has hung up (end of
+    /// stream, or the socket failed), `Ready(false)` when it has sent something instead (left
+    /// in the socket for whoever reads next; the watch can tell no more, and polling again
+    /// would only say so again), `Pending` while nothing has arrived. A peek at the raw socket:
+    /// over TLS, a close_notify counts as something sent, and only TCP's end as a hang-up.
+    pub fn poll_hangup(&self, cx: &mut Context<'_>) -> Poll<bool> {
+        let fd = self.fd.as_raw_fd();
+        let mut byte = 0u8;
+        let peeked = poll_io(&self.io, Dir::Read, cx, || {
+            // SAFETY: recv writes at most one byte into `byte`.
+            unsafe {
+                libc::recv(
+                    fd,
+                    (&mut byte as *mut u8).cast(),
+                    1,
+                    libc::MSG_PEEK | libc::MSG_DONTWAIT,
+                )
+            }
+        });
+        match peeked {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(0) | Err(_)) => Poll::Ready(true),
+            Poll::Ready(Ok(_)) => Poll::Ready(false),
+        }
+    }
+
     /// Adopts a socket that came out of [`Stream::into_fd`] on another shard: already
     /// non-blocking, family known, so no syscall is needed.
     pub fn adopt(fd: OwnedFd, unix: bool) -> Stream {

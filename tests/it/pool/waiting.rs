@@ -298,3 +298,87 @@ async fn a_queued_client_that_hangs_up_leaves_the_queue_at_once() {
     console.simple_query("RESUME app").await.expect("RESUME");
     assert_eq!(holder.query_value("SELECT 1").await.as_deref(), Some("1"));
 }
+
+/// A client that needs a server to log in (a startup parameter value no server of the pool has
+/// accepted yet must be tried first) waits for one as PgBouncer's clients waiting at login do:
+/// counted in `cl_waiting`, listed `waiting` by SHOW CLIENTS, and leaving the queue at once if
+/// it hangs up. A client that needs nothing of a server logs in while every server is held, on
+/// whichever shard accepts it: what the pool's first login learned (the greeting, accepted
+/// values) is known to all shards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_waiting_for_a_server_at_login_is_counted_and_watched() {
+    let (pgring, mut holder, _, _) = holder_and_waiter("query_wait_notify = 0").await;
+    let console = crate::admin::console(&pgring, "postgres").await;
+    let counts = || async {
+        let pools = crate::admin::show(&console, "SHOW POOLS").await;
+        let clients = crate::admin::show(&console, "SHOW CLIENTS").await;
+        let waiting = clients.rows_where("state", "waiting");
+        (pools.num("database", "app", "cl_waiting"), waiting)
+    };
+    let until = |want: (u64, usize), what: &'static str| {
+        let counts = &counts;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            loop {
+                let now = counts().await;
+                if now == want {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{what}: (cl_waiting, waiting rows) = {now:?}, expected {want:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    // Accepted once, on whichever shard: no later login with it needs a server.
+    let known = [
+        ("user", "trust_user"),
+        ("database", "app"),
+        ("statement_timeout", "4321"),
+    ];
+    drop(Wire::login(pgring.port, &known).await);
+
+    holder.simple_query("BEGIN").await.expect("BEGIN");
+    for round in 0..8 {
+        let plain = [("user", "trust_user"), ("database", "app")];
+        let logins = async {
+            let (mut a, _) = Wire::login(pgring.port, &plain).await;
+            let (mut b, _) = Wire::login(pgring.port, &known).await;
+            a.send(&wire::terminate()).await;
+            b.send(&wire::terminate()).await;
+        };
+        tokio::time::timeout(Duration::from_secs(2), logins)
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: a login waited for the held server"));
+    }
+
+    let novel = [
+        ("user", "trust_user"),
+        ("database", "app"),
+        ("statement_timeout", "5432"),
+    ];
+    let mut gone = Wire::connect(pgring.port).await;
+    gone.send(&wire::startup(&novel)).await;
+    until((1, 1), "a login waiting for the held server").await;
+    drop(gone);
+    until((0, 0), "the waiting login hung up, the server still held").await;
+
+    let mut patient = Wire::connect(pgring.port).await;
+    patient.send(&wire::startup(&novel)).await;
+    until((1, 1), "waiting again").await;
+    holder.simple_query("COMMIT").await.expect("COMMIT");
+    patient
+        .finish_login()
+        .await
+        .expect("the login once the server is free");
+    assert_eq!(
+        patient
+            .query_value("SHOW statement_timeout")
+            .await
+            .as_deref(),
+        Some("5432ms")
+    );
+    until((0, 0), "nobody waits").await;
+}
