@@ -136,9 +136,15 @@ pub fn acceptor(files: &TlsFiles<'_>) -> Result<Arc<ServerConfig>, String> {
             builder.with_client_cert_verifier(verifier.build().map_err(|e| shown(ca, &e))?)
         }
     };
-    let config = builder
+    let mut config = builder
         .with_single_cert(certs, key)
         .map_err(|e| shown(files.key, &e))?;
+    // No session resumption, as PostgreSQL (which turns off tickets and its session cache) and
+    // PgBouncer: libpq never resumes a session, so the two TLS 1.3 tickets rustls sends by
+    // default would cost every handshake a random draw, an insert into a cache all shards lock,
+    // and a record written, for nothing.
+    config.send_tls13_tickets = 0;
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     Ok(Arc::new(config))
 }
 
