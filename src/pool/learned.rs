@@ -18,9 +18,11 @@ use std::sync::{Mutex, OnceLock};
 use super::{Pool, Welcome};
 use crate::server::{BaseParams, ServerConn};
 
-/// Values remembered as accepted per parameter name; past that, a new value is tried on a
-/// server at each login that asks for it (a bound on what clients can make pgring keep).
+/// Values remembered as accepted per parameter name, and names (PostgreSQL accepts any
+/// two-part name, `x.y`, as a custom setting); past that, a new one is tried on a server at
+/// each login that asks for it (a bound on what clients can make pgring keep).
 const MAX_VALUES: usize = 1_000;
+const MAX_NAMES: usize = 1_000;
 
 /// Shared strings kept before the first sweep of those no client holds.
 const MIN_STRINGS: usize = 256;
@@ -44,7 +46,9 @@ impl Accepted {
             }
             return;
         }
-        self.0.insert(name.into(), HashSet::from([value.into()]));
+        if self.0.len() < MAX_NAMES {
+            self.0.insert(name.into(), HashSet::from([value.into()]));
+        }
     }
 }
 
@@ -230,5 +234,10 @@ mod tests {
         }
         assert!(accepted.has("search_path", "tenant_0"));
         assert!(!accepted.has("search_path", &format!("tenant_{}", MAX_VALUES)));
+        for i in 0..2 * MAX_NAMES {
+            accepted.add(&format!("app.setting_{i}"), "on");
+        }
+        assert_eq!(accepted.0.len(), MAX_NAMES);
+        assert!(accepted.has("timezone", "UTC"));
     }
 }
