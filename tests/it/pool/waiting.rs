@@ -227,6 +227,23 @@ async fn holder_and_waiter(extra: &str) -> (Pgring, Wire, Wire, wire::Login) {
     (pgring, holder, waiter, key)
 }
 
+/// Asks `probe` every 20 ms until its answer is `ok`; fails after 2 s with the last answer.
+async fn until_seen<T: std::fmt::Debug, F: std::future::Future<Output = T>>(
+    probe: &impl Fn() -> F,
+    ok: impl Fn(&T) -> bool,
+    what: &str,
+) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let now = probe().await;
+        if ok(&now) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: last seen {now:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A client that hangs up while it waits for a server leaves the queue at once, as in
 /// PgBouncer, which watches a waiting client's socket: it is no longer counted in `cl_waiting`
 /// or listed by SHOW CLIENTS while the server is still held, and never takes the server. The
@@ -245,21 +262,8 @@ async fn a_queued_client_that_hangs_up_leaves_the_queue_at_once() {
     // (cl_waiting, clients of the pool); a PAUSE's waiting is not checked (PgBouncer counts
     // those clients as active).
     let until = |want: (Option<u64>, usize), what: &'static str| {
-        let counts = &counts;
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(2);
-            loop {
-                let now = counts().await;
-                if want.0.is_none_or(|w| w == now.0) && want.1 == now.1 {
-                    return;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "{what}: (cl_waiting, clients) = {now:?}, expected {want:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
+        let ok = move |now: &(u64, usize)| want.0.is_none_or(|w| w == now.0) && want.1 == now.1;
+        until_seen(&counts, ok, what)
     };
 
     // Pipelined while queued: both answered in order.
@@ -315,22 +319,9 @@ async fn a_client_waiting_for_a_server_at_login_is_counted_and_watched() {
         let waiting = clients.rows_where("state", "waiting");
         (pools.num("database", "app", "cl_waiting"), waiting)
     };
+    // (cl_waiting, clients listed waiting)
     let until = |want: (u64, usize), what: &'static str| {
-        let counts = &counts;
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(2);
-            loop {
-                let now = counts().await;
-                if now == want {
-                    return;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "{what}: (cl_waiting, waiting rows) = {now:?}, expected {want:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
+        until_seen(&counts, move |now: &(u64, usize)| *now == want, what)
     };
     // Accepted once, on whichever shard: no later login with it needs a server.
     let known = [
