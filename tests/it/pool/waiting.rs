@@ -227,6 +227,18 @@ async fn holder_and_waiter(extra: &str) -> (Pgring, Wire, Wire, wire::Login) {
     (pgring, holder, waiter, key)
 }
 
+/// Pool app's `cl_waiting`, and how many SHOW CLIENTS rows have `value` in `column`.
+async fn waiting_and_clients(
+    console: &tokio_postgres::Client,
+    column: &str,
+    value: &str,
+) -> (u64, usize) {
+    let pools = crate::admin::show(console, "SHOW POOLS").await;
+    let clients = crate::admin::show(console, "SHOW CLIENTS").await;
+    let rows = clients.rows_where(column, value);
+    (pools.num("database", "app", "cl_waiting"), rows)
+}
+
 /// Asks `probe` every 20 ms until its answer is `ok`; fails after 2 s with the last answer.
 async fn until_seen<T: std::fmt::Debug, F: std::future::Future<Output = T>>(
     probe: &impl Fn() -> F,
@@ -253,12 +265,7 @@ async fn until_seen<T: std::fmt::Debug, F: std::future::Future<Output = T>>(
 async fn a_queued_client_that_hangs_up_leaves_the_queue_at_once() {
     let (pgring, mut holder, mut waiter, _) = holder_and_waiter("query_wait_notify = 0").await;
     let console = crate::admin::console(&pgring, "postgres").await;
-    let counts = || async {
-        let pools = crate::admin::show(&console, "SHOW POOLS").await;
-        let clients = crate::admin::show(&console, "SHOW CLIENTS").await;
-        let on_app = clients.rows_where("database", "app");
-        (pools.num("database", "app", "cl_waiting"), on_app)
-    };
+    let counts = || waiting_and_clients(&console, "database", "app");
     // (cl_waiting, clients of the pool); a PAUSE's waiting is not checked (PgBouncer counts
     // those clients as active).
     let until = |want: (Option<u64>, usize), what: &'static str| {
@@ -313,12 +320,7 @@ async fn a_queued_client_that_hangs_up_leaves_the_queue_at_once() {
 async fn a_client_waiting_for_a_server_at_login_is_counted_and_watched() {
     let (pgring, mut holder, _, _) = holder_and_waiter("query_wait_notify = 0").await;
     let console = crate::admin::console(&pgring, "postgres").await;
-    let counts = || async {
-        let pools = crate::admin::show(&console, "SHOW POOLS").await;
-        let clients = crate::admin::show(&console, "SHOW CLIENTS").await;
-        let waiting = clients.rows_where("state", "waiting");
-        (pools.num("database", "app", "cl_waiting"), waiting)
-    };
+    let counts = || waiting_and_clients(&console, "state", "waiting");
     // (cl_waiting, clients listed waiting)
     let until = |want: (u64, usize), what: &'static str| {
         until_seen(&counts, move |now: &(u64, usize)| *now == want, what)
