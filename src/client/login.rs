@@ -324,7 +324,10 @@ fn needs_check(name: &str) -> bool {
 /// its pool's `cl_waiting` and shown `waiting` in SHOW CLIENTS (when `info` is given), and
 /// watched, so that one that hangs up leaves the queue at once. It has sent nothing it may
 /// send before its login ends; if it sends something anyway, that stays in the socket for the
-/// session and the watch ends (the wait goes on).
+/// session and the watch ends (the wait goes on). Under PAUSE (or SUSPEND) of the pool's
+/// database it waits for RESUME first, as PgBouncer serves no waiting client then: a login
+/// must not open a server while the operator has the database's connections closed (a
+/// restart, a migration that needs none).
 pub(super) async fn lease_at_login<'a>(
     pool: &'a Rc<Pool>,
     shard: &'a Rc<Shard>,
@@ -333,7 +336,12 @@ pub(super) async fn lease_at_login<'a>(
 ) -> Result<crate::pool::Held<'a>> {
     use std::future::Future;
     use std::task::Poll;
-    let mut acquire = std::pin::pin!(pool.acquire(shard, crate::pool::INTERNAL));
+    let mut acquire = std::pin::pin!(async {
+        while crate::admin::is_paused(shard, pool) {
+            shard.state_changed.notified().await;
+        }
+        pool.acquire(shard, crate::pool::INTERNAL).await
+    });
     if let Some(done) = futures_lite::future::poll_once(acquire.as_mut()).await {
         return done;
     }

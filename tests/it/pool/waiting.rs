@@ -375,3 +375,51 @@ async fn a_client_waiting_for_a_server_at_login_is_counted_and_watched() {
     );
     until((0, 0), "nobody waits").await;
 }
+
+/// A login that needs a server (here a startup parameter value not yet accepted) under PAUSE
+/// waits for RESUME, counted in `cl_waiting`, and opens no server meanwhile: PAUSE promises the
+/// operator that the database has no connections from the pooler until RESUME.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_that_needs_a_server_waits_out_a_pause() {
+    let pgring = Pgring::start(&config_for("transaction", 2, 2, "query_wait_notify = 0"));
+    let plain = [("user", "trust_user"), ("database", "app")];
+    drop(Wire::login(pgring.port, &plain).await);
+    let console = crate::admin::console(&pgring, "postgres").await;
+    console.simple_query("PAUSE app").await.expect("PAUSE");
+    let servers = || async {
+        let servers = crate::admin::show(&console, "SHOW SERVERS").await;
+        servers.rows_where("database", "app")
+    };
+    assert_eq!(servers().await, 0, "PAUSE closed the idle servers");
+
+    let novel = [
+        ("user", "trust_user"),
+        ("database", "app"),
+        ("statement_timeout", "6543"),
+    ];
+    let mut paused = Wire::connect(pgring.port).await;
+    paused.send(&wire::startup(&novel)).await;
+    let counts = || waiting_and_clients(&console, "state", "waiting");
+    until_seen(
+        &counts,
+        |now| *now == (1, 1),
+        "a login waiting out the PAUSE",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(servers().await, 0, "a server opened under PAUSE");
+    assert_eq!(counts().await, (1, 1), "still waiting");
+
+    console.simple_query("RESUME app").await.expect("RESUME");
+    let login = tokio::time::timeout(Duration::from_secs(5), paused.finish_login())
+        .await
+        .expect("the login goes on after RESUME");
+    login.expect("the login once resumed");
+    assert_eq!(
+        paused
+            .query_value("SHOW statement_timeout")
+            .await
+            .as_deref(),
+        Some("6543ms")
+    );
+}
