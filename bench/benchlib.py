@@ -346,6 +346,18 @@ class Postgres(Target):
         subprocess.run([self.script, "stop", str(self.dir)], capture_output=True,
                        start_new_session=True, timeout=120)
 
+    def enable_ssl(self, tls):
+        """Turns on TLS for connections to PostgreSQL (the poolers' server side, `--server-tls`),
+        with the bench's self-signed certificate; clients still choose with PGSSLMODE."""
+        cert, key = tls
+        for sql in (f"alter system set ssl_cert_file = '{cert}'",
+                    f"alter system set ssl_key_file = '{key}'",
+                    "alter system set ssl = on", "select pg_reload_conf()"):
+            psql(self.port, sql, db="postgres")
+        time.sleep(0.5)
+        if psql(self.port, "show ssl", db="postgres").strip() != "on":
+            raise BenchError("PostgreSQL did not turn ssl on (see its log)")
+
     def client_backends(self):
         return int(psql(self.port, "select count(*) from pg_stat_activity "
                                    "where backend_type = 'client backend'", db="postgres"))
@@ -378,24 +390,26 @@ def make_tls_files(directory):
     return cert, key
 
 
-def tls_lines(tls, quote):
+def tls_lines(tls, quote, server_tls=False):
     """The same client TLS settings for both poolers: TLS offered (`prefer`), so each scenario
-    picks it or not with the client's PGSSLMODE."""
-    if not tls:
-        return ""
-    cert, key = tls
+    picks it or not with the client's PGSSLMODE. With `server_tls`, both must use TLS to
+    PostgreSQL (`require`: a run that silently fell back to plain text would measure nothing)."""
     q = quote
-    return (f"client_tls_sslmode = {q}prefer{q}\nclient_tls_cert_file = {q}{cert}{q}\n"
-            f"client_tls_key_file = {q}{key}{q}\n")
+    lines = f"server_tls_sslmode = {q}require{q}\n" if server_tls else ""
+    if not tls:
+        return lines
+    cert, key = tls
+    return lines + (f"client_tls_sslmode = {q}prefer{q}\nclient_tls_cert_file = {q}{cert}{q}\n"
+                    f"client_tls_key_file = {q}{key}{q}\n")
 
 
 class PgBouncer(Target):
     name, label = "pgbouncer", "PgBouncer"
 
     def __init__(self, port, pg_port, workdir, cleanup, pool_size=20, max_client_conn=15000,
-                 tls=None):
+                 tls=None, server_tls=False):
         super().__init__(port)
-        self.tls = tls
+        self.tls, self.server_tls = tls, server_tls
         self.dir = workdir / "pgbouncer"
         self.pg_port, self.cleanup = pg_port, cleanup
         self.pool_size, self.max_client_conn = pool_size, max_client_conn
@@ -422,7 +436,7 @@ admin_users = {PG_USER}
 logfile = {self.log}
 log_connections = 0
 log_disconnections = 0
-""" + tls_lines(self.tls, quote=""))
+""" + tls_lines(self.tls, quote="", server_tls=self.server_tls))
         self.log.touch()
         if is_root():  # PgBouncer runs as postgres and opens its own logfile
             shutil.chown(self.dir, PG_USER, PG_USER)
@@ -449,9 +463,9 @@ class Pgring(Target):
     name, label = "pgring", "pgring"
 
     def __init__(self, port, pg_port, workdir, cleanup, binary, workers, pool_size=20,
-                 max_client_conn=15000, extra_general=(), tls=None):
+                 max_client_conn=15000, extra_general=(), tls=None, server_tls=False):
         super().__init__(port)
-        self.tls = tls
+        self.tls, self.server_tls = tls, server_tls
         self.extra_general = list(extra_general)
         self.dir = workdir / "pgring"
         self.pg_port, self.cleanup, self.binary, self.workers = pg_port, cleanup, binary, workers
@@ -472,7 +486,7 @@ default_pool_size = {self.pool_size}
 max_client_conn = {self.max_client_conn}
 admin_users = ["{PG_USER}"]
 workers = {self.workers}
-""" + tls_lines(self.tls, quote='"') + "".join(f"{line}\n" for line in self.extra_general) + f"""
+""" + tls_lines(self.tls, quote='"', server_tls=self.server_tls) + "".join(f"{line}\n" for line in self.extra_general) + f"""
 [databases.{DB}]
 host = "127.0.0.1"
 port = {self.pg_port}
