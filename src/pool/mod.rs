@@ -6,7 +6,8 @@
 //! connections (so `pool_size` and `reserve_pool_size` mean what they mean
 //! in PgBouncer, for the whole process, not per shard) and, per shard, a
 //! cache-padded pair of counters (idle servers, waiting clients) that only
-//! that shard writes and others read when they run out.
+//! that shard writes and others read when they run out, and what logins learned from a
+//! server (the greeting, accepted startup parameters: `learned`), read at login only.
 //!
 //! Handoff (where a shard runs dry while another has idle servers):
 //! - On release, a server goes to a local waiter first; if there is none but
