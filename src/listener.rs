@@ -194,7 +194,7 @@ pub fn remove_unix(path: &Path) {
 type AcceptLoop = Pin<Box<dyn Future<Output = ()>>>;
 
 /// Accepts on every listener of this shard until the shard stops; then takes what is already
-/// queued on each listener and closes it (see [`accept_loop`]).
+/// queued on each listener and closes it (see `accept_loop`).
 pub async fn serve(shard: Rc<Shard>, tcp: Vec<TcpListener>, unix: Option<UnixListener>) {
     info!(
         shard = shard.id,

@@ -2,11 +2,11 @@
 //! permissions and arguments and waits where PgBouncer waits (PAUSE,
 //! WAIT_CLOSE); this file only changes this shard's state.
 //!
-//! - PAUSE [db]: new transactions wait (the session checks
+//! - PAUSE \[db\]: new transactions wait (the session checks
 //!   [`super::is_paused`] between transactions); idle servers are closed,
 //!   as PgBouncer disconnects servers under PAUSE.
-//! - KILL [db]: pause the database, end its clients, close its idle servers.
-//! - RECONNECT [db]: close idle servers now; mark leased ones so that their
+//! - KILL \[db\]: pause the database, end its clients, close its idle servers.
+//! - RECONNECT \[db\]: close idle servers now; mark leased ones so that their
 //!   release closes them (`close_needed` in SHOW SERVERS). With `server_fast_close`, a
 //!   session-mode client whose server is marked is ended as soon as no request of its is on
 //!   the server ([`fast_close`]), rather than at its disconnect.

@@ -96,7 +96,7 @@ pub fn route(shard: &Rc<Shard>, mut key: CancelKey) -> wait_group::Waiter {
 }
 
 /// How long a canceller's connection is kept open at most: every step a request takes is
-/// bounded by [`deadline`] (a name lookup, a connect, PostgreSQL's close), so this is only a
+/// bounded by `deadline` (a name lookup, a connect, PostgreSQL's close), so this is only a
 /// backstop.
 pub fn answer_limit(shard: &Shard) -> Duration {
     deadline(shard) * 3

@@ -49,9 +49,9 @@ pub struct Database {
     pub max_db_connections: Option<u32>,
     /// Client connections to this database; 0/unset = global value.
     pub max_db_client_connections: Option<u32>,
-    /// Overrides `server_lifetime`; 0/unset = global value. [seconds]
+    /// Overrides `server_lifetime`; 0/unset = global value (seconds).
     pub server_lifetime: Option<Seconds>,
-    /// Overrides `query_wait_timeout` for this database. [seconds]
+    /// Overrides `query_wait_timeout` for this database (seconds).
     pub query_wait_timeout: Option<Seconds>,
     /// `client_encoding` asked of the server.
     pub client_encoding: Option<String>,
@@ -147,15 +147,15 @@ pub struct User {
     pub max_user_connections: Option<u32>,
     /// Client connections of this user; 0/unset = global value.
     pub max_user_client_connections: Option<u32>,
-    /// Overrides `query_timeout`. [seconds]
+    /// Overrides `query_timeout` (seconds).
     pub query_timeout: Option<Seconds>,
-    /// Overrides `query_wait_timeout`. [seconds]
+    /// Overrides `query_wait_timeout` (seconds).
     pub query_wait_timeout: Option<Seconds>,
-    /// Overrides `idle_transaction_timeout`. [seconds]
+    /// Overrides `idle_transaction_timeout` (seconds).
     pub idle_transaction_timeout: Option<Seconds>,
-    /// Overrides `transaction_timeout`. [seconds]
+    /// Overrides `transaction_timeout` (seconds).
     pub transaction_timeout: Option<Seconds>,
-    /// Overrides `client_idle_timeout`. [seconds]
+    /// Overrides `client_idle_timeout` (seconds).
     pub client_idle_timeout: Option<Seconds>,
 }
 

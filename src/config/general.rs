@@ -83,7 +83,7 @@ pub struct General {
     pub min_pool_size: u32,
     /// Extra connections a pool may open once a client waited `reserve_pool_timeout`.
     pub reserve_pool_size: u32,
-    /// How long a client waits before the reserve pool is used. [seconds]
+    /// How long a client waits before the reserve pool is used (seconds).
     pub reserve_pool_timeout: Seconds,
     /// Server connections per database, all users together; 0 = unlimited.
     pub max_db_connections: u32,
@@ -119,9 +119,9 @@ pub struct General {
     pub pkt_buf: u32,
     /// Largest packet accepted from a client or server. [bytes]
     pub max_packet_size: u32,
-    /// Period of the averages in SHOW STATS and of the log stats line. [seconds]
+    /// Period of the averages in SHOW STATS and of the log stats line (seconds).
     pub stats_period: u32,
-    /// Idle time after which pools of the `*` fallback database are dropped. [seconds]
+    /// Idle time after which pools of the `*` fallback database are dropped (seconds).
     pub autodb_idle_timeout: Seconds,
 
     // ---- authentication --------------------------------------------------------------------
@@ -154,41 +154,41 @@ pub struct General {
     /// Also run `server_reset_query` in transaction and statement modes.
     #[serde(deserialize_with = "flag")]
     pub server_reset_query_always: bool,
-    /// Idle time after which a server is health-checked before reuse. [seconds]
+    /// Idle time after which a server is health-checked before reuse (seconds).
     pub server_check_delay: Seconds,
     /// Health-check query: `"<empty>"` (default) sends an empty query, `""` disables checks.
     pub server_check_query: String,
     /// In PAUSE/RECONNECT, close servers at once rather than after their transaction.
     #[serde(deserialize_with = "flag")]
     pub server_fast_close: bool,
-    /// Close a server connection older than this once released; 0 = only once. [seconds]
+    /// Close a server connection older than this once released; 0 = only once (seconds).
     pub server_lifetime: Seconds,
-    /// Close a server idle longer than this. [seconds]
+    /// Close a server idle longer than this (seconds).
     pub server_idle_timeout: Seconds,
-    /// Give up connecting + logging into a server after this. [seconds]
+    /// Give up connecting + logging into a server after this (seconds).
     pub server_connect_timeout: Seconds,
-    /// Wait after a failed server login before trying again. [seconds]
+    /// Wait after a failed server login before trying again (seconds).
     pub server_login_retry: Seconds,
-    /// Drop a client that has not finished logging in after this. [seconds]
+    /// Drop a client that has not finished logging in after this (seconds).
     pub client_login_timeout: Seconds,
 
     // ---- dangerous timeouts ----------------------------------------------------------------
-    /// Cancel queries running longer than this; 0 = off. [seconds]
+    /// Cancel queries running longer than this; 0 = off (seconds).
     pub query_timeout: Seconds,
-    /// Fail clients waiting for a server longer than this; 0 = wait forever. [seconds]
+    /// Fail clients waiting for a server longer than this; 0 = wait forever (seconds).
     pub query_wait_timeout: Seconds,
-    /// Give up on a cancel request that found no connection after this. [seconds]
+    /// Give up on a cancel request that found no connection after this (seconds).
     pub cancel_wait_timeout: Seconds,
     /// Tell a client waiting for a server this long, once, that it is queued (a NOTICE, as
-    /// PgBouncer 1.25 sends); 0 = never. [seconds]
+    /// PgBouncer 1.25 sends); 0 = never (seconds).
     pub query_wait_notify: Seconds,
-    /// Close clients idle (between transactions) longer than this; 0 = off. [seconds]
+    /// Close clients idle (between transactions) longer than this; 0 = off (seconds).
     pub client_idle_timeout: Seconds,
-    /// Close clients idle inside a transaction longer than this; 0 = off. [seconds]
+    /// Close clients idle inside a transaction longer than this; 0 = off (seconds).
     pub idle_transaction_timeout: Seconds,
-    /// Close clients whose transaction lasts longer than this; 0 = off. [seconds]
+    /// Close clients whose transaction lasts longer than this; 0 = off (seconds).
     pub transaction_timeout: Seconds,
-    /// How long SUSPEND waits for buffers to flush. [seconds]
+    /// How long SUSPEND waits for buffers to flush (seconds).
     pub suspend_timeout: Seconds,
 
     // ---- TLS (accepted; see the lead's notes for what is implemented) ----------------------
@@ -225,13 +225,13 @@ pub struct General {
     /// Enable TCP keepalive on client and server sockets.
     #[serde(deserialize_with = "flag")]
     pub tcp_keepalive: bool,
-    /// TCP_KEEPIDLE; 0 = kernel default. [seconds]
+    /// TCP_KEEPIDLE; 0 = kernel default (seconds).
     pub tcp_keepidle: u32,
-    /// TCP_KEEPINTVL; 0 = kernel default. [seconds]
+    /// TCP_KEEPINTVL; 0 = kernel default (seconds).
     pub tcp_keepintvl: u32,
     /// TCP_KEEPCNT; 0 = kernel default.
     pub tcp_keepcnt: u32,
-    /// TCP_USER_TIMEOUT; 0 = kernel default. [milliseconds]
+    /// TCP_USER_TIMEOUT; 0 = kernel default (milliseconds).
     pub tcp_user_timeout: u32,
     /// SO_SNDBUF/SO_RCVBUF; 0 = kernel default. [bytes]
     pub tcp_socket_buffer: u32,
@@ -240,11 +240,11 @@ pub struct General {
     /// PgBouncer configs give seconds: any positive number is on.)
     #[serde(deserialize_with = "flag_or_seconds")]
     pub tcp_defer_accept: bool,
-    /// How long a DNS answer is cached. [seconds]
+    /// How long a DNS answer is cached (seconds).
     pub dns_max_ttl: Seconds,
-    /// How long a "no such host" answer is cached. [seconds]
+    /// How long a "no such host" answer is cached (seconds).
     pub dns_nxdomain_ttl: Seconds,
-    /// Period of DNS zone serial checks; 0 = off. [seconds]
+    /// Period of DNS zone serial checks; 0 = off (seconds).
     pub dns_zone_check_period: Seconds,
 
     // ---- process and logging ---------------------------------------------------------------

@@ -25,7 +25,7 @@ pub struct ShardCounts {
     /// Servers that shard holds (leased, idle or opening), published at its janitor tick.
     pub owned: AtomicU32,
     /// That shard's smoothed demand (clients leasing or waiting, times
-    /// [`super::handoff::SCALE`]), published at its janitor tick.
+    /// `handoff::SCALE`), published at its janitor tick.
     pub demand: AtomicU32,
 }
 

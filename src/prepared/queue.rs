@@ -31,7 +31,7 @@ pub enum Req {
     Parse,
     /// Bind: BindComplete.
     Bind,
-    /// Describe: [ParameterDescription] RowDescription | NoData.
+    /// Describe: \[ParameterDescription\] RowDescription | NoData.
     Describe,
     /// Close: CloseComplete.
     Close,

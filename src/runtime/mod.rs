@@ -7,7 +7,7 @@
 //! this leaner loop touched this folder and nothing else: see `executor` for why.)
 //!
 //! Signals are taken by the main thread with `sigwait` (they are blocked in
-//! every shard thread) and published through [`Shared::control`]; each shard's
+//! every shard thread) and published through [`Shared::post_control`]; each shard's
 //! janitor tick notices the change. Signals are rare; a 100 ms reaction is fine
 //! and keeps signal handling out of the shards' hot loops.
 
