@@ -490,3 +490,46 @@ fn tls_protocol_lists_map_to_the_versions_rustls_speaks() {
     assert!(p("tlsv1.0").unwrap_err().contains("leaves no TLS version"));
     assert!(p("sslv3").unwrap_err().contains("unknown TLS protocol"));
 }
+
+#[test]
+fn tls12_cipher_lists_are_honoured_where_rustls_has_the_suites() {
+    let p = Tls12Ciphers::parse;
+    for all in [
+        "", "default", "secure", "fast", "normal", "compat", "legacy", "insecure",
+    ] {
+        assert_eq!(
+            p(all),
+            Tls12Ciphers::default(),
+            "{all}: every suite, no warning"
+        );
+    }
+    let listed =
+        p("ECDHE-RSA-AES256-GCM-SHA384:DHE-RSA-AES256-GCM-SHA384,ecdhe-ecdsa-aes128-gcm-sha256");
+    assert_eq!(
+        listed.names,
+        [
+            "ECDHE-RSA-AES256-GCM-SHA384",
+            "ECDHE-ECDSA-AES128-GCM-SHA256"
+        ]
+    );
+    assert_eq!(listed.skipped, ["DHE-RSA-AES256-GCM-SHA384"]);
+    assert!(!listed.rules);
+    let rules = p("HIGH:!aNULL:ECDHE-RSA-AES256-GCM-SHA384");
+    assert!(rules.rules && rules.names.is_empty(), "{rules:?}");
+
+    let warning = |ciphers: &str| {
+        let mut config = Config::default();
+        config.general.client_tls_ciphers = ciphers.into();
+        let (errors, warnings) = validate::unsupported(&config);
+        assert!(errors.is_empty(), "{errors:?}");
+        warnings
+            .into_iter()
+            .find(|w| w.contains("client_tls_ciphers"))
+    };
+    assert_eq!(warning("secure"), None);
+    assert_eq!(warning("ECDHE-RSA-AES128-GCM-SHA256"), None);
+    assert!(warning("HIGH:!aNULL").is_some_and(|w| w.contains("rule syntax")));
+    assert!(warning("AES256-SHA").is_some_and(|w| w.contains("names no suite pgring has")));
+    assert!(warning("ECDHE-RSA-AES128-GCM-SHA256:AES256-SHA")
+        .is_some_and(|w| w.contains("pgring has no AES256-SHA")));
+}

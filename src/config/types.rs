@@ -176,6 +176,63 @@ impl TlsProtocols {
     }
 }
 
+/// The TLS 1.2 cipher suites pgring (rustls) has, by their OpenSSL names.
+pub const TLS12_SUITES: [&str; 6] = [
+    "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-RSA-CHACHA20-POLY1305",
+];
+
+/// A `*_tls_ciphers` value (the suites of TLS 1.2; 1.3 has its own `*_tls13_ciphers`) as pgring
+/// can honour it. PgBouncer's keywords (`default`, `secure`, `normal`, `fast`, `compat`,
+/// `legacy`, `insecure`, `all`) each allow every suite rustls has (all of them AEAD with ECDHE,
+/// inside even `secure`). A plain list of suite names is honoured: the suites rustls has, in the
+/// list's order (`names`); the others are left out (`skipped`). OpenSSL's rule syntax
+/// (`HIGH:!aNULL`) is not evaluated (`rules`): then, as when no listed suite is in rustls, every
+/// suite rustls has is offered.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tls12Ciphers<'a> {
+    /// The suites to offer, in order; empty: all of rustls's.
+    pub names: Vec<&'static str>,
+    /// Listed suite names rustls does not have (CBC, RSA key exchange, finite-field DHE...).
+    pub skipped: Vec<&'a str>,
+    /// The value uses OpenSSL's rule syntax.
+    pub rules: bool,
+}
+
+impl<'a> Tls12Ciphers<'a> {
+    /// Reads a `*_tls_ciphers` value.
+    pub fn parse(list: &'a str) -> Tls12Ciphers<'a> {
+        let mut c = Tls12Ciphers::default();
+        const KEYWORDS: [&str; 8] = [
+            "default", "secure", "normal", "fast", "compat", "legacy", "insecure", "all",
+        ];
+        for word in list.split([',', ':', ' ']).filter(|w| !w.is_empty()) {
+            if KEYWORDS.iter().any(|k| k.eq_ignore_ascii_case(word)) {
+                return Tls12Ciphers::default();
+            }
+            // A suite's name has a dash inside; a rule (HIGH, !aNULL, +RSA, @STRENGTH) has none
+            // or an operator in front.
+            if word.starts_with(['!', '-', '+', '@']) || !word.contains('-') {
+                c.rules = true;
+                continue;
+            }
+            match TLS12_SUITES.iter().find(|s| s.eq_ignore_ascii_case(word)) {
+                Some(known) if !c.names.contains(known) => c.names.push(known),
+                Some(_) => {}
+                None => c.skipped.push(word),
+            }
+        }
+        if c.rules {
+            c.names.clear();
+        }
+        c
+    }
+}
+
 /// How a database entry with several hosts picks one (`load_balance_hosts`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]

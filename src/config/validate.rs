@@ -255,9 +255,19 @@ pub(crate) fn unsupported(config: &Config) -> (Vec<String>, Vec<String>) {
             )),
             Ok(_) => {}
         }
-        if !matches!(ciphers.as_str(), "default" | "secure" | "normal" | "fast") {
+        let c = super::Tls12Ciphers::parse(ciphers);
+        let what = format!("[general] {key}_tls_ciphers: \"{ciphers}\"");
+        let all = "every TLS 1.2 suite pgring has (AEAD with ECDHE) is offered";
+        if c.rules {
             warnings.push(format!(
-                "[general] {key}_tls_ciphers: \"{ciphers}\" is not honoured: rustls's safe default cipher suites are used"
+                "{what} uses OpenSSL's rule syntax, which pgring does not evaluate: {all}"
+            ));
+        } else if !c.skipped.is_empty() && c.names.is_empty() {
+            warnings.push(format!("{what} names no suite pgring has: {all}"));
+        } else if !c.skipped.is_empty() {
+            warnings.push(format!(
+                "{what}: pgring has no {}; the others are offered",
+                c.skipped.join(", ")
             ));
         }
     }

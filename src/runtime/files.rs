@@ -89,6 +89,7 @@ fn client_tls(general: &General) -> Result<Option<Arc<rustls::ServerConfig>>, St
         require_client_cert: matches!(mode, SslMode::VerifyCa | SslMode::VerifyFull),
         protocols: &general.client_tls_protocols,
         tls13_ciphers: &general.client_tls13_ciphers,
+        tls12_ciphers: &general.client_tls_ciphers,
     };
     super::tls::acceptor(&files)
         .map(Some)
@@ -110,8 +111,17 @@ fn server_tls(general: &General) -> Result<Option<Arc<rustls::ClientConfig>>, St
         .as_deref()
         .zip(general.server_tls_key_file.as_deref());
     let ca = general.server_tls_ca_file.as_deref();
-    let (protocols, tls13) = (&general.server_tls_protocols, &general.server_tls13_ciphers);
-    super::tls::connector(check, ca, client_cert, protocols, tls13)
-        .map(Some)
-        .map_err(|e| format!("server TLS: {e}"))
+    let ciphers = (
+        general.server_tls13_ciphers.as_str(),
+        general.server_tls_ciphers.as_str(),
+    );
+    super::tls::connector(
+        check,
+        ca,
+        client_cert,
+        &general.server_tls_protocols,
+        ciphers,
+    )
+    .map(Some)
+    .map_err(|e| format!("server TLS: {e}"))
 }

@@ -21,7 +21,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use crate::config::TlsProtocols;
+use crate::config::{Tls12Ciphers, TlsProtocols};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::pem::PemObject;
@@ -49,19 +49,57 @@ fn protocol_versions(list: &str) -> Result<Vec<&'static rustls::SupportedProtoco
 }
 
 /// rustls's provider with its TLS 1.3 cipher suites narrowed to a `*_tls13_ciphers` list
-/// (OpenSSL's names, colon-separated, in order of preference; empty: all of them). The two CCM
-/// suites OpenSSL can offer are not in rustls: they are skipped, and a list of only those is
-/// refused. TLS 1.2 suites are left as they are.
-fn provider(tls13_ciphers: &str) -> Result<Arc<rustls::crypto::CryptoProvider>, String> {
-    use rustls::CipherSuite as C;
+/// (OpenSSL's names, colon-separated, in order of preference; empty: all of them), and its
+/// TLS 1.2 suites to what a `*_tls_ciphers` value names ([`Tls12Ciphers`]). The two CCM suites
+/// OpenSSL can offer for 1.3 are not in rustls: they are skipped, and a list of only those is
+/// refused.
+fn provider(
+    tls13_ciphers: &str,
+    tls12_ciphers: &str,
+) -> Result<Arc<rustls::crypto::CryptoProvider>, String> {
     let mut provider = rustls::crypto::ring::default_provider();
+    let all = std::mem::take(&mut provider.cipher_suites);
+    let (tls13, tls12): (Vec<_>, Vec<_>) = all.into_iter().partition(|s| s.tls13().is_some());
+    let mut suites = tls13_suites(tls13, tls13_ciphers)?;
+    let wanted = Tls12Ciphers::parse(tls12_ciphers).names;
+    if wanted.is_empty() {
+        suites.extend(tls12);
+    } else {
+        let named = |name: &str| tls12.iter().find(|s| tls12_name(s.suite()) == Some(name));
+        suites.extend(wanted.iter().filter_map(|w| named(w)).copied());
+    }
+    provider.cipher_suites = suites;
+    Ok(Arc::new(provider))
+}
+
+/// The OpenSSL name of one of rustls's TLS 1.2 suites (see [`crate::config::TLS12_SUITES`]).
+fn tls12_name(suite: rustls::CipherSuite) -> Option<&'static str> {
+    use rustls::CipherSuite as C;
+    Some(match suite {
+        C::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384 => "ECDHE-ECDSA-AES256-GCM-SHA384",
+        C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 => "ECDHE-ECDSA-AES128-GCM-SHA256",
+        C::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256 => "ECDHE-ECDSA-CHACHA20-POLY1305",
+        C::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => "ECDHE-RSA-AES256-GCM-SHA384",
+        C::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => "ECDHE-RSA-AES128-GCM-SHA256",
+        C::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256 => "ECDHE-RSA-CHACHA20-POLY1305",
+        _ => return None,
+    })
+}
+
+/// The TLS 1.3 suites a `*_tls13_ciphers` list names, in its order (all of them for an empty
+/// list).
+fn tls13_suites(
+    tls13: Vec<rustls::SupportedCipherSuite>,
+    tls13_ciphers: &str,
+) -> Result<Vec<rustls::SupportedCipherSuite>, String> {
+    use rustls::CipherSuite as C;
     let names: Vec<&str> = tls13_ciphers
         .split(':')
         .map(str::trim)
         .filter(|n| !n.is_empty())
         .collect();
     if names.is_empty() {
-        return Ok(Arc::new(provider));
+        return Ok(tls13);
     }
     let mut wanted = Vec::new();
     for name in &names {
@@ -73,9 +111,7 @@ fn provider(tls13_ciphers: &str) -> Result<Arc<rustls::crypto::CryptoProvider>, 
             other => return Err(format!("unknown TLS 1.3 cipher suite \"{other}\"")),
         });
     }
-    let all = std::mem::take(&mut provider.cipher_suites);
-    let (tls13, tls12): (Vec<_>, Vec<_>) = all.into_iter().partition(|s| s.tls13().is_some());
-    let mut suites: Vec<_> = wanted
+    let suites: Vec<_> = wanted
         .iter()
         .filter_map(|w| tls13.iter().find(|s| s.suite() == *w).copied())
         .collect();
@@ -84,9 +120,7 @@ fn provider(tls13_ciphers: &str) -> Result<Arc<rustls::crypto::CryptoProvider>, 
             "no TLS 1.3 cipher suite of \"{tls13_ciphers}\" is available (the CCM suites are not)"
         ));
     }
-    suites.extend(tls12);
-    provider.cipher_suites = suites;
-    Ok(Arc::new(provider))
+    Ok(suites)
 }
 
 /// Where the TLS configuration for clients comes from (`client_tls_*`).
@@ -104,6 +138,8 @@ pub struct TlsFiles<'a> {
     pub protocols: &'a str,
     /// `client_tls13_ciphers`.
     pub tls13_ciphers: &'a str,
+    /// `client_tls_ciphers` (TLS 1.2).
+    pub tls12_ciphers: &'a str,
 }
 
 /// Builds the TLS configuration for clients: TLS 1.2 and 1.3 with rustls's safe defaults, as
@@ -112,7 +148,7 @@ pub struct TlsFiles<'a> {
 pub fn acceptor(files: &TlsFiles<'_>) -> Result<Arc<ServerConfig>, String> {
     let certs = read_certs(files.cert)?;
     let key = PrivateKeyDer::from_pem_file(files.key).map_err(|e| shown(files.key, &e))?;
-    let provider = provider(files.tls13_ciphers)?;
+    let provider = provider(files.tls13_ciphers, files.tls12_ciphers)?;
     let versions = protocol_versions(files.protocols)?;
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&versions)
@@ -167,9 +203,9 @@ pub fn connector(
     ca: Option<&Path>,
     client_cert: Option<(&Path, &Path)>,
     protocols: &str,
-    tls13_ciphers: &str,
+    (tls13_ciphers, tls12_ciphers): (&str, &str),
 ) -> Result<Arc<ClientConfig>, String> {
-    let provider = provider(tls13_ciphers)?;
+    let provider = provider(tls13_ciphers, tls12_ciphers)?;
     let versions = protocol_versions(protocols)?;
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&versions)
@@ -484,16 +520,24 @@ impl Tls {
 
 #[cfg(test)]
 mod tests {
-    use super::provider;
+    use super::{provider, tls12_name};
+    use crate::config::TLS12_SUITES;
     use rustls::CipherSuite as C;
 
-    fn tls13_of(list: &str) -> Vec<C> {
-        let p = provider(list).unwrap_or_else(|e| panic!("{list}: {e}"));
-        let suites = p.cipher_suites.iter();
-        suites
-            .filter(|s| s.tls13().is_some())
+    fn suites(tls13: &str, tls12: &str, of13: bool) -> Vec<C> {
+        let p = provider(tls13, tls12).unwrap_or_else(|e| panic!("{tls13} / {tls12}: {e}"));
+        let all = p.cipher_suites.iter();
+        all.filter(|s| s.tls13().is_some() == of13)
             .map(|s| s.suite())
             .collect()
+    }
+
+    fn tls13_of(list: &str) -> Vec<C> {
+        suites(list, "default", true)
+    }
+
+    fn tls12_of(list: &str) -> Vec<C> {
+        suites("", list, false)
     }
 
     #[test]
@@ -511,17 +555,34 @@ mod tests {
             tls13_of("TLS_AES_128_CCM_SHA256:TLS_AES_256_GCM_SHA384"),
             [C::TLS13_AES_256_GCM_SHA384]
         );
-        let narrowed = provider("TLS_AES_256_GCM_SHA384").expect("narrowed");
-        let all = provider("").expect("all");
-        let tls12 = |p: &rustls::crypto::CryptoProvider| {
-            p.cipher_suites
-                .iter()
-                .filter(|s| s.tls13().is_none())
-                .count()
-        };
-        assert_eq!(tls12(&narrowed), tls12(&all));
-        assert!(provider("TLS_AES_128_CCM_8_SHA256").is_err());
-        let unknown = provider("TLS_AES_256_GCM_SHA384:AES256-SHA").unwrap_err();
+        assert_eq!(
+            suites("TLS_AES_256_GCM_SHA384", "default", false),
+            tls12_of("default")
+        );
+        assert!(provider("TLS_AES_128_CCM_8_SHA256", "").is_err());
+        let unknown = provider("TLS_AES_256_GCM_SHA384:AES256-SHA", "").unwrap_err();
         assert!(unknown.contains("\"AES256-SHA\""), "{unknown}");
+    }
+
+    #[test]
+    fn tls12_ciphers_name_the_suites_offered_in_order() {
+        // Every name pgring lists is one rustls has, and a keyword, a rule or an empty value
+        // keeps them all.
+        let all = tls12_of("default");
+        assert_eq!(all.len(), TLS12_SUITES.len());
+        assert!(all.iter().all(|s| tls12_name(*s).is_some()));
+        for list in ["", "secure", "fast", "legacy", "HIGH:!aNULL", "AES256-SHA"] {
+            assert_eq!(tls12_of(list), all, "{list}");
+        }
+        assert_eq!(
+            tls12_of("ECDHE-RSA-CHACHA20-POLY1305:AES256-SHA:ecdhe-rsa-aes256-gcm-sha384"),
+            [
+                C::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+                C::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384
+            ],
+            "the listed suites rustls has, in order; AES256-SHA (CBC) left out"
+        );
+        // TLS 1.3's suites are untouched.
+        assert_eq!(suites("", "ECDHE-RSA-AES128-GCM-SHA256", true).len(), 3);
     }
 }

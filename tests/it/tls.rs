@@ -104,7 +104,8 @@ async fn prefer_lets_the_client_choose_hostssl_rules_see_tls_and_protocols_are_h
     )
     .expect("writing hba.conf");
     let hba = format!(
-        "auth_type = \"hba\"\nauth_hba_file = \"{}\"\nclient_tls_protocols = \"tlsv1.2\"",
+        "auth_type = \"hba\"\nauth_hba_file = \"{}\"\nclient_tls_protocols = \"tlsv1.2\"\n\
+         client_tls_ciphers = \"ECDHE-ECDSA-AES128-GCM-SHA256:AES256-SHA\"",
         rules.display()
     );
     let (pgring, files) = tls_pgring("prefer", &hba);
@@ -113,8 +114,12 @@ async fn prefer_lets_the_client_choose_hostssl_rules_see_tls_and_protocols_are_h
         psql("127.0.0.1", port, "bench", "require", "SELECT 1").as_deref(),
         Ok("1")
     );
-    // client_tls_protocols is honoured: libpq would pick 1.3 if it were offered.
-    assert!(pgring.log().contains("tls=TLSv1.2/"), "{}", pgring.log());
+    // client_tls_protocols is honoured: libpq would pick 1.3 if it were offered; so is
+    // client_tls_ciphers, a suite neither side would pick first.
+    let chosen = pgring
+        .log()
+        .contains("tls=TLSv1.2/TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256");
+    assert!(chosen, "{}", pgring.log());
     assert_eq!(
         psql("127.0.0.1", port, "app", "disable", "SELECT 1").as_deref(),
         Ok("1")
