@@ -206,6 +206,9 @@ pub struct General {
     pub client_tls_ciphers: String,
     /// TLS 1.3 cipher suites towards clients, colon-separated (empty: all rustls has).
     pub client_tls13_ciphers: String,
+    /// Key exchange groups offered to clients (`auto`: all rustls has; or curve names,
+    /// see [`super::KxGroups`]).
+    pub client_tls_ecdhcurve: String,
     /// TLS towards servers.
     pub server_tls_sslmode: SslMode,
     /// CA to verify server certificates.
@@ -352,6 +355,7 @@ impl Default for General {
             client_tls_protocols: "secure".into(),
             client_tls_ciphers: "default".into(),
             client_tls13_ciphers: String::new(),
+            client_tls_ecdhcurve: "auto".into(),
             server_tls_sslmode: SslMode::Prefer,
             server_tls_ca_file: None,
             server_tls_key_file: None,

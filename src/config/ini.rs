@@ -49,10 +49,6 @@ const PGBOUNCER_ONLY: &[(&str, &str)] = &[
         "client_tls_dheparams",
         "rustls has no finite-field DH: TLS 1.3 and ECDHE key exchange only",
     ),
-    (
-        "client_tls_ecdhcurve",
-        "rustls picks the key exchange group (X25519, P-256, P-384)",
-    ),
     ("auth_ldap_options", "LDAP is not implemented"),
     ("service_name", "Windows only"),
     ("job_name", "Windows only"),

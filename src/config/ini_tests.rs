@@ -208,6 +208,17 @@ fn commented_examples_map_onto_the_model() {
 }
 
 #[test]
+fn tls_cipher_and_curve_keys_are_read_not_ignored() {
+    let text = "[pgbouncer]\nauth_type = trust\nclient_tls_ecdhcurve = secp384r1\n\
+                client_tls_ciphers = ECDHE-RSA-AES128-GCM-SHA256\n";
+    let config = load_text("tlskeys", text).unwrap_or_else(|e| panic!("{e}"));
+    let g = &config.general;
+    assert_eq!(g.client_tls_ecdhcurve, "secp384r1");
+    assert_eq!(g.client_tls_ciphers, "ECDHE-RSA-AES128-GCM-SHA256");
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+}
+
+#[test]
 fn no_listen_addr_means_unix_socket_only_as_in_pgbouncer() {
     let text = "[pgbouncer]\nauth_type = trust\n";
     let config = load_text("unixonly", text).unwrap_or_else(|e| panic!("{e}"));

@@ -26,8 +26,8 @@ pub use entries::{Database, Peer, User};
 pub use general::{General, TcpTuning, DEFAULT_AUTH_QUERY, EMPTY_CHECK_QUERY};
 pub use reload::{changes, reload_changes, Change, RESTART_KEYS};
 pub use types::{
-    split_list, AuthType, FileMode, LoadBalanceHosts, PoolMode, Seconds, SslMode, Tls12Ciphers,
-    TlsProtocols, TLS12_SUITES,
+    split_list, AuthType, FileMode, KxGroups, LoadBalanceHosts, PoolMode, Seconds, SslMode,
+    Tls12Ciphers, TlsProtocols, TLS12_SUITES,
 };
 
 use serde::{Deserialize, Serialize};

@@ -533,3 +533,27 @@ fn tls12_cipher_lists_are_honoured_where_rustls_has_the_suites() {
     assert!(warning("ECDHE-RSA-AES128-GCM-SHA256:AES256-SHA")
         .is_some_and(|w| w.contains("pgring has no AES256-SHA")));
 }
+
+#[test]
+fn ecdh_curve_names_narrow_the_key_exchange_groups() {
+    let p = KxGroups::parse;
+    for all in ["", "auto", "default", "Secure"] {
+        assert_eq!(p(all), KxGroups::default(), "{all}");
+    }
+    assert_eq!(p("secp384r1").names, ["P-384"]);
+    assert_eq!(p("prime256v1:X25519,P-256").names, ["P-256", "X25519"]);
+    let odd = p("brainpoolP512r1,secp384r1");
+    assert_eq!(
+        (odd.names, odd.unknown),
+        (vec!["P-384"], vec!["brainpoolP512r1"])
+    );
+    let warning = |curve: &str| {
+        let mut config = Config::default();
+        config.general.client_tls_ecdhcurve = curve.into();
+        let (_, warnings) = validate::unsupported(&config);
+        warnings.into_iter().find(|w| w.contains("ecdhcurve"))
+    };
+    assert_eq!(warning("auto"), None);
+    assert_eq!(warning("secp384r1"), None);
+    assert!(warning("none").is_some_and(|w| w.contains("every key exchange group")));
+}

@@ -233,6 +233,49 @@ impl<'a> Tls12Ciphers<'a> {
     }
 }
 
+/// The key exchange groups rustls has, by their names in `client_tls_ecdhcurve`.
+const KX_GROUPS: [(&str, &[&str]); 3] = [
+    ("X25519", &["x25519"]),
+    ("P-256", &["p-256", "prime256v1", "secp256r1"]),
+    ("P-384", &["p-384", "secp384r1"]),
+];
+
+/// A `client_tls_ecdhcurve` value as pgring honours it: `auto` (PgBouncer's default), `default`,
+/// `secure` or an empty value offer every group rustls has (X25519, P-256, P-384); one or more
+/// curve names (OpenSSL's `prime256v1`, `secp384r1`, or `P-256`, `X25519`; comma- or
+/// colon-separated) offer those, in that order. `none` (no ECDHE in PgBouncer, leaving TLS 1.2
+/// to finite-field or RSA key exchange) cannot be: rustls has neither, and TLS 1.3 always needs
+/// a group; it is `unknown`, as an unknown name is, and every group is offered.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KxGroups<'a> {
+    /// The groups to offer, in order (see `KX_GROUPS`); empty: all.
+    pub names: Vec<&'static str>,
+    /// Words that name no group rustls has.
+    pub unknown: Vec<&'a str>,
+}
+
+impl<'a> KxGroups<'a> {
+    /// Reads a `client_tls_ecdhcurve` value.
+    pub fn parse(list: &'a str) -> KxGroups<'a> {
+        let mut g = KxGroups::default();
+        for word in list.split([',', ':', ' ']).filter(|w| !w.is_empty()) {
+            let lower = word.to_ascii_lowercase();
+            if matches!(lower.as_str(), "auto" | "default" | "secure") {
+                return KxGroups::default();
+            }
+            match KX_GROUPS
+                .iter()
+                .find(|(_, names)| names.contains(&lower.as_str()))
+            {
+                Some((name, _)) if !g.names.contains(name) => g.names.push(name),
+                Some(_) => {}
+                None => g.unknown.push(word),
+            }
+        }
+        g
+    }
+}
+
 /// How a database entry with several hosts picks one (`load_balance_hosts`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]

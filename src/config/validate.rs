@@ -271,6 +271,19 @@ pub(crate) fn unsupported(config: &Config) -> (Vec<String>, Vec<String>) {
             ));
         }
     }
+    let groups = super::KxGroups::parse(&g.client_tls_ecdhcurve);
+    if !groups.unknown.is_empty() {
+        let also = if groups.names.is_empty() {
+            "every key exchange group rustls has (X25519, P-256, P-384) is offered"
+        } else {
+            "the others are offered"
+        };
+        warnings.push(format!(
+            "[general] client_tls_ecdhcurve: \"{}\": pgring has no {} ({also}; rustls has no finite-field or RSA key exchange, so not \"none\" either)",
+            g.client_tls_ecdhcurve,
+            groups.unknown.join(", ")
+        ));
+    }
     if crate::syslog::facility_code(&g.syslog_facility).is_none() {
         errors.push(format!(
             "[general] syslog_facility: \"{}\" is not one of {}",

@@ -90,6 +90,7 @@ fn client_tls(general: &General) -> Result<Option<Arc<rustls::ServerConfig>>, St
         protocols: &general.client_tls_protocols,
         tls13_ciphers: &general.client_tls13_ciphers,
         tls12_ciphers: &general.client_tls_ciphers,
+        ecdh_curves: &general.client_tls_ecdhcurve,
     };
     super::tls::acceptor(&files)
         .map(Some)

@@ -21,7 +21,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use crate::config::{Tls12Ciphers, TlsProtocols};
+use crate::config::{KxGroups, Tls12Ciphers, TlsProtocols};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::pem::PemObject;
@@ -70,6 +70,40 @@ fn provider(
     }
     provider.cipher_suites = suites;
     Ok(Arc::new(provider))
+}
+
+/// `provider` offering the key exchange groups a `client_tls_ecdhcurve` value names
+/// ([`KxGroups`]), in its order; all of them when it names none rustls has.
+fn with_groups(
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    curves: &str,
+) -> Arc<rustls::crypto::CryptoProvider> {
+    use rustls::NamedGroup as G;
+    let wanted = KxGroups::parse(curves).names;
+    if wanted.is_empty() {
+        return provider;
+    }
+    let name = |g: G| match g {
+        G::X25519 => Some("X25519"),
+        G::secp256r1 => Some("P-256"),
+        G::secp384r1 => Some("P-384"),
+        _ => None,
+    };
+    let mut narrowed = (*provider).clone();
+    narrowed.kx_groups = wanted
+        .iter()
+        .filter_map(|w| {
+            let found = provider
+                .kx_groups
+                .iter()
+                .find(|g| name(g.name()) == Some(w));
+            found.copied()
+        })
+        .collect();
+    if narrowed.kx_groups.is_empty() {
+        return provider;
+    }
+    Arc::new(narrowed)
 }
 
 /// The OpenSSL name of one of rustls's TLS 1.2 suites (see [`crate::config::TLS12_SUITES`]).
@@ -140,6 +174,8 @@ pub struct TlsFiles<'a> {
     pub tls13_ciphers: &'a str,
     /// `client_tls_ciphers` (TLS 1.2).
     pub tls12_ciphers: &'a str,
+    /// `client_tls_ecdhcurve`.
+    pub ecdh_curves: &'a str,
 }
 
 /// Builds the TLS configuration for clients: TLS 1.2 and 1.3 with rustls's safe defaults, as
@@ -149,6 +185,7 @@ pub fn acceptor(files: &TlsFiles<'_>) -> Result<Arc<ServerConfig>, String> {
     let certs = read_certs(files.cert)?;
     let key = PrivateKeyDer::from_pem_file(files.key).map_err(|e| shown(files.key, &e))?;
     let provider = provider(files.tls13_ciphers, files.tls12_ciphers)?;
+    let provider = with_groups(provider, files.ecdh_curves);
     let versions = protocol_versions(files.protocols)?;
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&versions)
@@ -584,5 +621,17 @@ mod tests {
         );
         // TLS 1.3's suites are untouched.
         assert_eq!(suites("", "ECDHE-RSA-AES128-GCM-SHA256", true).len(), 3);
+    }
+
+    #[test]
+    fn ecdh_curves_narrow_and_order_the_key_exchange_groups() {
+        use rustls::NamedGroup as G;
+        let groups = |curves: &str| {
+            let p = super::with_groups(provider("", "").expect("provider"), curves);
+            p.kx_groups.iter().map(|g| g.name()).collect::<Vec<_>>()
+        };
+        assert_eq!(groups("auto").len(), 3);
+        assert_eq!(groups("secp384r1,x25519"), [G::secp384r1, G::X25519]);
+        assert_eq!(groups("none").len(), 3, "nothing rustls can do: all");
     }
 }

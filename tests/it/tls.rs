@@ -373,3 +373,37 @@ async fn a_queued_tls_client_that_goes_away_leaves_the_queue() {
         Some("1")
     );
 }
+
+/// `client_tls_ecdhcurve` narrows the key exchange groups offered to clients: with `secp384r1`,
+/// a client offering only X25519 cannot finish a handshake, one offering P-384 can, and libpq
+/// (offering several) still logs in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_tls_ecdhcurve_narrows_the_key_exchange_groups() {
+    let (pgring, files) = tls_pgring("require", "client_tls_ecdhcurve = \"secp384r1\"");
+    let handshake = |groups: &str| {
+        let out = Command::new("openssl")
+            .args([
+                "s_client",
+                "-starttls",
+                "postgres",
+                "-brief",
+                "-groups",
+                groups,
+            ])
+            .args(["-connect", &format!("127.0.0.1:{}", pgring.port)])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("running openssl s_client (the openssl package)");
+        let said = String::from_utf8_lossy(&out.stderr).into_owned();
+        (said.contains("CONNECTION ESTABLISHED"), said)
+    };
+    let (ok, said) = handshake("X25519");
+    assert!(!ok, "X25519 alone was accepted: {said}");
+    let (ok, said) = handshake("P-384");
+    assert!(ok, "P-384: {said}");
+    assert_eq!(
+        psql("127.0.0.1", pgring.port, "app", "require", "SELECT 1").as_deref(),
+        Ok("1")
+    );
+    let _ = std::fs::remove_dir_all(files);
+}
