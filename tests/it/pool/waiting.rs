@@ -239,6 +239,19 @@ async fn waiting_and_clients(
     (pools.num("database", "app", "cl_waiting"), rows)
 }
 
+/// A login to app asking for `statement_timeout = ms` that has sent its startup packet and
+/// reads nothing yet (it may have to wait for a server to try the value).
+async fn start_login_with_timeout(port: u16, ms: &str) -> Wire {
+    let params = [
+        ("user", "trust_user"),
+        ("database", "app"),
+        ("statement_timeout", ms),
+    ];
+    let mut wire = Wire::connect(port).await;
+    wire.send(&wire::startup(&params)).await;
+    wire
+}
+
 /// Asks `probe` every 20 ms until its answer is `ok`; fails after 2 s with the last answer.
 async fn until_seen<T: std::fmt::Debug, F: std::future::Future<Output = T>>(
     probe: &impl Fn() -> F,
@@ -347,19 +360,12 @@ async fn a_client_waiting_for_a_server_at_login_is_counted_and_watched() {
             .unwrap_or_else(|_| panic!("round {round}: a login waited for the held server"));
     }
 
-    let novel = [
-        ("user", "trust_user"),
-        ("database", "app"),
-        ("statement_timeout", "5432"),
-    ];
-    let mut gone = Wire::connect(pgring.port).await;
-    gone.send(&wire::startup(&novel)).await;
+    let gone = start_login_with_timeout(pgring.port, "5432").await;
     until((1, 1), "a login waiting for the held server").await;
     drop(gone);
     until((0, 0), "the waiting login hung up, the server still held").await;
 
-    let mut patient = Wire::connect(pgring.port).await;
-    patient.send(&wire::startup(&novel)).await;
+    let mut patient = start_login_with_timeout(pgring.port, "5432").await;
     until((1, 1), "waiting again").await;
     holder.simple_query("COMMIT").await.expect("COMMIT");
     patient
@@ -392,13 +398,7 @@ async fn a_login_that_needs_a_server_waits_out_a_pause() {
     };
     assert_eq!(servers().await, 0, "PAUSE closed the idle servers");
 
-    let novel = [
-        ("user", "trust_user"),
-        ("database", "app"),
-        ("statement_timeout", "6543"),
-    ];
-    let mut paused = Wire::connect(pgring.port).await;
-    paused.send(&wire::startup(&novel)).await;
+    let mut paused = start_login_with_timeout(pgring.port, "6543").await;
     let counts = || waiting_and_clients(&console, "state", "waiting");
     until_seen(
         &counts,
