@@ -169,6 +169,26 @@ fn shard_cpu(out: &mut String, cpu: &[Option<crate::runtime::sched::ShardCpu>]) 
          other work): a starved shard serves its clients late.",
         &samples(|c| c.waiting),
     );
+    let counts = |f: fn(&crate::runtime::sched::ShardCpu) -> Option<u64>| {
+        cpu.iter()
+            .zip(&labels)
+            .filter_map(|(c, l)| Some((l.as_str(), f(c.as_ref()?)? as f64)))
+            .collect::<Vec<_>>()
+    };
+    family(
+        out,
+        "counter",
+        "pgring_shard_sleeps_total",
+        "Times each shard thread slept for want of work (each is a wake-up later).",
+        &counts(|c| c.sleeps),
+    );
+    family(
+        out,
+        "counter",
+        "pgring_shard_preemptions_total",
+        "Times each shard thread lost its CPU to other work while it had work of its own.",
+        &counts(|c| c.preempted),
+    );
 }
 
 fn escape(s: &str) -> String {

@@ -62,6 +62,12 @@ pub fn state(shard: &Rc<Shard>, out: &mut Vec<u8>) {
                 v(format!("shard_{i}_cpu_wait_seconds")),
                 v(secs(cpu.waiting)),
             ]);
+            let counts = [("sleeps", cpu.sleeps), ("preemptions", cpu.preempted)];
+            for (what, n) in counts {
+                if let Some(n) = n {
+                    rs.row(&[v(format!("shard_{i}_{what}")), v(n.to_string())]);
+                }
+            }
         }
     }
     rs.finish();

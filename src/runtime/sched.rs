@@ -4,7 +4,10 @@
 //! its core serves its clients late however idle its servers are, and nothing inside pgring
 //! can see that. SHOW STATE and /metrics report both figures per shard, so an operator can tell
 //! a starved shard (move PostgreSQL or the application off its core, or lower `workers`) from
-//! a slow server.
+//! a slow server. With them, from `/proc/self/task/<tid>/status`, how often the shard slept
+//! (it had nothing to do: each sleep is a wake-up later, the main cost a thread-per-core pooler
+//! pays over a single thread on a small host) and how often it was preempted (it had work, and
+//! something else took its core).
 
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
@@ -20,6 +23,11 @@ pub struct ShardCpu {
     pub on_cpu: Duration,
     /// Time it was ready to run but waited for a CPU.
     pub waiting: Duration,
+    /// Times it gave up its CPU to sleep (voluntary context switches); `None` where the
+    /// kernel does not say.
+    pub sleeps: Option<u64>,
+    /// Times it lost its CPU while it had work (involuntary context switches).
+    pub preempted: Option<u64>,
 }
 
 impl ShardThreads {
@@ -44,9 +52,15 @@ impl ShardThreads {
             .iter()
             .map(|tid| match tid.load(Ordering::Relaxed) {
                 0 => None,
-                tid => std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat"))
-                    .ok()
-                    .and_then(|s| parse(&s)),
+                tid => {
+                    let read =
+                        |file| std::fs::read_to_string(format!("/proc/self/task/{tid}/{file}"));
+                    let mut cpu = read("schedstat").ok().and_then(|s| parse(&s))?;
+                    if let Ok(status) = read("status") {
+                        (cpu.sleeps, cpu.preempted) = switches(&status);
+                    }
+                    Some(cpu)
+                }
             })
             .collect()
     }
@@ -60,7 +74,23 @@ fn parse(text: &str) -> Option<ShardCpu> {
     Some(ShardCpu {
         on_cpu: Duration::from_nanos(on_cpu),
         waiting: Duration::from_nanos(waiting),
+        sleeps: None,
+        preempted: None,
     })
+}
+
+/// `status`'s `voluntary_ctxt_switches` and `nonvoluntary_ctxt_switches`.
+fn switches(status: &str) -> (Option<u64>, Option<u64>) {
+    let field = |name: &str| {
+        status.lines().find_map(|line| {
+            let value = line.strip_prefix(name)?.strip_prefix(':')?;
+            value.trim().parse().ok()
+        })
+    };
+    (
+        field("voluntary_ctxt_switches"),
+        field("nonvoluntary_ctxt_switches"),
+    )
 }
 
 #[cfg(test)]
@@ -74,8 +104,14 @@ mod tests {
             Some(ShardCpu {
                 on_cpu: Duration::from_millis(1500),
                 waiting: Duration::from_millis(250),
+                sleeps: None,
+                preempted: None,
             })
         );
+        let status =
+            "Name:\tpgring\nvoluntary_ctxt_switches:\t1234\nnonvoluntary_ctxt_switches:\t56\n";
+        assert_eq!(switches(status), (Some(1234), Some(56)));
+        assert_eq!(switches("Name:\tx\n"), (None, None));
         assert_eq!(parse(""), None);
         assert_eq!(parse("12"), None);
         assert_eq!(parse("x y z"), None);
@@ -95,5 +131,6 @@ mod tests {
         assert_eq!(cpu[0], None);
         let one = cpu[1].expect("this kernel keeps /proc/self/task/<tid>/schedstat");
         assert!(one.on_cpu > Duration::ZERO, "{one:?}");
+        assert!(one.sleeps.is_some() && one.preempted.is_some(), "{one:?}");
     }
 }

@@ -523,6 +523,12 @@ async fn admin_metrics_parse_and_match_show_stats() {
         };
         assert!(value(format!("shard_{shard}_cpu_seconds")) + 0.0005 >= cpu);
         assert!(value(format!("shard_{shard}_cpu_wait_seconds")) + 0.0005 >= wait);
+        // How often it slept (it served 30 queries, with waits between) and was preempted.
+        let sleeps = samples[&format!("pgring_shard_sleeps_total{labels}")];
+        let preempted = samples[&format!("pgring_shard_preemptions_total{labels}")];
+        assert!(sleeps >= 1.0 && preempted >= 0.0, "{sleeps}, {preempted}");
+        assert!(value(format!("shard_{shard}_sleeps")) >= sleeps);
+        assert!(value(format!("shard_{shard}_preemptions")) >= preempted);
     }
     let stats = show(&c, "SHOW STATS").await;
     let xacts = stats.num("database", "app", "total_xact_count") as f64;
