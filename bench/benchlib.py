@@ -221,6 +221,27 @@ def sched_ns(pid):
     return run, wait
 
 
+def ctx_switches(pid):
+    """(voluntary, involuntary) context switches summed over every thread of the process, from
+    /proc/PID/task/*/status: sleeps for want of work, and preemptions while it had work."""
+    vol = invol = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    for t in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{t}/status") as f:
+                for line in f:
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        vol += int(line.split()[1])
+                    elif line.startswith("nonvoluntary_ctxt_switches:"):
+                        invol += int(line.split()[1])
+        except OSError:
+            continue  # a thread that ended meanwhile
+    return vol, invol
+
+
 def rss_kib(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -627,6 +648,7 @@ def run_pgbench(port, clients, duration, workdir, tag, mode="simple", workload="
         cmd.insert(-1, "-C")
     cpu0 = cpu_us(cpu_pid) if cpu_pid else None
     sched0 = sched_ns(cpu_pid) if cpu_pid else None
+    switches0 = ctx_switches(cpu_pid) if cpu_pid else None
     host0, t0 = host_cpu_us(), time.monotonic()
     popen = cleanup.popen if cleanup else (lambda c, **kw: subprocess.Popen(c, **kw))
     # A connect timeout, so a pooler that accepts but never answers fails the run instead of
@@ -669,6 +691,13 @@ def run_pgbench(port, clients, duration, workdir, tag, mode="simple", workload="
             # Time the pooler's threads were ready to run but had no CPU, per second of the
             # run (summed over threads: 800 means 0.8 of a thread was always waiting).
             r["pooler_wait_ms_per_s"] = round((sched1[1] - sched0[1]) / 1e6 / wall, 1)
+        switches1 = ctx_switches(cpu_pid)
+        if switches0 and switches1 and r["xacts"]:
+            # Per transaction: how often the pooler slept (each is a wake-up later) and how
+            # often it lost its CPU while it had work.
+            r["pooler_sleeps_per_xact"] = round((switches1[0] - switches0[0]) / r["xacts"], 3)
+            r["pooler_preemptions_per_xact"] = round((switches1[1] - switches0[1]) / r["xacts"],
+                                                     3)
     if r["xacts"]:
         r["host_cpu_us_per_xact"] = round((host_cpu_us() - host0) / r["xacts"], 2)
     lat, logged_failed = read_latencies(prefix)

@@ -73,6 +73,9 @@ PGBENCH_ROWS = [
     ("pooler CPU µs / xact", "cpu_us_per_xact", fmt_num, "lower"),
     ("host CPU µs / xact (all processes)", "host_cpu_us_per_xact", fmt_num, "lower"),
     ("pooler threads waiting for a CPU (ms per s)", "pooler_wait_ms_per_s", fmt_num, "lower"),
+    ("pooler sleeps / xact", "pooler_sleeps_per_xact", lambda x: fmt_num(x, 2), "lower"),
+    ("pooler preemptions / xact", "pooler_preemptions_per_xact", lambda x: fmt_num(x, 2),
+     "lower"),
     ("transactions", "xacts", fmt_num, None),
     ("failed xacts + aborted clients", "errors", fmt_num, None),
 ]
