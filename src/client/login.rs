@@ -334,8 +334,6 @@ pub(super) async fn lease_at_login<'a>(
     info: Option<&ClientInfo>,
     stream: &Stream,
 ) -> Result<crate::pool::Held<'a>> {
-    use std::future::Future;
-    use std::task::Poll;
     let mut acquire = std::pin::pin!(async {
         while crate::admin::is_paused(shard, pool) {
             shard.state_changed.notified().await;
@@ -349,25 +347,15 @@ pub(super) async fn lease_at_login<'a>(
         info.state.set(ClientState::Waiting);
         info.request_time.set(rio::now());
     }
-    let mut watching = true;
-    let done = std::future::poll_fn(|cx| {
-        if let Poll::Ready(done) = acquire.as_mut().poll(cx) {
-            return Poll::Ready(done);
-        }
-        if watching {
-            match stream.poll_hangup(cx) {
-                Poll::Ready(true) => return Poll::Ready(Err(Error::ClientClosed)),
-                Poll::Ready(false) => watching = false,
-                Poll::Pending => {}
-            }
-        }
-        Poll::Pending
-    })
-    .await;
+    let hung_up = |cx: &mut std::task::Context<'_>| {
+        let gone = stream.poll_hangup(cx);
+        gone.map(|gone| gone.then_some(Error::ClientClosed))
+    };
+    let done = super::watch::until_or(acquire, hung_up).await;
     if let Some(info) = info {
         info.state.set(ClientState::Login);
     }
-    done
+    done.and_then(|leased| leased)
 }
 
 /// Greets the client: ParameterStatus, BackendKeyData, ReadyForQuery, after the

@@ -17,6 +17,7 @@ pub mod peers;
 mod session;
 pub mod span;
 mod startup;
+mod watch;
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;

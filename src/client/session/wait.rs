@@ -165,22 +165,19 @@ pub(super) async fn lease<'a>(
 /// back whatever was granted, so a client that gave up never takes a server. The client's
 /// read poll is already armed, so watching costs no syscall until something arrives.
 async fn until_or_gone<T>(
-    mut wait: std::pin::Pin<&mut impl std::future::Future<Output = T>>,
+    wait: std::pin::Pin<&mut impl std::future::Future<Output = T>>,
     stream: &mut Stream,
     cbuf: &mut Buf,
 ) -> Result<T> {
     use futures_lite::AsyncRead;
     use std::task::Poll;
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(done) = wait.as_mut().poll(cx) {
-            return Poll::Ready(Ok(done));
-        }
+    crate::client::watch::until_or(wait, |cx| {
         while cbuf.filled < cbuf.bytes.len() {
             let room = &mut cbuf.bytes[cbuf.filled..];
             match std::pin::Pin::new(&mut *stream).poll_read(cx, room) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(Error::ClientClosed)),
+                Poll::Ready(Ok(0)) => return Poll::Ready(Some(Error::ClientClosed)),
                 Poll::Ready(Ok(n)) => cbuf.filled += n,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::ClientIo(e))),
+                Poll::Ready(Err(e)) => return Poll::Ready(Some(Error::ClientIo(e))),
                 Poll::Pending => break,
             }
         }
