@@ -56,6 +56,7 @@ fn protocol_versions(list: &str) -> Result<Vec<&'static rustls::SupportedProtoco
 fn provider(
     tls13_ciphers: &str,
     tls12_ciphers: &str,
+    ecdh_curves: &str,
 ) -> Result<Arc<rustls::crypto::CryptoProvider>, String> {
     let mut provider = rustls::crypto::ring::default_provider();
     let all = std::mem::take(&mut provider.cipher_suites);
@@ -69,41 +70,28 @@ fn provider(
         suites.extend(wanted.iter().filter_map(|w| named(w)).copied());
     }
     provider.cipher_suites = suites;
+    narrow_groups(&mut provider.kx_groups, ecdh_curves);
     Ok(Arc::new(provider))
 }
 
-/// `provider` offering the key exchange groups a `client_tls_ecdhcurve` value names
-/// ([`KxGroups`]), in its order; all of them when it names none rustls has.
-fn with_groups(
-    provider: Arc<rustls::crypto::CryptoProvider>,
-    curves: &str,
-) -> Arc<rustls::crypto::CryptoProvider> {
+/// Keeps the key exchange groups a `client_tls_ecdhcurve` value names ([`KxGroups`]), in its
+/// order; all of them when it names none rustls has.
+fn narrow_groups(groups: &mut Vec<&'static dyn rustls::crypto::SupportedKxGroup>, curves: &str) {
     use rustls::NamedGroup as G;
-    let wanted = KxGroups::parse(curves).names;
-    if wanted.is_empty() {
-        return provider;
-    }
     let name = |g: G| match g {
         G::X25519 => Some("X25519"),
         G::secp256r1 => Some("P-256"),
         G::secp384r1 => Some("P-384"),
         _ => None,
     };
-    let mut narrowed = (*provider).clone();
-    narrowed.kx_groups = wanted
+    let wanted = KxGroups::parse(curves).names;
+    let named: Vec<_> = wanted
         .iter()
-        .filter_map(|w| {
-            let found = provider
-                .kx_groups
-                .iter()
-                .find(|g| name(g.name()) == Some(w));
-            found.copied()
-        })
+        .filter_map(|w| groups.iter().find(|g| name(g.name()) == Some(w)).copied())
         .collect();
-    if narrowed.kx_groups.is_empty() {
-        return provider;
+    if !named.is_empty() {
+        *groups = named;
     }
-    Arc::new(narrowed)
 }
 
 /// The OpenSSL name of one of rustls's TLS 1.2 suites (see [`crate::config::TLS12_SUITES`]).
@@ -184,8 +172,7 @@ pub struct TlsFiles<'a> {
 pub fn acceptor(files: &TlsFiles<'_>) -> Result<Arc<ServerConfig>, String> {
     let certs = read_certs(files.cert)?;
     let key = PrivateKeyDer::from_pem_file(files.key).map_err(|e| shown(files.key, &e))?;
-    let provider = provider(files.tls13_ciphers, files.tls12_ciphers)?;
-    let provider = with_groups(provider, files.ecdh_curves);
+    let provider = provider(files.tls13_ciphers, files.tls12_ciphers, files.ecdh_curves)?;
     let versions = protocol_versions(files.protocols)?;
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&versions)
@@ -242,7 +229,8 @@ pub fn connector(
     protocols: &str,
     (tls13_ciphers, tls12_ciphers): (&str, &str),
 ) -> Result<Arc<ClientConfig>, String> {
-    let provider = provider(tls13_ciphers, tls12_ciphers)?;
+    // client_tls_ecdhcurve concerns clients only (as in PgBouncer): PostgreSQL is offered all.
+    let provider = provider(tls13_ciphers, tls12_ciphers, "auto")?;
     let versions = protocol_versions(protocols)?;
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&versions)
@@ -562,7 +550,7 @@ mod tests {
     use rustls::CipherSuite as C;
 
     fn suites(tls13: &str, tls12: &str, of13: bool) -> Vec<C> {
-        let p = provider(tls13, tls12).unwrap_or_else(|e| panic!("{tls13} / {tls12}: {e}"));
+        let p = provider(tls13, tls12, "auto").unwrap_or_else(|e| panic!("{tls13} / {tls12}: {e}"));
         let all = p.cipher_suites.iter();
         all.filter(|s| s.tls13().is_some() == of13)
             .map(|s| s.suite())
@@ -596,8 +584,8 @@ mod tests {
             suites("TLS_AES_256_GCM_SHA384", "default", false),
             tls12_of("default")
         );
-        assert!(provider("TLS_AES_128_CCM_8_SHA256", "").is_err());
-        let unknown = provider("TLS_AES_256_GCM_SHA384:AES256-SHA", "").unwrap_err();
+        assert!(provider("TLS_AES_128_CCM_8_SHA256", "", "auto").is_err());
+        let unknown = provider("TLS_AES_256_GCM_SHA384:AES256-SHA", "", "auto").unwrap_err();
         assert!(unknown.contains("\"AES256-SHA\""), "{unknown}");
     }
 
@@ -627,7 +615,7 @@ mod tests {
     fn ecdh_curves_narrow_and_order_the_key_exchange_groups() {
         use rustls::NamedGroup as G;
         let groups = |curves: &str| {
-            let p = super::with_groups(provider("", "").expect("provider"), curves);
+            let p = provider("", "", curves).expect("provider");
             p.kx_groups.iter().map(|g| g.name()).collect::<Vec<_>>()
         };
         assert_eq!(groups("auto").len(), 3);
