@@ -202,44 +202,38 @@ def cpu_us(pid):
     return (int(rest[11]) + int(rest[12])) * 1_000_000 // CLK_TCK
 
 
-def sched_ns(pid):
-    """(on-CPU, runnable-but-waiting) nanoseconds summed over every thread of the process, from
-    /proc/PID/task/*/schedstat; None where the kernel has no schedstats."""
-    run = wait = 0
+def per_thread(pid, file, read):
+    """`read(text)` (a tuple of numbers) summed over every thread of the process, from
+    /proc/PID/task/*/FILE; None when the process is gone."""
+    total = None
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return None
     for t in tasks:
         try:
-            with open(f"/proc/{pid}/task/{t}/schedstat") as f:
-                fields = f.read().split()
+            with open(f"/proc/{pid}/task/{t}/{file}") as f:
+                one = read(f.read())
         except OSError:
             continue  # a thread that ended meanwhile
-        run += int(fields[0])
-        wait += int(fields[1])
-    return run, wait
+        total = one if total is None else tuple(a + b for a, b in zip(total, one))
+    return total
+
+
+def sched_ns(pid):
+    """(on-CPU, runnable-but-waiting) nanoseconds summed over every thread of the process, from
+    /proc/PID/task/*/schedstat; None where the kernel has no schedstats."""
+    return per_thread(pid, "schedstat", lambda text: tuple(int(x) for x in text.split()[:2]))
 
 
 def ctx_switches(pid):
     """(voluntary, involuntary) context switches summed over every thread of the process, from
     /proc/PID/task/*/status: sleeps for want of work, and preemptions while it had work."""
-    vol = invol = 0
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return None
-    for t in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{t}/status") as f:
-                for line in f:
-                    if line.startswith("voluntary_ctxt_switches:"):
-                        vol += int(line.split()[1])
-                    elif line.startswith("nonvoluntary_ctxt_switches:"):
-                        invol += int(line.split()[1])
-        except OSError:
-            continue  # a thread that ended meanwhile
-    return vol, invol
+    def read(text):
+        fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+        return (int(fields["voluntary_ctxt_switches"]),
+                int(fields["nonvoluntary_ctxt_switches"]))
+    return per_thread(pid, "status", read)
 
 
 def rss_kib(pid):

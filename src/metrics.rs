@@ -148,10 +148,10 @@ pub async fn render(shard: &Rc<Shard>) -> Result<String, String> {
 /// Each shard thread's CPU time and time spent waiting for a CPU (`runtime::sched`).
 fn shard_cpu(out: &mut String, cpu: &[Option<crate::runtime::sched::ShardCpu>]) {
     let labels: Vec<String> = (0..cpu.len()).map(|i| format!("shard=\"{i}\"")).collect();
-    let samples = |f: fn(&crate::runtime::sched::ShardCpu) -> std::time::Duration| {
+    let samples = |f: fn(&crate::runtime::sched::ShardCpu) -> Option<f64>| {
         cpu.iter()
             .zip(&labels)
-            .filter_map(|(c, l)| c.as_ref().map(|c| (l.as_str(), f(c).as_secs_f64())))
+            .filter_map(|(c, l)| Some((l.as_str(), f(c.as_ref()?)?)))
             .collect::<Vec<_>>()
     };
     family(
@@ -159,7 +159,7 @@ fn shard_cpu(out: &mut String, cpu: &[Option<crate::runtime::sched::ShardCpu>]) 
         "counter",
         "pgring_shard_cpu_seconds_total",
         "CPU time each shard thread has used.",
-        &samples(|c| c.on_cpu),
+        &samples(|c| Some(c.on_cpu.as_secs_f64())),
     );
     family(
         out,
@@ -167,27 +167,21 @@ fn shard_cpu(out: &mut String, cpu: &[Option<crate::runtime::sched::ShardCpu>]) 
         "pgring_shard_cpu_wait_seconds_total",
         "Time each shard thread was ready to run but waited for a CPU (its core was busy with \
          other work): a starved shard serves its clients late.",
-        &samples(|c| c.waiting),
+        &samples(|c| Some(c.waiting.as_secs_f64())),
     );
-    let counts = |f: fn(&crate::runtime::sched::ShardCpu) -> Option<u64>| {
-        cpu.iter()
-            .zip(&labels)
-            .filter_map(|(c, l)| Some((l.as_str(), f(c.as_ref()?)? as f64)))
-            .collect::<Vec<_>>()
-    };
     family(
         out,
         "counter",
         "pgring_shard_sleeps_total",
         "Times each shard thread slept for want of work (each is a wake-up later).",
-        &counts(|c| c.sleeps),
+        &samples(|c| c.sleeps.map(|n| n as f64)),
     );
     family(
         out,
         "counter",
         "pgring_shard_preemptions_total",
         "Times each shard thread lost its CPU to other work while it had work of its own.",
-        &counts(|c| c.preempted),
+        &samples(|c| c.preempted.map(|n| n as f64)),
     );
 }
 
