@@ -11,6 +11,7 @@ mod admin;
 mod auth;
 mod authquery;
 mod core;
+mod drivers;
 mod dropin;
 mod fixture;
 mod hba;

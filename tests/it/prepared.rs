@@ -1,11 +1,8 @@
-//! Prepared statements in transaction mode (issue 5): real drivers that prepare named statements
-//! by default, over pools smaller than their client count so servers are shared and switched;
-//! the Prisma `?pgbouncer=true` sequence, SQL DEALLOCATE, a reused name and a Flush mid-exchange
+//! Prepared statements in transaction mode (issue 5; the real drivers that prepare named
+//! statements by default are in `drivers`): the Prisma `?pgbouncer=true` sequence, SQL DEALLOCATE, a reused name and a Flush mid-exchange
 //! as raw protocol bytes; pgbench -M prepared with 1000 clients.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::common::wire::{self, Msg, Wire};
@@ -182,143 +179,6 @@ async fn tokio_postgres_named_statements_50_clients_over_4_servers() {
         errors[..errors.len().min(10)].join("\n")
     );
     assert!((1..=4).contains(&max_servers), "{max_servers} servers");
-}
-
-/// The venv with psycopg 3 and asyncpg, created once per target dir.
-fn python() -> &'static Path {
-    static PY: OnceLock<PathBuf> = OnceLock::new();
-    PY.get_or_init(|| {
-        let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("pyenv");
-        let py = venv.join("bin/python");
-        let ready = |py: &Path| {
-            Command::new(py)
-                .args(["-c", "import psycopg, asyncpg"])
-                .output()
-                .is_ok_and(|o| o.status.success())
-        };
-        if ready(&py) {
-            return py;
-        }
-        let run = |cmd: &mut Command, what: &str| {
-            let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-            assert!(
-                out.status.success(),
-                "{what} failed (these tests need PyPI access to install psycopg[binary] and asyncpg):\n{}\n{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        run(
-            Command::new("python3").arg("-m").arg("venv").arg(&venv),
-            "python3 -m venv",
-        );
-        run(
-            Command::new(venv.join("bin/pip")).args([
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "psycopg[binary]",
-                "asyncpg",
-            ]),
-            "pip install psycopg[binary] asyncpg",
-        );
-        assert!(ready(&py), "psycopg and asyncpg still do not import");
-        py
-    })
-}
-
-/// Runs a Python script against pgring's port; panics with its output if it fails.
-async fn run_python(pgring: &Pgring, user: &str, script: &'static str) {
-    let py = tokio::task::spawn_blocking(python).await.expect("venv");
-    let dsn = format!("postgresql://{user}@127.0.0.1:{}/app", pgring.port);
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("timeout")
-            .args(["--kill-after=5", "120"])
-            .arg(py)
-            .args(["-c", script, &dsn])
-            .output()
-            .expect("running python")
-    })
-    .await
-    .expect("python task");
-    let text = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    println!("{text}");
-    assert!(out.status.success(), "python driver test failed:\n{text}");
-    assert!(text.contains("ALL OK"), "{text}");
-}
-
-const PSYCOPG: &str = r#"
-import sys, threading, psycopg
-dsn = sys.argv[1]
-errors = []
-def client(cid):
-    try:
-        with psycopg.connect(dsn, autocommit=True) as conn:   # prepare_threshold: default (5)
-            for i in range(40):
-                got = conn.execute("SELECT %s::int8 * 2, %s::text", (cid * 1000 + i, f"c{cid}")).fetchone()
-                assert got == (2 * (cid * 1000 + i), f"c{cid}"), got
-                if i % 8 == 0:
-                    with conn.transaction():
-                        a = conn.execute("SELECT pg_backend_pid(), %s::int8", (i,)).fetchone()
-                        b = conn.execute("SELECT pg_backend_pid(), %s::int8", (i,)).fetchone()
-                        assert a[0] == b[0] and a[1] == i
-            with conn.transaction():   # one server: the statement psycopg prepared is there
-                conn.execute("SELECT %s::int8 * 2, %s::text", (1, "x"))
-                n = conn.execute("SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'PGRING%%'").fetchone()[0]
-                assert n >= 1, n
-    except Exception as e:
-        errors.append(f"client {cid}: {e!r}")
-ts = [threading.Thread(target=client, args=(c,)) for c in range(20)]
-[t.start() for t in ts]; [t.join() for t in ts]
-print("\n".join(errors[:10]))
-assert not errors, f"{len(errors)} psycopg clients failed"
-print("ALL OK")
-"#;
-
-const ASYNCPG: &str = r#"
-import sys, asyncio, asyncpg
-dsn = sys.argv[1]
-async def client(cid):
-    conn = await asyncpg.connect(dsn)   # statement_cache_size: default (100)
-    try:
-        stmt = await conn.prepare("SELECT $1::int8 + $2::int8")
-        for i in range(40):
-            v = await conn.fetchval("SELECT $1::int8 + 1", cid * 1000 + i)
-            assert v == cid * 1000 + i + 1, v
-            row = await conn.fetchrow("SELECT $1::text AS t, $2::int4 AS n", f"c{cid}", i)
-            assert (row["t"], row["n"]) == (f"c{cid}", i), row
-            assert await stmt.fetchval(i, cid) == i + cid
-            if i % 10 == 0:
-                async with conn.transaction():
-                    await conn.execute("SELECT $1::int8", i)
-                    assert await conn.fetchval("SELECT $1::int8 * 3", i) == 3 * i
-    finally:
-        await conn.close()
-async def main():
-    results = await asyncio.gather(*(client(c) for c in range(20)), return_exceptions=True)
-    errors = [f"client {c}: {r!r}" for c, r in enumerate(results) if isinstance(r, BaseException)]
-    print("\n".join(errors[:10]))
-    assert not errors, f"{len(errors)} asyncpg clients failed"
-    print("ALL OK")
-asyncio.run(main())
-"#;
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn psycopg3_default_prepare_threshold_20_clients_over_4_servers() {
-    let user = pg().fresh_user("psycopg");
-    let pgring = Pgring::start(&config_for("transaction", 4, 2, ""));
-    run_python(&pgring, &user, PSYCOPG).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn asyncpg_default_statement_cache_20_clients_over_4_servers() {
-    let user = pg().fresh_user("asyncpg");
-    let pgring = Pgring::start(&config_for("transaction", 4, 2, ""));
-    run_python(&pgring, &user, ASYNCPG).await;
 }
 
 // ---- raw protocol -------------------------------------------------------------------------------
