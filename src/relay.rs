@@ -15,6 +15,17 @@
 //! status was `I`, both directions sit at a message boundary and nothing is
 //! buffered: the transaction is over and the connection is clean.
 //!
+//! COPY FROM STDIN bends the count: in copy-in mode PostgreSQL ignores Sync
+//! (and Flush), for drivers that send a Sync after every Execute without
+//! knowing it starts a COPY (tokio-postgres, pgx...). So the server's
+//! CopyInResponse takes back the Syncs sent since that Execute, and a COPY
+//! started by Execute owes a Sync after its end before the server is at rest
+//! (the COPY commits at that Sync). A Sync sent in the middle of the data is
+//! ignored if the COPY ends well; after a server error mid-COPY nobody can
+//! tell whether the server read it before or after the error, so it stays
+//! owed: the link then never comes to rest and the server is closed when its
+//! client leaves, never handed on with a ReadyForQuery in flight.
+//!
 //! With prepared statements on (transaction and statement modes,
 //! `max_prepared_statements` > 0), the relay also hands every message header
 //! to the [`prepared`](crate::prepared) rewriter, which may rename, inject,
@@ -48,6 +59,33 @@ pub struct LinkState {
     sskip: usize,
     /// Buffered server bytes not yet forwarded.
     sheld: usize,
+    /// What the client sent since its last Execute or Query, in case that starts a COPY FROM
+    /// STDIN.
+    after_exec: AfterExec,
+    /// The server is in a COPY FROM STDIN (its CopyInResponse passed, its result not yet).
+    copy_in: Option<CopyIn>,
+}
+
+/// The client's messages since its last Execute or Query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct AfterExec {
+    /// It was an Execute (extended protocol), not a Query.
+    extended: bool,
+    /// Syncs sent after it and before any COPY message: a server in copy-in ignores them.
+    syncs: u32,
+    /// A COPY message was sent since (before the server asked for data): `syncs` is closed.
+    copy_sent: bool,
+    /// A CopyDone or CopyFail was sent since.
+    copy_ended: bool,
+}
+
+/// A COPY FROM STDIN in progress on the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CopyIn {
+    /// Syncs sent during the data (counted as owed until the COPY's result says otherwise).
+    mid_syncs: u32,
+    /// The client sent CopyDone or CopyFail: the server leaves copy-in when it reads it.
+    ended: bool,
 }
 
 impl Default for LinkState {
@@ -59,6 +97,8 @@ impl Default for LinkState {
             cskip: 0,
             sskip: 0,
             sheld: 0,
+            after_exec: AfterExec::default(),
+            copy_in: None,
         }
     }
 }
@@ -99,13 +139,77 @@ impl LinkState {
             tag::QUERY | tag::SYNC | tag::FUNCTION_CALL => {
                 self.pending += 1;
                 self.unsynced = false;
+                match t {
+                    tag::SYNC => self.sync_sent(),
+                    tag::QUERY => self.after_exec = AfterExec::default(),
+                    _ => {}
+                }
                 true
             }
-            tag::FLUSH | tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL => false,
+            tag::FLUSH => false,
+            tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL => {
+                let ended = t != tag::COPY_DATA;
+                self.after_exec.copy_sent = true;
+                self.after_exec.copy_ended |= ended;
+                if let Some(copy) = &mut self.copy_in {
+                    copy.ended |= ended;
+                }
+                false
+            }
             _ => {
+                if t == tag::EXECUTE {
+                    self.after_exec = AfterExec {
+                        extended: true,
+                        ..AfterExec::default()
+                    };
+                }
                 self.unsynced = true;
                 false
             }
+        }
+    }
+
+    /// A Sync went to the server (and was counted as owing a ReadyForQuery).
+    fn sync_sent(&mut self) {
+        match &mut self.copy_in {
+            Some(copy) if !copy.ended => copy.mid_syncs += 1,
+            Some(_) => {}
+            None if !self.after_exec.copy_sent => self.after_exec.syncs += 1,
+            None => {}
+        }
+    }
+
+    /// Books a server message's tag for COPY FROM STDIN; returns how many Syncs already
+    /// counted turned out to be ignored by the server (taken back from `pending`).
+    fn on_server_copy(&mut self, t: u8) -> u32 {
+        match t {
+            tag::COPY_IN_RESPONSE => {
+                let after = std::mem::take(&mut self.after_exec);
+                // The Syncs between the COPY's Execute and its data reach a server in copy-in.
+                let ignored = after.syncs.min(self.pending);
+                self.pending -= ignored;
+                // After the COPY, an extended-protocol server waits for a Sync.
+                self.unsynced |= after.extended;
+                self.copy_in = Some(CopyIn {
+                    mid_syncs: 0,
+                    ended: after.copy_ended,
+                });
+                ignored
+            }
+            tag::COMMAND_COMPLETE => match self.copy_in.take() {
+                // The COPY ended well: the server read every Sync sent during it in copy-in.
+                Some(copy) => {
+                    let ignored = copy.mid_syncs.min(self.pending);
+                    self.pending -= ignored;
+                    ignored
+                }
+                None => 0,
+            },
+            tag::ERROR_RESPONSE => {
+                self.copy_in = None;
+                0
+            }
+            _ => 0,
         }
     }
 
@@ -327,6 +431,12 @@ impl Link {
                     .map_err(Error::ServerProtocol)?,
                 None => Reply::Stream,
             };
+            if reply != Reply::NeedMore {
+                let ignored = self.state.on_server_copy(t);
+                if let (Some(rw), 1..) = (rw.as_deref_mut(), ignored) {
+                    rw.forget_syncs(ignored);
+                }
+            }
             match (reply, body) {
                 (Reply::NeedMore, _) => break,
                 (Reply::Stream, _) if !own => {

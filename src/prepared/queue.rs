@@ -184,6 +184,17 @@ impl Queue {
         }
     }
 
+    /// Drops the oldest `n` Sync entries, wherever they are (the relay decides which Syncs the
+    /// server ignored: those sent during a COPY FROM STDIN).
+    pub fn drop_syncs(&mut self, n: u32) {
+        let mut left = n;
+        self.entries.retain(|e| {
+            let drop = left > 0 && *e == Entry::Forward(Req::Sync);
+            left -= u32::from(drop);
+            !drop
+        });
+    }
+
     /// Nothing outstanding.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()

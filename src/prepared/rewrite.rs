@@ -330,6 +330,12 @@ impl Rewriter<'_> {
         Ok(Reply::Handled)
     }
 
+    /// The server ignored `n` of the client's Syncs (sent while it was in COPY FROM STDIN):
+    /// their entries, the oldest outstanding Syncs, are dropped.
+    pub fn forget_syncs(&mut self, n: u32) {
+        self.queue.drop_syncs(n);
+    }
+
     /// Emits, at `at` in the server's output, the local replies now at the
     /// front of the queue: after the reply they waited for, or after the
     /// server message that was streaming when they fell due.

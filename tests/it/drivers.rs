@@ -3,7 +3,8 @@
 //! under every client: psycopg 3 and asyncpg (PyPI), node-postgres and postgres.js (npm), pgJDBC
 //! (Debian's `libpostgresql-jdbc-java`, which `scripts/test` installs when missing). Each script
 //! also checks what its users rely on: a transaction stays on one server, an error in a prepared
-//! statement leaves the connection (and the statement) usable, batches and pipelines arrive.
+//! statement leaves the connection (and the statement) usable, batches, pipelines and COPY
+//! arrive.
 //!
 //! A driver that cannot be installed fails its test with the command that failed, never a skip.
 
@@ -165,6 +166,12 @@ def client(cid):
                         a = conn.execute("SELECT pg_backend_pid(), %s::int8", (i,)).fetchone()
                         b = conn.execute("SELECT pg_backend_pid(), %s::int8", (i,)).fetchone()
                         assert a[0] == b[0] and a[1] == i
+            with conn.transaction():   # COPY into a table that lives as long as the transaction
+                conn.execute("CREATE TEMP TABLE c (id int, t text) ON COMMIT DROP")
+                with conn.cursor().copy("COPY c FROM STDIN") as copy:
+                    for i in range(500):
+                        copy.write_row((i, f"c{cid}"))
+                assert conn.execute("SELECT count(*), sum(id) FROM c").fetchone() == (500, 124750)
             with conn.transaction():   # one server: the statement psycopg prepared is there
                 conn.execute("SELECT %s::int8 * 2, %s::text", (1, "x"))
                 n = conn.execute("SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'PGRING%%'").fetchone()[0]
@@ -195,6 +202,11 @@ async def client(cid):
                 async with conn.transaction():
                     await conn.execute("SELECT $1::int8", i)
                     assert await conn.fetchval("SELECT $1::int8 * 3", i) == 3 * i
+            if i % 20 == 0:
+                async with conn.transaction():   # COPY in the extended protocol
+                    await conn.execute("CREATE TEMP TABLE c (id int, t text) ON COMMIT DROP")
+                    await conn.copy_records_to_table("c", records=[(n, f"c{cid}") for n in range(500)])
+                    assert await conn.fetchval("SELECT sum(id) FROM c") == 124750
     finally:
         await conn.close()
 async def main():

@@ -10,6 +10,7 @@ mod common;
 mod admin;
 mod auth;
 mod authquery;
+mod copy;
 mod core;
 mod drivers;
 mod dropin;

@@ -67,7 +67,13 @@ pub async fn try_connect_with(
     let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
         .await
         .unwrap_or_else(|_| panic!("connect hung for {CONNECT_TIMEOUT:?}: {config:?}"))?;
-    tokio::spawn(connection);
+    tokio::spawn(async move {
+        // A connection the driver ends on a protocol error says why (the client only sees
+        // "closed").
+        if let Err(e) = connection.await {
+            println!("tokio-postgres connection ended: {e:?}");
+        }
+    });
     Ok(client)
 }
 
