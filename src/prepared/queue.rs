@@ -11,7 +11,9 @@
 //! ignores every message up to the next Sync (PostgreSQL `postgres.c`,
 //! `ignore_till_sync`), simple Queries included; [`Queue::skip_to_sync`]
 //! drops the same entries and hands them back so their effects can be
-//! undone.
+//! undone. If the client has not sent that Sync yet, the queue stays
+//! skipping: requests that arrive before the Sync are refused by
+//! [`Queue::admit`] and undone as they come.
 //!
 //! Known gap: a simple Query pipelined behind a failed extended message
 //! before its Sync is skipped by the server, and the relay's count of owed
@@ -145,6 +147,8 @@ impl Entry {
 #[derive(Debug, Default)]
 pub struct Queue {
     entries: VecDeque<Entry>,
+    /// The server is ignoring messages until the client's next Sync.
+    skipping: bool,
 }
 
 impl Queue {
@@ -172,7 +176,8 @@ impl Queue {
         }
     }
 
-    /// Drops every entry before the next Sync, calling `undo` on each.
+    /// Drops every entry before the next Sync, calling `undo` on each. With no Sync queued,
+    /// the server goes on skipping what the client sends until its Sync.
     pub fn skip_to_sync(&mut self, mut undo: impl FnMut(Entry)) {
         while let Some(e) = self.entries.front() {
             if *e == Entry::Forward(Req::Sync) {
@@ -182,6 +187,16 @@ impl Queue {
                 undo(e);
             }
         }
+        self.skipping = true;
+    }
+
+    /// Will the server answer this new request? Not while it skips to a Sync, except the
+    /// Sync itself, which ends the skipping.
+    pub fn admit(&mut self, e: &Entry) -> bool {
+        if self.skipping && *e == Entry::Forward(Req::Sync) {
+            self.skipping = false;
+        }
+        !self.skipping
     }
 
     /// Drops the oldest `n` Sync entries, wherever they are (the relay decides which Syncs the
@@ -208,5 +223,6 @@ impl Queue {
     /// Forgets everything.
     pub fn clear(&mut self) {
         self.entries.clear();
+        self.skipping = false;
     }
 }

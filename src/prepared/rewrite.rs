@@ -107,8 +107,21 @@ impl Rewriter<'_> {
         Ok(action)
     }
 
+    /// Queues a request, unless the server is skipping to the next Sync: an extended request
+    /// of this exchange failed before the client sent the rest of it (a pipelining driver's
+    /// messages arrive in several reads). PostgreSQL ignores everything but Sync then, so the
+    /// request gets no reply and what pgring did for it is undone at once: a Parse sent
+    /// under the server name leaves the server's set, as it never reached PostgreSQL.
+    fn push(&mut self, e: Entry) {
+        if self.queue.admit(&e) {
+            self.queue.push(e);
+        } else {
+            self.undo(e, "");
+        }
+    }
+
     fn forward(&mut self, req: Req) -> Action {
-        self.queue.push(Entry::Forward(req));
+        self.push(Entry::Forward(req));
         Action::Pass
     }
 
@@ -138,7 +151,7 @@ impl Rewriter<'_> {
         };
         if let Some(why) = refused {
             build::describe(out, b'S', PROBE_NAME);
-            self.queue.push(Entry::Probe {
+            self.push(Entry::Probe {
                 name: p.name.into(),
                 why,
             });
@@ -148,10 +161,10 @@ impl Rewriter<'_> {
         self.client.insert(p.name, st.clone());
         let (id, name) = (st.id, p.name.into());
         if self.lru.touch(id) {
-            self.queue.push(Entry::ParseComplete { id, name });
+            self.push(Entry::ParseComplete { id, name });
         } else {
             self.send_parse(out, &st);
-            self.queue.push(Entry::Parse { id, name });
+            self.push(Entry::Parse { id, name });
         }
         Ok(Action::Took(total))
     }
@@ -163,7 +176,7 @@ impl Rewriter<'_> {
                 break;
             };
             build::close(out, b'S', &server_name(old));
-            self.queue.push(Entry::InjectedClose(old));
+            self.push(Entry::InjectedClose(old));
         }
         build::parse_raw(out, &st.name, &st.rest);
         self.lru.insert(st.id);
@@ -174,7 +187,7 @@ impl Rewriter<'_> {
     fn ensure(&mut self, out: &mut Vec<u8>, st: &Statement) {
         if !self.lru.touch(st.id) {
             self.send_parse(out, st);
-            self.queue.push(Entry::InjectedParse(st.id));
+            self.push(Entry::InjectedParse(st.id));
         }
     }
 
@@ -203,7 +216,7 @@ impl Rewriter<'_> {
         let out = splice.replace(at, at + took);
         self.ensure(out, &st);
         build::bind_head(out, portal, &st.name, total - took);
-        self.queue.push(Entry::Renamed(Req::Bind, st.id));
+        self.push(Entry::Renamed(Req::Bind, st.id));
         Ok(Action::Took(took))
     }
 
@@ -226,7 +239,7 @@ impl Rewriter<'_> {
         let out = splice.replace(at, at + total);
         self.ensure(out, &st);
         build::describe(out, b'S', &st.name);
-        self.queue.push(Entry::Renamed(Req::Describe, st.id));
+        self.push(Entry::Renamed(Req::Describe, st.id));
         Ok(Action::Took(total))
     }
 
@@ -248,7 +261,7 @@ impl Rewriter<'_> {
         // Like PostgreSQL, closing an unknown name is no error.
         self.client.remove(name);
         splice.replace(at, at + total);
-        self.queue.push(Entry::CloseComplete);
+        self.push(Entry::CloseComplete);
         Ok(Action::Took(total))
     }
 
@@ -275,7 +288,7 @@ impl Rewriter<'_> {
             return self.forward(Req::Query);
         }
         splice.replace(at, at + total);
-        self.queue.push(Entry::Deallocated);
+        self.push(Entry::Deallocated);
         Action::Answered
     }
 

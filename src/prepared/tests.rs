@@ -707,3 +707,71 @@ fn a_copy_statement_that_fails_before_copy_in_counts_its_sync() {
     assert_eq!(p.server_sends(READY_IDLE), READY_IDLE);
     assert!(p.may_release());
 }
+
+#[test]
+fn requests_that_arrive_after_the_server_failed_their_exchange_are_skipped_like_postgres() {
+    // A pipelining driver (psycopg's pipeline mode) sends an exchange in several writes: the
+    // server's error for the first part can arrive before the rest is read. PostgreSQL skips
+    // the rest up to the Sync, so the Parse in it never prepares anything on the server.
+    let mut p = Pair::new(200);
+    let (to_server, _) =
+        p.client_sends(&cat(&[&parse("a", "SELECT 1/0"), &bind(b"a"), &execute()]));
+    assert_eq!(
+        to_server,
+        cat(&[
+            &parse_srv("SELECT 1/0"),
+            &bind(&name_of("SELECT 1/0")),
+            &execute()
+        ])
+    );
+    let e = error("22012", "division by zero");
+    let got = p.server_sends(&cat(&[PARSE_COMPLETE, BIND_COMPLETE, &e]));
+    assert_eq!(got, cat(&[PARSE_COMPLETE, BIND_COMPLETE, &e]));
+    let (to_server, to_client) = p.client_sends(&cat(&[
+        &parse("c", "SELECT 3"),
+        &bind(b"c"),
+        &execute(),
+        SYNC,
+    ]));
+    // Skipped by the server either way; the Bind goes out under the client's name, as the
+    // skipped Parse is undone at once.
+    assert!(to_server.starts_with(&parse_srv("SELECT 3")) && to_server.ends_with(SYNC));
+    assert!(
+        to_client.is_empty(),
+        "PostgreSQL sends nothing for skipped messages"
+    );
+    assert_eq!(p.server_sends(READY_IDLE), READY_IDLE);
+    assert!(p.may_release());
+    // The server never prepared "SELECT 3": the client's next Parse of it must reach it.
+    let (to_server, to_client) = p.client_sends(&cat(&[
+        &parse("c", "SELECT 3"),
+        &bind(b"c"),
+        &execute(),
+        SYNC,
+    ]));
+    assert_eq!(
+        to_server,
+        cat(&[
+            &parse_srv("SELECT 3"),
+            &bind(&name_of("SELECT 3")),
+            &execute(),
+            SYNC
+        ])
+    );
+    assert!(to_client.is_empty());
+    let got = p.server_sends(&cat(&[
+        PARSE_COMPLETE,
+        BIND_COMPLETE,
+        &command_complete("SELECT 1"),
+        READY_IDLE,
+    ]));
+    assert_eq!(
+        got,
+        cat(&[
+            PARSE_COMPLETE,
+            BIND_COMPLETE,
+            &command_complete("SELECT 1"),
+            READY_IDLE
+        ])
+    );
+}

@@ -185,6 +185,48 @@ assert not errors, f"{len(errors)} psycopg clients failed"
 print("ALL OK")
 "#;
 
+/// psycopg's pipeline mode: a batch of statements with one Sync, written in several pieces,
+/// so the server's error for an early statement can reach pgring before the rest of the batch.
+/// Everything prepared (`prepare_threshold=0`). Then a server-side cursor in a transaction.
+const PSYCOPG_PIPELINE: &str = r#"
+import os, threading, psycopg
+dsn = os.environ["PGRING_DSN"]
+errors = []
+def client(cid):
+    try:
+        with psycopg.connect(dsn, autocommit=True, prepare_threshold=0) as conn:
+            for r in range(10):
+                with conn.pipeline() as p:
+                    curs = [conn.execute("SELECT %s::int8 * 2", (cid * 100 + i,)) for i in range(20)]
+                    p.sync()
+                    got = [c.fetchone()[0] for c in curs]
+                    assert got == [2 * (cid * 100 + i) for i in range(20)], got
+                try:   # an error mid-pipeline: PostgreSQL skips the rest up to the Sync
+                    with conn.pipeline() as p:
+                        conn.execute("SELECT %s::int8", (1,))
+                        conn.execute("SELECT 1 / %s::int4", (0,))
+                        conn.execute("SELECT %s::int8 + 1", (2,))
+                        p.sync()
+                except psycopg.errors.DivisionByZero:
+                    pass
+                else:
+                    raise AssertionError("no division by zero")
+                # The skipped statement was never prepared: it must be prepared now.
+                assert conn.execute("SELECT %s::int8 + 1", (5,)).fetchone()[0] == 6
+                with conn.transaction():
+                    with conn.cursor(name=f"cur{cid}") as cur:
+                        cur.itersize = 7
+                        cur.execute("SELECT g FROM generate_series(1, %s) g", (50,))
+                        assert sum(x[0] for x in cur) == 1275
+    except Exception as e:
+        errors.append(f"client {cid}: {e!r}")
+ts = [threading.Thread(target=client, args=(c,)) for c in range(20)]
+[t.start() for t in ts]; [t.join() for t in ts]
+print("\n".join(errors[:10]))
+assert not errors, f"{len(errors)} psycopg pipeline clients failed"
+print("ALL OK")
+"#;
+
 const ASYNCPG: &str = r#"
 import os, asyncio, asyncpg
 dsn = os.environ["PGRING_DSN"]
@@ -382,6 +424,12 @@ public class Drivers {
 async fn psycopg3_default_prepare_threshold_20_clients_over_4_servers() {
     let user = pg().fresh_user("psycopg");
     run_python(&pooler(), &user, PSYCOPG, "psycopg").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg3_pipeline_mode_with_an_error_mid_batch_20_clients_over_4_servers() {
+    let user = pg().fresh_user("psycopgpipe");
+    run_python(&pooler(), &user, PSYCOPG_PIPELINE, "psycopg pipeline").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
