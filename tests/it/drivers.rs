@@ -77,7 +77,7 @@ fn node_modules() -> &'static Path {
             succeeds(
                 Command::new("node")
                     .current_dir(&dir)
-                    .args(["-e", "require('pg'); require('postgres')"]),
+                    .args(["-e", "require('pg'); require('pg-cursor'); require('postgres')"]),
             )
         };
         if !ready() {
@@ -90,12 +90,13 @@ fn node_modules() -> &'static Path {
                     "--no-fund",
                     "--no-save",
                     "pg@8",
+                    "pg-cursor@2",
                     "postgres@3",
                 ]),
-                "npm install pg@8 postgres@3",
+                "npm install pg@8 pg-cursor@2 postgres@3",
                 "Node.js, npm and npm registry access",
             );
-            assert!(ready(), "pg and postgres still do not load");
+            assert!(ready(), "pg, pg-cursor and postgres still do not load");
         }
         dir
     })
@@ -249,6 +250,24 @@ async def client(cid):
                     await conn.execute("CREATE TEMP TABLE c (id int, t text) ON COMMIT DROP")
                     await conn.copy_records_to_table("c", records=[(n, f"c{cid}") for n in range(500)])
                     assert await conn.fetchval("SELECT sum(id) FROM c") == 124750
+        # executemany pipelines Bind/Execute pairs under one Sync; a row fails mid-way.
+        try:
+            await conn.executemany("SELECT 1 / $1::int4", [(1,), (0,), (2,)])
+        except asyncpg.DivisionByZeroError:
+            pass
+        else:
+            raise AssertionError("no division by zero")
+        assert await conn.fetchval("SELECT $1::int4 * 7", cid) == 7 * cid
+        async with conn.transaction():   # a cursor, and a savepoint that fails
+            try:
+                async with conn.transaction():
+                    await conn.execute("SELECT 1/0")
+            except asyncpg.DivisionByZeroError:
+                pass
+            total = 0
+            async for rec in conn.cursor("SELECT g FROM generate_series(1, 100) g", prefetch=17):
+                total += rec["g"]
+            assert total == 5050, total
     finally:
         await conn.close()
 async def main():
@@ -264,11 +283,25 @@ asyncio.run(main())
 /// it breaks behind a pooler that does not track prepared statements.
 const NODE_POSTGRES: &str = r#"
 const { Client } = require('pg');
+const Cursor = require('pg-cursor');
 const assert = require('assert');
+/// A cursor (a portal read in pieces by Execute with a row limit): the server stays with the
+/// client until the portal's Sync.
+async function readCursor(c, n, batch) {
+  const cur = c.query(new Cursor('SELECT g FROM generate_series(1, $1::int) g', [n]));
+  let total = 0, rows;
+  do { rows = await cur.read(batch); for (const x of rows) total += x.g; } while (rows.length);
+  await cur.close();
+  assert.strictEqual(total, n * (n + 1) / 2);
+}
 async function client(cid) {
   const c = new Client({ connectionString: process.env.PGRING_DSN });
   await c.connect();
   try {
+    await readCursor(c, 30, 7);
+    await c.query('BEGIN');
+    await readCursor(c, 100, 13);
+    await c.query('COMMIT');
     for (let i = 0; i < 40; i++) {
       const n = cid * 1000 + i;
       const r = await c.query({ name: 'double', text: 'SELECT $1::int8 * 2 AS v, $2::text AS t', values: [n, `c${cid}`] });
@@ -324,6 +357,17 @@ async function client(cid) {
       assert.strictEqual(a.p, b.p, 'a transaction moved between servers');
     }
   }
+  // A cursor and a savepoint that fails, in a transaction.
+  const total = await sql.begin(async (tx) => {
+    await tx.savepoint(async (sp) => { await sp`SELECT 1 / ${0}::int4`; })
+      .then(() => assert.fail('no division by zero'), (e) => assert.strictEqual(e.code, '22012'));
+    let t = 0;
+    for await (const rows of tx`SELECT g FROM generate_series(1, ${100}::int4) g`.cursor(9)) {
+      for (const x of rows) t += x.g;
+    }
+    return t;
+  });
+  assert.strictEqual(total, 5050);
 }
 (async () => {
   const results = await Promise.allSettled([...Array(20).keys()].map(client));
@@ -336,7 +380,8 @@ async function client(cid) {
 "#;
 
 /// pgJDBC: a PreparedStatement becomes a named server-side statement (`S_n`) from its fifth run
-/// (`prepareThreshold`); a batch sends many Bind/Execute pairs before one Sync.
+/// (`prepareThreshold`); a batch sends many Bind/Execute pairs before one Sync; a fetch size
+/// reads a portal in pieces.
 const JDBC: &str = r#"
 import java.sql.*;
 import java.util.*;
@@ -413,6 +458,16 @@ public class Drivers {
                 try (ResultSet rs = n.executeQuery()) {
                     check(rs.next() && rs.getLong(1) == 50 && rs.getLong(2) == 1225, "batch lost rows");
                 }
+            }
+            // A fetch size makes pgJDBC read through a portal (Execute with a row limit).
+            try (PreparedStatement q = c.prepareStatement("SELECT g FROM generate_series(1, ?) g")) {
+                q.setFetchSize(7);
+                q.setInt(1, 100);
+                long sum = 0;
+                try (ResultSet rs = q.executeQuery()) {
+                    while (rs.next()) sum += rs.getLong(1);
+                }
+                check(sum == 5050, "fetched " + sum);
             }
             c.commit();
         }
