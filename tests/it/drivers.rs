@@ -74,11 +74,10 @@ fn node_modules() -> &'static Path {
     DIR.get_or_init(|| {
         let dir = scratch("nodeenv");
         let ready = || {
-            succeeds(
-                Command::new("node")
-                    .current_dir(&dir)
-                    .args(["-e", "require('pg'); require('pg-cursor'); require('postgres')"]),
-            )
+            succeeds(Command::new("node").current_dir(&dir).args([
+                "-e",
+                "require('pg'); require('pg-cursor'); require('postgres')",
+            ]))
         };
         if !ready() {
             std::fs::create_dir_all(&dir).expect("creating the node scratch dir");
