@@ -12,8 +12,8 @@
 //! `ignore_till_sync`), simple Queries included; [`Queue::skip_to_sync`]
 //! drops the same entries and hands them back so their effects can be
 //! undone. If the client has not sent that Sync yet, the queue stays
-//! skipping: requests that arrive before the Sync are refused by
-//! [`Queue::admit`] and undone as they come.
+//! [`skipping`](Queue::skipping): the rewriter passes what arrives before the
+//! Sync through untouched, for the server to ignore.
 //!
 //! Known gap: a simple Query pipelined behind a failed extended message
 //! before its Sync is skipped by the server, and the relay's count of owed
@@ -152,8 +152,11 @@ pub struct Queue {
 }
 
 impl Queue {
-    /// Appends a request.
+    /// Appends a request (a Sync ends the server's skipping).
     pub fn push(&mut self, e: Entry) {
+        if e == Entry::Forward(Req::Sync) {
+            self.skipping = false;
+        }
         self.entries.push_back(e);
     }
 
@@ -190,13 +193,10 @@ impl Queue {
         self.skipping = true;
     }
 
-    /// Will the server answer this new request? Not while it skips to a Sync, except the
-    /// Sync itself, which ends the skipping.
-    pub fn admit(&mut self, e: &Entry) -> bool {
-        if self.skipping && *e == Entry::Forward(Req::Sync) {
-            self.skipping = false;
-        }
-        !self.skipping
+    /// Is the server ignoring what the client sends until its next Sync (which nothing queued
+    /// yet answers)?
+    pub fn skipping(&self) -> bool {
+        self.skipping
     }
 
     /// Drops the oldest `n` Sync entries, wherever they are (the relay decides which Syncs the

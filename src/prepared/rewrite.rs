@@ -88,6 +88,12 @@ impl Rewriter<'_> {
     ) -> Result<Action, ProtocolError> {
         let src = splice.src();
         let msg = &src[at..src.len().min(at + total)];
+        if self.queue.skipping() && msg[0] != tag::SYNC {
+            // An earlier request of this exchange failed before the client sent this one (a
+            // pipelining driver's batch arrives in several reads): PostgreSQL ignores it, so
+            // it goes as it is, with nothing mapped, prepared, evicted or answered for it.
+            return Ok(Action::Pass);
+        }
         let whole = msg.len() == total;
         let body = msg.get(HEADER_LEN..).unwrap_or_default();
         let action = match msg[0] {
@@ -107,21 +113,8 @@ impl Rewriter<'_> {
         Ok(action)
     }
 
-    /// Queues a request, unless the server is skipping to the next Sync: an extended request
-    /// of this exchange failed before the client sent the rest of it (a pipelining driver's
-    /// messages arrive in several reads). PostgreSQL ignores everything but Sync then, so the
-    /// request gets no reply and what pgring did for it is undone at once: a Parse sent
-    /// under the server name leaves the server's set, as it never reached PostgreSQL.
-    fn push(&mut self, e: Entry) {
-        if self.queue.admit(&e) {
-            self.queue.push(e);
-        } else {
-            self.undo(e, "");
-        }
-    }
-
     fn forward(&mut self, req: Req) -> Action {
-        self.push(Entry::Forward(req));
+        self.queue.push(Entry::Forward(req));
         Action::Pass
     }
 
@@ -151,7 +144,7 @@ impl Rewriter<'_> {
         };
         if let Some(why) = refused {
             build::describe(out, b'S', PROBE_NAME);
-            self.push(Entry::Probe {
+            self.queue.push(Entry::Probe {
                 name: p.name.into(),
                 why,
             });
@@ -161,10 +154,10 @@ impl Rewriter<'_> {
         self.client.insert(p.name, st.clone());
         let (id, name) = (st.id, p.name.into());
         if self.lru.touch(id) {
-            self.push(Entry::ParseComplete { id, name });
+            self.queue.push(Entry::ParseComplete { id, name });
         } else {
             self.send_parse(out, &st);
-            self.push(Entry::Parse { id, name });
+            self.queue.push(Entry::Parse { id, name });
         }
         Ok(Action::Took(total))
     }
@@ -176,7 +169,7 @@ impl Rewriter<'_> {
                 break;
             };
             build::close(out, b'S', &server_name(old));
-            self.push(Entry::InjectedClose(old));
+            self.queue.push(Entry::InjectedClose(old));
         }
         build::parse_raw(out, &st.name, &st.rest);
         self.lru.insert(st.id);
@@ -187,7 +180,7 @@ impl Rewriter<'_> {
     fn ensure(&mut self, out: &mut Vec<u8>, st: &Statement) {
         if !self.lru.touch(st.id) {
             self.send_parse(out, st);
-            self.push(Entry::InjectedParse(st.id));
+            self.queue.push(Entry::InjectedParse(st.id));
         }
     }
 
@@ -216,7 +209,7 @@ impl Rewriter<'_> {
         let out = splice.replace(at, at + took);
         self.ensure(out, &st);
         build::bind_head(out, portal, &st.name, total - took);
-        self.push(Entry::Renamed(Req::Bind, st.id));
+        self.queue.push(Entry::Renamed(Req::Bind, st.id));
         Ok(Action::Took(took))
     }
 
@@ -239,7 +232,7 @@ impl Rewriter<'_> {
         let out = splice.replace(at, at + total);
         self.ensure(out, &st);
         build::describe(out, b'S', &st.name);
-        self.push(Entry::Renamed(Req::Describe, st.id));
+        self.queue.push(Entry::Renamed(Req::Describe, st.id));
         Ok(Action::Took(total))
     }
 
@@ -261,7 +254,7 @@ impl Rewriter<'_> {
         // Like PostgreSQL, closing an unknown name is no error.
         self.client.remove(name);
         splice.replace(at, at + total);
-        self.push(Entry::CloseComplete);
+        self.queue.push(Entry::CloseComplete);
         Ok(Action::Took(total))
     }
 
@@ -288,7 +281,7 @@ impl Rewriter<'_> {
             return self.forward(Req::Query);
         }
         splice.replace(at, at + total);
-        self.push(Entry::Deallocated);
+        self.queue.push(Entry::Deallocated);
         Action::Answered
     }
 

@@ -733,9 +733,11 @@ fn requests_that_arrive_after_the_server_failed_their_exchange_are_skipped_like_
         &execute(),
         SYNC,
     ]));
-    // Skipped by the server either way; the Bind goes out under the client's name, as the
-    // skipped Parse is undone at once.
-    assert!(to_server.starts_with(&parse_srv("SELECT 3")) && to_server.ends_with(SYNC));
+    // Passed through untouched, for the server to skip.
+    assert_eq!(
+        to_server,
+        cat(&[&parse("c", "SELECT 3"), &bind(b"c"), &execute(), SYNC])
+    );
     assert!(
         to_client.is_empty(),
         "PostgreSQL sends nothing for skipped messages"
@@ -772,6 +774,37 @@ fn requests_that_arrive_after_the_server_failed_their_exchange_are_skipped_like_
             BIND_COMPLETE,
             &command_complete("SELECT 1"),
             READY_IDLE
+        ])
+    );
+}
+
+#[test]
+fn a_full_server_set_is_left_alone_while_the_server_skips_to_sync() {
+    // One statement per server: the failed exchange evicted "SELECT 1" to make room; what
+    // follows before the Sync evicts and injects nothing (the server would ignore it).
+    let mut p = Pair::new(1);
+    p.client_sends(&cat(&[&parse("one", "SELECT 1"), SYNC]));
+    p.server_sends(&cat(&[PARSE_COMPLETE, READY_IDLE]));
+    p.client_sends(&cat(&[&parse("a", "SELECT 1/0"), &bind(b"a"), &execute()]));
+    let e = error("22012", "division by zero");
+    let got = p.server_sends(&cat(&[CLOSE_COMPLETE, PARSE_COMPLETE, BIND_COMPLETE, &e]));
+    assert_eq!(got, cat(&[PARSE_COMPLETE, BIND_COMPLETE, &e]));
+    let batch = cat(&[&parse("c", "SELECT 3"), &bind(b"one"), &execute(), SYNC]);
+    let (to_server, to_client) = p.client_sends(&batch);
+    assert_eq!(to_server, batch);
+    assert!(to_client.is_empty());
+    assert_eq!(p.server_sends(READY_IDLE), READY_IDLE);
+    assert!(p.may_release());
+    // In step: "one" was evicted, so binding it prepares it again (evicting "SELECT 1/0").
+    let (to_server, _) = p.client_sends(&cat(&[&bind(b"one"), &execute(), SYNC]));
+    assert_eq!(
+        to_server,
+        cat(&[
+            &close_s(&name_of("SELECT 1/0")),
+            &parse_srv("SELECT 1"),
+            &bind(&name_of("SELECT 1")),
+            &execute(),
+            SYNC
         ])
     );
 }

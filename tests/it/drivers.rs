@@ -148,7 +148,11 @@ async fn run_node(pgring: &Pgring, user: &str, script: &'static str, what: &'sta
 
 /// The pgring every driver test runs against: transaction mode, 4 servers, 2 shards.
 fn pooler() -> Pgring {
-    Pgring::start(&config_for("transaction", 4, 2, ""))
+    pooler_with("")
+}
+
+fn pooler_with(extra_general: &str) -> Pgring {
+    Pgring::start(&config_for("transaction", 4, 2, extra_general))
 }
 
 const PSYCOPG: &str = r#"
@@ -224,6 +228,45 @@ ts = [threading.Thread(target=client, args=(c,)) for c in range(20)]
 [t.start() for t in ts]; [t.join() for t in ts]
 print("\n".join(errors[:10]))
 assert not errors, f"{len(errors)} psycopg pipeline clients failed"
+print("ALL OK")
+"#;
+
+/// Pipelines over many statements with a server set of 5 (`max_prepared_statements = 5`): every
+/// batch evicts and prepares again, and some fail mid-batch while evictions are in flight.
+const PSYCOPG_EVICTIONS: &str = r#"
+import os, random, threading, psycopg
+dsn = os.environ["PGRING_DSN"]
+errors = []
+def client(cid):
+    rnd = random.Random(cid)
+    try:
+        with psycopg.connect(dsn, autocommit=True, prepare_threshold=0) as conn:
+            for r in range(30):
+                k = rnd.randrange(12)
+                with conn.pipeline() as p:
+                    curs = [conn.execute(f"SELECT %s::int8 * {k + j}", (i,)) for j in range(3) for i in range(3)]
+                    p.sync()
+                    got = [c.fetchone()[0] for c in curs]
+                    assert got == [i * (k + j) for j in range(3) for i in range(3)], got
+                if r % 5 == 0:
+                    try:
+                        with conn.pipeline() as p:
+                            conn.execute(f"SELECT %s::int8 + {k}", (1,))
+                            conn.execute("SELECT 1 / %s::int4", (0,))
+                            conn.execute(f"SELECT %s::int8 - {k}", (2,))
+                            p.sync()
+                    except psycopg.errors.DivisionByZero:
+                        pass
+                assert conn.execute(f"SELECT %s::int8 - {k}", (5,)).fetchone()[0] == 5 - k
+                with conn.transaction():
+                    for j in range(4):
+                        assert conn.execute(f"SELECT %s::int8 * {k + j}", (2,)).fetchone()[0] == 2 * (k + j)
+    except Exception as e:
+        errors.append(f"client {cid}: {e!r}")
+ts = [threading.Thread(target=client, args=(c,)) for c in range(20)]
+[t.start() for t in ts]; [t.join() for t in ts]
+print("\n".join(errors[:10]))
+assert not errors, f"{len(errors)} psycopg eviction clients failed"
 print("ALL OK")
 "#;
 
@@ -484,6 +527,13 @@ async fn psycopg3_default_prepare_threshold_20_clients_over_4_servers() {
 async fn psycopg3_pipeline_mode_with_an_error_mid_batch_20_clients_over_4_servers() {
     let user = pg().fresh_user("psycopgpipe");
     run_python(&pooler(), &user, PSYCOPG_PIPELINE, "psycopg pipeline").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg3_pipelines_over_a_server_set_of_5_statements() {
+    let user = pg().fresh_user("psycopgevict");
+    let pgring = pooler_with("max_prepared_statements = 5");
+    run_python(&pgring, &user, PSYCOPG_EVICTIONS, "psycopg evictions").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
