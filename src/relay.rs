@@ -77,6 +77,9 @@ struct AfterExec {
     copy_sent: bool,
     /// A CopyDone or CopyFail was sent since.
     copy_ended: bool,
+    /// Another request (not Sync, Flush or COPY data) was sent since, this one first: if the
+    /// server then asks for COPY data, it takes that request for a broken COPY and drops it.
+    other: Option<u8>,
 }
 
 /// A COPY FROM STDIN in progress on the server.
@@ -133,9 +136,21 @@ impl LinkState {
     }
 
     /// Books a client message sent to the server; true if it asks for a
-    /// ReadyForQuery (a query starts).
-    fn on_request(&mut self, t: u8) -> bool {
-        match t {
+    /// ReadyForQuery (a query starts). A message PostgreSQL would take for a broken COPY FROM
+    /// STDIN is refused: the server would drop it with an error that pgring could not match
+    /// to its request, and the link would fall out of step.
+    fn on_request(&mut self, t: u8) -> Result<bool, ProtocolError> {
+        let copy_message = matches!(
+            t,
+            tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL | tag::SYNC | tag::FLUSH
+        );
+        if !copy_message && self.copy_in.is_some_and(|c| !c.ended) {
+            return Err(ProtocolError::DuringCopy(t));
+        }
+        if !copy_message && !matches!(t, tag::EXECUTE | tag::QUERY) {
+            self.after_exec.other.get_or_insert(t);
+        }
+        Ok(match t {
             tag::QUERY | tag::SYNC | tag::FUNCTION_CALL => {
                 self.pending += 1;
                 self.unsynced = false;
@@ -166,7 +181,7 @@ impl LinkState {
                 self.unsynced = true;
                 false
             }
-        }
+        })
     }
 
     /// A Sync went to the server (and was counted as owing a ReadyForQuery).
@@ -181,10 +196,14 @@ impl LinkState {
 
     /// Books a server message's tag for COPY FROM STDIN; returns how many Syncs already
     /// counted turned out to be ignored by the server (taken back from `pending`).
-    fn on_server_copy(&mut self, t: u8) -> u32 {
-        match t {
+    fn on_server_copy(&mut self, t: u8) -> Result<u32, ProtocolError> {
+        Ok(match t {
             tag::COPY_IN_RESPONSE => {
                 let after = std::mem::take(&mut self.after_exec);
+                if let Some(other) = after.other {
+                    // Pipelined behind the COPY before its data: the server drops it.
+                    return Err(ProtocolError::DuringCopy(other));
+                }
                 // The Syncs between the COPY's Execute and its data reach a server in copy-in.
                 let ignored = after.syncs.min(self.pending);
                 self.pending -= ignored;
@@ -210,7 +229,7 @@ impl LinkState {
                 0
             }
             _ => 0,
-        }
+        })
     }
 
     /// Classifies the server for a client that went away.
@@ -368,7 +387,7 @@ impl Link {
                 Action::Pass => 0,
                 Action::Took(n) => n,
             };
-            if self.state.on_request(t) {
+            if self.state.on_request(t)? {
                 self.query_start.get_or_insert_with(rio::now);
             }
             pos += took;
@@ -432,7 +451,10 @@ impl Link {
                 None => Reply::Stream,
             };
             if reply != Reply::NeedMore {
-                let ignored = self.state.on_server_copy(t);
+                let ignored = self
+                    .state
+                    .on_server_copy(t)
+                    .map_err(Error::ClientProtocol)?;
                 if let (Some(rw), 1..) = (rw.as_deref_mut(), ignored) {
                     rw.forget_syncs(ignored);
                 }

@@ -95,10 +95,18 @@ pub enum Entry {
         id: StatementId,
         /// The client's name for it.
         name: Box<[u8]>,
+        /// The server's set held `id` when this was sent (it went only because a DEALLOCATE
+        /// ALL was on its way): if that failed, so does this Parse, and the server keeps `id`.
+        had: bool,
     },
     /// pgring's Parse of `id` before a Bind/Describe: ParseComplete is
-    /// swallowed, an error is the client's to see.
-    InjectedParse(StatementId),
+    /// swallowed, an error is the client's to see. `had` as for `Parse`.
+    InjectedParse {
+        /// The statement.
+        id: StatementId,
+        /// The server's set held it when this was sent.
+        had: bool,
+    },
     /// pgring's Close of evicted `id`: the reply is swallowed.
     InjectedClose(StatementId),
     /// A Describe of a name no server has, sent so the server fails (and
@@ -122,6 +130,9 @@ pub enum Entry {
     CloseComplete,
     /// Answered locally: CommandComplete `DEALLOCATE` and ReadyForQuery.
     Deallocated,
+    /// A Query `DEALLOCATE ALL` or `DISCARD ALL` sent as it was: until its reply, the server's
+    /// set is about to empty, so nothing after it is answered from that set.
+    ClearAll,
 }
 
 impl Entry {
@@ -129,7 +140,8 @@ impl Entry {
     pub fn req(&self) -> Option<Req> {
         match self {
             Entry::Forward(r) | Entry::Renamed(r, _) => Some(*r),
-            Entry::Parse { .. } | Entry::InjectedParse(_) => Some(Req::Parse),
+            Entry::ClearAll => Some(Req::Query),
+            Entry::Parse { .. } | Entry::InjectedParse { .. } => Some(Req::Parse),
             Entry::InjectedClose(_) => Some(Req::Close),
             Entry::Probe { .. } => Some(Req::Describe),
             Entry::ParseComplete { .. } | Entry::CloseComplete | Entry::Deallocated => None,
@@ -208,6 +220,21 @@ impl Queue {
             left -= u32::from(drop);
             !drop
         });
+    }
+
+    /// With a `DEALLOCATE ALL` / `DISCARD ALL` outstanding, whether statement `id` is prepared
+    /// again after the last one (`None`: no such query outstanding, ask the server's set).
+    pub fn prepared_since_clear(&self, id: StatementId) -> Option<bool> {
+        let last = self.entries.iter().rposition(|e| *e == Entry::ClearAll)?;
+        Some(self.entries.iter().skip(last + 1).any(|e| match e {
+            Entry::Parse { id: p, .. } | Entry::InjectedParse { id: p, .. } => *p == id,
+            _ => false,
+        }))
+    }
+
+    /// The requests sent after the oldest one.
+    pub fn after_front(&mut self) -> impl Iterator<Item = &mut Entry> {
+        self.entries.iter_mut().skip(1)
     }
 
     /// Nothing outstanding.

@@ -153,17 +153,23 @@ impl Rewriter<'_> {
         let st = intern(p.rest);
         self.client.insert(p.name, st.clone());
         let (id, name) = (st.id, p.name.into());
-        if self.lru.touch(id) {
+        if self.server_has(id) {
             self.queue.push(Entry::ParseComplete { id, name });
         } else {
-            self.send_parse(out, &st);
-            self.queue.push(Entry::Parse { id, name });
+            let had = self.send_parse(out, &st);
+            self.queue.push(Entry::Parse { id, name, had });
         }
         Ok(Action::Took(total))
     }
 
-    /// Makes room, then prepares `st` on the server.
-    fn send_parse(&mut self, out: &mut Vec<u8>, st: &Statement) {
+    /// Makes room, then prepares `st` on the server; returns whether the set held it already.
+    fn send_parse(&mut self, out: &mut Vec<u8>, st: &Statement) -> bool {
+        if self.lru.contains(st.id) {
+            // Only with a DEALLOCATE ALL / DISCARD ALL on its way: no room to make.
+            build::parse_raw(out, &st.name, &st.rest);
+            self.stats.record_server_parse();
+            return true;
+        }
         while self.lru.len() >= self.client.max().max(1) {
             let Some(old) = self.lru.pop_oldest() else {
                 break;
@@ -174,13 +180,21 @@ impl Rewriter<'_> {
         build::parse_raw(out, &st.name, &st.rest);
         self.lru.insert(st.id);
         self.stats.record_server_parse();
+        false
+    }
+
+    /// Will the server have statement `id` when it reads the next message? Marks it used.
+    fn server_has(&mut self, id: super::StatementId) -> bool {
+        let has = self.lru.touch(id);
+        // A DEALLOCATE ALL / DISCARD ALL on its way empties the set first.
+        self.queue.prepared_since_clear(id).unwrap_or(has)
     }
 
     /// Makes sure the server has `st` before a message that uses it.
     fn ensure(&mut self, out: &mut Vec<u8>, st: &Statement) {
-        if !self.lru.touch(st.id) {
-            self.send_parse(out, st);
-            self.queue.push(Entry::InjectedParse(st.id));
+        if !self.server_has(st.id) {
+            let had = self.send_parse(out, st);
+            self.queue.push(Entry::InjectedParse { id: st.id, had });
         }
     }
 
@@ -272,6 +286,10 @@ impl Rewriter<'_> {
             None | Some(true) if !whole => return Action::NeedMore,
             _ => {}
         }
+        if sql::clears_all(body) {
+            self.queue.push(Entry::ClearAll);
+            return Action::Pass;
+        }
         // In a failed transaction PostgreSQL refuses it: let it.
         let local = match sql::deallocate(body) {
             Some(Deallocate::Name(n)) => status != b'E' && self.client.remove(&n),
@@ -326,8 +344,7 @@ impl Rewriter<'_> {
             return Ok(Reply::NeedMore);
         };
         if t == tag::COMMAND_COMPLETE && matches!(body, b"DEALLOCATE ALL\0" | b"DISCARD ALL\0") {
-            self.client.clear();
-            self.lru.clear();
+            self.cleared();
         }
         if let Some(e) = ends.then(|| self.queue.pop()).flatten() {
             self.reply_end(e, t, body, splice, at, end)?;
@@ -340,6 +357,38 @@ impl Rewriter<'_> {
     /// their entries, the oldest outstanding Syncs, are dropped.
     pub fn forget_syncs(&mut self, n: u32) {
         self.queue.drop_syncs(n);
+    }
+
+    /// The server's prepared statements are all gone (CommandComplete `DEALLOCATE ALL` or
+    /// `DISCARD ALL`), and with them the client's names, except those a pipelining client
+    /// prepared after it: their Parse is still queued behind it.
+    fn cleared(&mut self) {
+        let mut ids = Vec::new();
+        let mut names = Vec::new();
+        for e in self.queue.after_front() {
+            match e {
+                Entry::Parse { id, name, had } => {
+                    ids.push(*id);
+                    *had = false; // the set is empty now
+                    if let Some(st) = self.client.get(name) {
+                        names.push((name.clone(), st.clone()));
+                    }
+                }
+                Entry::InjectedParse { id, had } => {
+                    ids.push(*id);
+                    *had = false;
+                }
+                _ => {}
+            }
+        }
+        self.client.clear();
+        self.lru.clear();
+        for (name, st) in names {
+            self.client.insert(&name, st);
+        }
+        for id in ids {
+            self.lru.insert(id);
+        }
     }
 
     /// Emits, at `at` in the server's output, the local replies now at the
@@ -373,11 +422,10 @@ impl Rewriter<'_> {
             Entry::Renamed(_, id) if code == sqlstate::INVALID_SQL_STATEMENT_NAME => {
                 self.lru.remove(id); // lost behind our back: prepare again next time
             }
-            Entry::Parse { id, name } if failed => {
-                self.undo(Entry::Parse { id, name }, &code);
+            e @ (Entry::Parse { .. } | Entry::InjectedParse { .. }) if failed => {
+                self.undo(e, &code);
             }
-            Entry::InjectedParse(id) if failed => self.undo(Entry::InjectedParse(id), &code),
-            Entry::InjectedParse(_) | Entry::InjectedClose(_) if !failed => {
+            Entry::InjectedParse { .. } | Entry::InjectedClose(_) if !failed => {
                 splice.replace(at, end);
             }
             Entry::Probe { name, why } => {
@@ -422,13 +470,13 @@ impl Rewriter<'_> {
         // A Parse refused as a duplicate means the server has it after all.
         let has_it = code == sqlstate::DUPLICATE_PREPARED_STATEMENT;
         match e {
-            Entry::Parse { id, name } => {
-                if !has_it {
+            Entry::Parse { id, name, had } => {
+                if !has_it && !had {
                     self.lru.remove(id);
                 }
                 self.client.unmap(&name, id);
             }
-            Entry::InjectedParse(id) if !has_it => self.lru.remove(id),
+            Entry::InjectedParse { id, had } if !has_it && !had => self.lru.remove(id),
             Entry::InjectedClose(id) => self.lru.insert_oldest(id),
             Entry::ParseComplete { id, name } => self.client.unmap(&name, id),
             _ => {}

@@ -13,17 +13,31 @@ pub enum Deallocate {
     All,
 }
 
-const WORD: &[u8] = b"deallocate";
-
-/// Could a Query starting with `prefix` be a DEALLOCATE? `None` while too
-/// few bytes are buffered to tell.
+/// Could a Query starting with `prefix` be a DEALLOCATE or a DISCARD? `None` while too few
+/// bytes are buffered to tell.
 pub fn maybe_deallocate(prefix: &[u8]) -> Option<bool> {
     let text = trim_start(prefix);
-    let n = text.len().min(WORD.len());
-    if !text[..n].eq_ignore_ascii_case(&WORD[..n]) {
-        return Some(false);
+    let mut undecided = false;
+    for word in [&b"deallocate"[..], b"discard"] {
+        let n = text.len().min(word.len());
+        if text[..n].eq_ignore_ascii_case(&word[..n]) {
+            if n == word.len() {
+                return Some(true);
+            }
+            undecided = true;
+        }
     }
-    (n == WORD.len()).then_some(true)
+    (!undecided).then_some(false)
+}
+
+/// Is this Query body `DEALLOCATE [PREPARE] ALL` or `DISCARD ALL` (the server's prepared
+/// statements all go)?
+pub fn clears_all(body: &[u8]) -> bool {
+    let Some(sql) = body.strip_suffix(b"\0") else {
+        return false;
+    };
+    let all = |name: Option<Ident<'_>>| matches!(name, Some(Ident::Plain(n)) if n.eq_ignore_ascii_case(b"all"));
+    deallocate(body) == Some(Deallocate::All) || all(keyword(sql, b"discard").and_then(target))
 }
 
 /// Recognises `DEALLOCATE [PREPARE] name|ALL [;]` in a Query body (the SQL
@@ -133,9 +147,31 @@ mod tests {
     }
 
     #[test]
+    fn deallocate_all_and_discard_all_clear_everything() {
+        for sql in [
+            "DEALLOCATE ALL",
+            "deallocate prepare all;",
+            "DISCARD ALL",
+            " discard all ; ",
+        ] {
+            assert!(clears_all(format!("{sql}\0").as_bytes()), "{sql}");
+        }
+        for sql in [
+            "DISCARD PLANS",
+            "DEALLOCATE a",
+            "DISCARD ALL; SELECT 1",
+            "SELECT 1",
+        ] {
+            assert!(!clears_all(format!("{sql}\0").as_bytes()), "{sql}");
+        }
+    }
+
+    #[test]
     fn prefix_check() {
         assert_eq!(maybe_deallocate(b"SELECT"), Some(false));
         assert_eq!(maybe_deallocate(b" deAll"), None);
+        assert_eq!(maybe_deallocate(b"DISC"), None);
+        assert_eq!(maybe_deallocate(b"DISCARD "), Some(true));
         assert_eq!(maybe_deallocate(b"\nDEALLOCATE x"), Some(true));
         assert_eq!(maybe_deallocate(b"DEALLOCATE"), Some(true));
     }

@@ -808,3 +808,98 @@ fn a_full_server_set_is_left_alone_while_the_server_skips_to_sync() {
         ])
     );
 }
+
+#[test]
+fn a_statement_prepared_behind_a_pipelined_deallocate_all_survives_it() {
+    // Found by the relay fuzz target: the CommandComplete of DEALLOCATE ALL used to forget the
+    // Parse sent after it too, so the client's next Parse of the name reached the server again
+    // (42P05 for pgring's own name).
+    let mut p = Pair::new(200);
+    let (to_server, _) =
+        p.client_sends(&cat(&[&query("DEALLOCATE ALL"), &parse("s1", "SELECT 1")]));
+    assert_eq!(
+        to_server,
+        cat(&[&query("DEALLOCATE ALL"), &parse_srv("SELECT 1")])
+    );
+    p.server_sends(&cat(&[
+        &command_complete("DEALLOCATE ALL"),
+        READY_IDLE,
+        PARSE_COMPLETE,
+    ]));
+    // s1 is prepared: binding it needs no Parse.
+    let (to_server, _) = p.client_sends(&cat(&[&bind(b"s1"), &execute(), SYNC]));
+    assert_eq!(
+        to_server,
+        cat(&[&bind(&name_of("SELECT 1")), &execute(), SYNC])
+    );
+}
+
+#[test]
+fn nothing_is_answered_from_the_server_set_while_a_deallocate_all_is_outstanding() {
+    let mut p = prepared("one", "SELECT 1");
+    let (to_server, to_client) = p.client_sends(&cat(&[
+        &query("DISCARD ALL"),
+        &parse("two", "SELECT 1"),
+        &bind(b"two"),
+        &execute(),
+        SYNC,
+    ]));
+    // The server has "SELECT 1" now, but not once it has run the DISCARD ALL.
+    assert_eq!(
+        to_server,
+        cat(&[
+            &query("DISCARD ALL"),
+            &parse_srv("SELECT 1"),
+            &bind(&name_of("SELECT 1")),
+            &execute(),
+            SYNC
+        ])
+    );
+    assert!(to_client.is_empty());
+    let got = p.server_sends(&cat(&[
+        &command_complete("DISCARD ALL"),
+        READY_IDLE,
+        PARSE_COMPLETE,
+        BIND_COMPLETE,
+        &command_complete("SELECT 1"),
+        READY_IDLE,
+    ]));
+    assert_eq!(
+        got,
+        cat(&[
+            &command_complete("DISCARD ALL"),
+            READY_IDLE,
+            PARSE_COMPLETE,
+            BIND_COMPLETE,
+            &command_complete("SELECT 1"),
+            READY_IDLE,
+        ])
+    );
+    // "one" went with the DISCARD ALL; "two" stays.
+    let (to_server, _) = p.client_sends(&cat(&[&bind(b"one"), &bind(b"two"), SYNC]));
+    assert_eq!(
+        to_server,
+        cat(&[&bind(b"one"), &bind(&name_of("SELECT 1")), SYNC])
+    );
+}
+
+#[test]
+fn a_request_where_the_server_wants_copy_data_ends_the_client() {
+    // PostgreSQL would drop it with an error pgring cannot match to a request; pgring closes
+    // the client (08P01) and, the link being busy, the server with it.
+    let mut p = copying();
+    let e = p
+        .try_client_sends(&cat(&[&copy_data("1\n"), &parse("x", "SELECT 2")]))
+        .expect_err("Parse during COPY");
+    assert!(e.to_string().contains("during COPY"), "{e}");
+    // Pipelined behind the COPY before the server asked for data: found when it asks.
+    let mut p = Pair::new(200);
+    p.client_sends(&cat(&[
+        &query("COPY t FROM STDIN"),
+        &parse("x", "SELECT 2"),
+    ]));
+    let e = p
+        .try_server_sends(COPY_IN_RESPONSE)
+        .expect_err("Parse pipelined behind COPY");
+    assert!(e.to_string().contains("during COPY"), "{e}");
+}

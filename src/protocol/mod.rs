@@ -117,6 +117,9 @@ pub enum ProtocolError {
     /// An unexpected message in the current phase.
     #[error("unexpected message type '{}'", char::from(*.0))]
     Unexpected(u8),
+    /// A request where PostgreSQL wants COPY data (PostgreSQL's wording).
+    #[error("unexpected message type 0x{0:02X} during COPY from stdin")]
+    DuringCopy(u8),
 }
 
 /// Reads a big-endian `u32` at `at`, if the buffer holds it.

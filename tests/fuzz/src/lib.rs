@@ -177,7 +177,7 @@ struct Session {
 type Step = Result<(), pgring::error::Error>;
 
 const NAMES: [&[u8]; 4] = [b"s1", b"s2", b"PGRING_NO_SUCH_STATEMENT", b"x\"y"];
-const SQLS: [&str; 3] = ["SELECT 1", "SELECT $1", "deallocate"];
+const SQLS: [&str; 4] = ["SELECT 1", "SELECT $1", "deallocate", "COPY t FROM STDIN"];
 
 fn msg(t: u8, body: &[u8]) -> Vec<u8> {
     let mut m = vec![t];
@@ -203,7 +203,7 @@ impl Session {
         let name = if arg & 0x80 != 0 { &b""[..] } else { name };
         match op % 20 {
             0 => {
-                let sql = SQLS[usize::from((arg >> 2) % 3)];
+                let sql = SQLS[usize::from((arg >> 2) % 4)];
                 let mut rest = cstr(&[sql.as_bytes()]);
                 rest.extend_from_slice(&[0, 0]);
                 build::parse_raw(&mut self.cpend, name, &rest);
@@ -238,6 +238,7 @@ impl Session {
             }
             8 => {
                 self.raw = true;
+                self.sim.tainted = true;
                 self.cpend
                     .extend_from_slice(ops.bytes(usize::from(arg % 48)));
             }
@@ -245,6 +246,7 @@ impl Session {
             11 => self.sim.answer_all(&mut self.spend),
             12 => {
                 self.raw = true;
+                self.sim.tainted = true;
                 self.spend
                     .extend_from_slice(ops.bytes(usize::from(arg % 48)));
             }
@@ -253,13 +255,19 @@ impl Session {
             16 => self.cpend.extend(msg(b'F', b"\0\0\0\x01\0\0\0\0\0")),
             17 if arg & 0x80 != 0 => self.relink(),
             17 if arg & 0x40 != 0 => {
-                let sql = ["BEGIN", "COMMIT", "SELECT 1/0"][usize::from(arg % 3)];
+                let sql = ["BEGIN", "COMMIT", "SELECT 1/0", "ROLLBACK"][usize::from(arg % 4)];
                 build::query(&mut self.cpend, sql);
             }
-            17 => self.cpend.extend(msg(b'd', &[arg; 7])),
+            17 => match arg % 4 {
+                0 | 1 => self.cpend.extend(msg(b'd', &[arg; 7])),
+                2 => self.cpend.extend(msg(b'c', b"")),
+                _ => self.cpend.extend(msg(b'f', b"no\0")),
+            },
+            19 if arg & 0x80 != 0 => build::query(&mut self.cpend, "COPY t FROM STDIN"),
             18 => {
                 // A server reply the simulator would not send: desync.
                 self.raw = true;
+                self.sim.tainted = true;
                 let t = b"123tnTsCIZEN"[usize::from(arg % 12)];
                 let body: &[u8] = match t {
                     b'Z' => b"I",
@@ -303,8 +311,31 @@ impl Session {
         if !self.pair.may_release() {
             return;
         }
+        if !self.raw {
+            // Released: every reply reached pgring, and what the server has not answered yet
+            // needs no answer. Anything else would reach the pool's next client.
+            // (A notice, a parameter change or a notification may come at any time.)
+            let mut pos = 0;
+            while let Ok(Some((f, used))) = next_frame(&self.spend[pos..], u32::MAX >> 1) {
+                assert!(
+                    b"NSA".contains(&f.tag),
+                    "released with a reply in flight: {:?}",
+                    char::from(f.tag)
+                );
+                pos += used;
+            }
+            let mut late = Vec::new();
+            self.sim.answer_all(&mut late);
+            assert!(
+                late.is_empty() && !self.sim.skipping && self.sim.copy.is_none(),
+                "released while the server still owed {late:?} (skipping {}, copy {:?})",
+                self.sim.skipping,
+                self.sim.copy
+            );
+        }
         let other = std::mem::take(&mut self.other);
-        let (server, sim) = other.unwrap_or_default();
+        let (server, mut sim) = other.unwrap_or_default();
+        sim.tainted |= self.raw;
         let old = self.pair.relink(server);
         let old_sim = std::mem::replace(&mut self.sim, sim);
         self.other = Some((old, old_sim));
@@ -315,6 +346,9 @@ impl Session {
         let n = n.min(self.cpend.len());
         let chunk: Vec<u8> = self.cpend.drain(..n).collect();
         let (to_server, to_client) = self.pair.try_client_sends(&chunk)?;
+        if std::env::var_os("FUZZ_TRACE").is_some() {
+            eprintln!("client sends {:?}\n  server gets {:?}\n  client gets {:?}", String::from_utf8_lossy(&chunk), String::from_utf8_lossy(&to_server), String::from_utf8_lossy(&to_client));
+        }
         self.sim.receive(&to_server);
         self.client_gets(&to_client);
         Ok(())
@@ -324,6 +358,9 @@ impl Session {
         let n = n.min(self.spend.len());
         let chunk: Vec<u8> = self.spend.drain(..n).collect();
         let out = self.pair.try_server_sends(&chunk)?;
+        if std::env::var_os("FUZZ_TRACE").is_some() {
+            eprintln!("server sends {:?}\n  client gets {:?}", String::from_utf8_lossy(&chunk), String::from_utf8_lossy(&out));
+        }
         self.client_gets(&out);
         Ok(())
     }
@@ -356,6 +393,18 @@ struct Sim {
     names: std::collections::HashSet<Vec<u8>>,
     skipping: bool,
     status: u8,
+    /// The server was told something pgring did not say (raw bytes): its names may differ
+    /// from pgring's view, so the check below is off.
+    tainted: bool,
+    /// In COPY FROM STDIN, started by a Query (true) or an Execute (false).
+    copy: Option<bool>,
+    /// Statement texts by name (the unnamed one under ""), to know a COPY's Execute.
+    texts: std::collections::HashMap<Vec<u8>, Vec<u8>>,
+    /// The unnamed portal runs a COPY.
+    portal_copy: bool,
+    /// Statements whose Parse was skipped after an error (and not prepared since): a Bind of
+    /// one fails as it would without pgring, whatever its name.
+    skipped: std::collections::HashSet<Vec<u8>>,
 }
 
 impl Default for Sim {
@@ -365,6 +414,11 @@ impl Default for Sim {
             names: Default::default(),
             skipping: false,
             status: b'I',
+            tainted: false,
+            copy: None,
+            texts: Default::default(),
+            portal_copy: false,
+            skipped: Default::default(),
         }
     }
 }
@@ -384,6 +438,21 @@ impl Sim {
         self.input.drain(..pos);
     }
 
+    /// pgring names server statements itself (`PGRING_<hash>`): PostgreSQL must never find
+    /// one missing or already there. (`PGRING_NO_SUCH_STATEMENT` is the probe, and a client
+    /// name too.)
+    fn check_own_name(&self, name: &[u8], code: &str) {
+        let excused = code == "26000" && self.skipped.contains(name);
+        assert!(
+            self.tainted
+                || excused
+                || !name.starts_with(b"PGRING_")
+                || name == b"PGRING_NO_SUCH_STATEMENT",
+            "the server answered {code} for pgring's own statement {:?}",
+            String::from_utf8_lossy(name)
+        );
+    }
+
     fn error(&mut self, code: &str, out: &mut Vec<u8>) {
         build::error_response(out, build::Severity::Error, code, "sim");
         self.skipping = true;
@@ -397,14 +466,65 @@ impl Sim {
         }
     }
 
+    /// Copy-in mode (PostgreSQL's CopyGetData): data, end or failure; Sync and Flush are
+    /// ignored; anything else aborts the COPY.
+    fn copy_in(&mut self, by_query: bool, t: u8, out: &mut Vec<u8>) {
+        match t {
+            b'd' | b'S' | b'H' => {}
+            b'c' => {
+                self.copy = None;
+                build::command_complete(out, "COPY 1");
+                if by_query {
+                    build::ready_for_query(out, self.status);
+                }
+            }
+            // CopyFail, or any other message, which PostgreSQL reads and drops with its error.
+            _ => {
+                self.copy = None;
+                let code = if t == b'f' { "57014" } else { "08P01" };
+                build::error_response(out, build::Severity::Error, code, "sim copy");
+                self.fail();
+                if by_query {
+                    build::ready_for_query(out, self.status);
+                } else {
+                    self.skipping = true;
+                }
+            }
+        }
+    }
+
     fn answer(&mut self, t: u8, body: &[u8], out: &mut Vec<u8>) {
-        if self.skipping && t != b'S' {
-            return;
+        if let Some(by_query) = self.copy {
+            return self.copy_in(by_query, t, out);
         }
         let first = body.split(|&b| b == 0).next().unwrap_or_default().to_vec();
+        if self.skipping && t != b'S' {
+            if t == b'P' {
+                self.skipped.insert(first);
+            }
+            return;
+        }
+        // In a failed transaction block everything but its end fails (and a Query still gets
+        // its ReadyForQuery).
+        let ends_block = body.starts_with(b"COMMIT") || body.starts_with(b"ROLLBACK");
+        if self.status == b'E' && matches!(t, b'P' | b'B' | b'E' | b'Q') && !ends_block {
+            if t == b'Q' {
+                build::error_response(out, build::Severity::Error, "25P02", "sim");
+                build::ready_for_query(out, self.status);
+            } else {
+                self.error("25P02", out);
+            }
+            return;
+        }
         match t {
-            b'P' if !first.is_empty() && self.names.contains(&first) => self.error("42P05", out),
+            b'P' if !first.is_empty() && self.names.contains(&first) => {
+                self.check_own_name(&first, "42P05");
+                self.error("42P05", out)
+            }
             b'P' => {
+                let text = body.split(|&b| b == 0).nth(1).unwrap_or_default().to_vec();
+                self.texts.insert(first.clone(), text);
+                self.skipped.remove(&first);
                 if !first.is_empty() {
                     self.names.insert(first);
                 }
@@ -413,8 +533,13 @@ impl Sim {
             b'B' => {
                 let stmt = body.split(|&b| b == 0).nth(1).unwrap_or_default();
                 if !stmt.is_empty() && !self.names.contains(stmt) {
+                    self.check_own_name(stmt, "26000");
                     self.error("26000", out);
                 } else {
+                    self.portal_copy = self
+                        .texts
+                        .get(stmt)
+                        .is_some_and(|t| t.starts_with(b"COPY"));
                     build::empty_message(out, b'2');
                 }
             }
@@ -427,23 +552,39 @@ impl Sim {
                     out.extend(msg(b't', b"\0\0"));
                     build::empty_message(out, b'n');
                 } else {
+                    self.check_own_name(&name, "26000");
                     self.error("26000", out);
                 }
             }
             b'D' => build::empty_message(out, b'n'),
             b'C' => build::empty_message(out, b'3'),
+            b'E' if self.portal_copy => {
+                self.portal_copy = false;
+                self.copy = Some(false);
+                out.extend(msg(b'G', b"\0\0\0"));
+            }
             b'E' => build::command_complete(out, "SELECT 1"),
             b'S' | b'Q' | b'F' => {
                 if t == b'Q' && body.starts_with(b"DEALLOCATE ALL") {
                     self.names.clear();
                     build::command_complete(out, "DEALLOCATE ALL");
+                } else if t == b'Q' && body.starts_with(b"DISCARD ALL") && self.status == b'T' {
+                    build::error_response(out, build::Severity::Error, "25001", "sim");
+                    self.fail();
+                } else if t == b'Q' && body.starts_with(b"DISCARD ALL") {
+                    self.names.clear();
+                    build::command_complete(out, "DISCARD ALL");
+                } else if t == b'Q' && body.starts_with(b"COPY") {
+                    self.copy = Some(true);
+                    out.extend(msg(b'G', b"\0\0\0"));
+                    return;
                 } else if t == b'Q' && body.starts_with(b"SELECT 1/0") {
                     build::error_response(out, build::Severity::Error, "22012", "sim");
                     self.fail();
                 } else if t == b'Q' {
                     self.status = match &body[..body.len().min(5)] {
                         b"BEGIN" => b'T',
-                        b"COMMI" => b'I',
+                        b"COMMI" | b"ROLLB" => b'I',
                         _ => self.status,
                     };
                     build::command_complete(out, "SELECT 1");
