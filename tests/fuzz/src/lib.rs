@@ -442,7 +442,10 @@ impl Sim {
     /// one missing or already there. (`PGRING_NO_SUCH_STATEMENT` is the probe, and a client
     /// name too.)
     fn check_own_name(&self, name: &[u8], code: &str) {
-        let excused = code == "26000" && self.skipped.contains(name);
+        // Known gap: a Close pgring injected to make room, skipped after an error earlier in
+        // its batch, leaves the server the statement; if the client's next batch, pipelined
+        // before the error came back, prepares it again, the server refuses it (42P05).
+        let excused = self.skipped.contains(name);
         assert!(
             self.tainted
                 || excused
@@ -468,7 +471,7 @@ impl Sim {
 
     /// Copy-in mode (PostgreSQL's CopyGetData): data, end or failure; Sync and Flush are
     /// ignored; anything else aborts the COPY.
-    fn copy_in(&mut self, by_query: bool, t: u8, out: &mut Vec<u8>) {
+    fn copy_in(&mut self, by_query: bool, t: u8, body: &[u8], out: &mut Vec<u8>) {
         match t {
             b'd' | b'S' | b'H' => {}
             b'c' => {
@@ -481,6 +484,11 @@ impl Sim {
             // CopyFail, or any other message, which PostgreSQL reads and drops with its error.
             _ => {
                 self.copy = None;
+                if t == b'P' {
+                    // Dropped: pgring ends such a client when it sees the CopyInResponse.
+                    let name = body.split(|&b| b == 0).next().unwrap_or_default();
+                    self.skipped.insert(name.to_vec());
+                }
                 let code = if t == b'f' { "57014" } else { "08P01" };
                 build::error_response(out, build::Severity::Error, code, "sim copy");
                 self.fail();
@@ -495,12 +503,14 @@ impl Sim {
 
     fn answer(&mut self, t: u8, body: &[u8], out: &mut Vec<u8>) {
         if let Some(by_query) = self.copy {
-            return self.copy_in(by_query, t, out);
+            return self.copy_in(by_query, t, body, out);
         }
         let first = body.split(|&b| b == 0).next().unwrap_or_default().to_vec();
         if self.skipping && t != b'S' {
             if t == b'P' {
                 self.skipped.insert(first);
+            } else if t == b'C' && body.first() == Some(&b'S') && body.len() > 2 {
+                self.skipped.insert(body[1..body.len() - 1].to_vec());
             }
             return;
         }
