@@ -226,10 +226,19 @@ impl Queue {
     /// again after the last one (`None`: no such query outstanding, ask the server's set).
     pub fn prepared_since_clear(&self, id: StatementId) -> Option<bool> {
         let last = self.entries.iter().rposition(|e| *e == Entry::ClearAll)?;
-        Some(self.entries.iter().skip(last + 1).any(|e| match e {
-            Entry::Parse { id: p, .. } | Entry::InjectedParse { id: p, .. } => *p == id,
-            _ => false,
-        }))
+        // The last Parse or Close of it since (an eviction may close it again).
+        Some(
+            self.entries
+                .iter()
+                .skip(last + 1)
+                .fold(false, |has, e| match e {
+                    Entry::Parse { id: p, .. } | Entry::InjectedParse { id: p, .. } if *p == id => {
+                        true
+                    }
+                    Entry::InjectedClose(p) if *p == id => false,
+                    _ => has,
+                }),
+        )
     }
 
     /// The requests sent after the oldest one.

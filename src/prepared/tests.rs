@@ -903,3 +903,27 @@ fn a_request_where_the_server_wants_copy_data_ends_the_client() {
         .expect_err("Parse pipelined behind COPY");
     assert!(e.to_string().contains("during COPY"), "{e}");
 }
+
+#[test]
+fn a_statement_evicted_behind_a_deallocate_all_is_prepared_again_before_use() {
+    // Found by the relay fuzz target (one statement per server).
+    let mut p = Pair::new(1);
+    let (to_server, _) = p.client_sends(&cat(&[
+        &query("DEALLOCATE ALL"),
+        &parse("s1", "SELECT 1"),
+        &parse("x", "SELECT 2"),
+        &describe_s(b"s1"),
+    ]));
+    assert_eq!(
+        to_server,
+        cat(&[
+            &query("DEALLOCATE ALL"),
+            &parse_srv("SELECT 1"),
+            &close_s(&name_of("SELECT 1")),
+            &parse_srv("SELECT 2"),
+            &close_s(&name_of("SELECT 2")),
+            &parse_srv("SELECT 1"),
+            &describe_s(&name_of("SELECT 1")),
+        ])
+    );
+}
