@@ -511,6 +511,11 @@ impl Sim {
                 self.skipped.insert(first);
             } else if t == b'C' && body.first() == Some(&b'S') && body.len() > 2 {
                 self.skipped.insert(body[1..body.len() - 1].to_vec());
+            } else if t == b'Q' {
+                // Known gap (prepared/queue.rs): a simple Query inside an unsynced extended
+                // batch that failed is skipped by PostgreSQL, and pgring cannot tell; no driver
+                // sends one. What follows is not checked.
+                self.tainted = true;
             }
             return;
         }
