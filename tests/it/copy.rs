@@ -293,29 +293,7 @@ async fn pgbench_initialises_its_tables_through_the_pooler() {
         .await
         .expect("schema");
     let pgring = pooler();
-    let port = pgring.port.to_string();
-    let pgbench = pg().bin.join("pgbench");
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("timeout")
-            .args(["--kill-after=5", "120"])
-            .arg(pgbench)
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-U",
-                &user,
-                "-i",
-                "-s",
-                "2",
-                "app",
-            ])
-            .output()
-            .expect("running pgbench -i")
-    })
-    .await
-    .expect("pgbench task");
+    let out = common::pgbench(pgring.port, &user, &["-i", "-s", "2", "app"]).await;
     let text = format!(
         "{}\n{}",
         String::from_utf8_lossy(&out.stdout),

@@ -1,8 +1,6 @@
 //! pgbench through pgring: 1000 clients, select-only, over a pool of 20, for 20 seconds, with no
 //! failed transaction and never more than 20 server connections.
 
-use std::process::Command;
-
 use crate::common::{self, config_for, pg, BackendWatch, Pgring};
 
 const CLIENTS: &str = "1000";
@@ -46,34 +44,12 @@ async fn pgbench_select_only_1000_clients_through_pool_of_20() {
     let user = pg().fresh_user("pgbench");
     let pgring = Pgring::start(&config_for("transaction", POOL_SIZE, 2, ""));
     let watch = BackendWatch::start(&user).await;
-    let pgbench = pg().bin.join("pgbench");
-    let port = pgring.port.to_string();
-    // `timeout`: a pgbench stuck on a hung pooler must fail the test, not the whole run.
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("timeout")
-            .args(["--kill-after=5", "120"])
-            .arg(pgbench)
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-U",
-                &user,
-                "-S",
-                "-c",
-                CLIENTS,
-                "-j",
-                "2",
-                "-T",
-                SECONDS,
-                "bench",
-            ])
-            .output()
-            .expect("running pgbench")
-    })
-    .await
-    .expect("pgbench task");
+    let output = common::pgbench(
+        pgring.port,
+        &user,
+        &["-S", "-c", CLIENTS, "-j", "2", "-T", SECONDS, "bench"],
+    )
+    .await;
     let max_servers = watch.finish().await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -2,7 +2,6 @@
 //! statements by default are in `drivers`): the Prisma `?pgbouncer=true` sequence, SQL DEALLOCATE, a reused name and a Flush mid-exchange
 //! as raw protocol bytes; pgbench -M prepared with 1000 clients.
 
-use std::process::Command;
 use std::time::Duration;
 
 use crate::common::wire::{self, Msg, Wire};
@@ -429,29 +428,14 @@ async fn pgbench_prepared_1000_clients_through_pool_of_20() {
     let _heavy = common::heavy().await;
     let user = pg().fresh_user("pgbprep");
     let pgring = Pgring::start(&config_for("transaction", 20, 2, ""));
-    let pgbench = pg().bin.join("pgbench");
-    let port = pgring.port.to_string();
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("timeout")
-            .args(["--kill-after=5", "120"])
-            .arg(pgbench)
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-U",
-                &user,
-                "-M",
-                "prepared",
-                "-S",
-            ])
-            .args(["-c", "1000", "-j", "2", "-T", "20", "bench"])
-            .output()
-            .expect("running pgbench")
-    })
-    .await
-    .expect("pgbench task");
+    let output = common::pgbench(
+        pgring.port,
+        &user,
+        &[
+            "-M", "prepared", "-S", "-c", "1000", "-j", "2", "-T", "20", "bench",
+        ],
+    )
+    .await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     let tail: Vec<_> = stderr.lines().rev().take(20).collect();

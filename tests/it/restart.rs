@@ -6,7 +6,7 @@
 //! Each pgring gets its own `unix_socket_dir` (the fixture's `@DIR@` is per process): a socket
 //! path names one listener, so a second process on the same path is refused by design.
 
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -186,14 +186,8 @@ fn start_beside(toml: &str) -> Pgring {
 }
 
 fn run_pgbench(port: u16, user: &str) -> Output {
-    // `timeout`: a pgbench stuck on a hung pooler must fail the test, not the whole run.
-    Command::new("timeout")
-        .args(["--kill-after=5", "60"])
-        .arg(pg().bin.join("pgbench"))
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", user])
-        .args(["-S", "-c", CLIENTS, "-j", "2", "-T", SECONDS, "bench"])
-        .output()
-        .expect("running pgbench")
+    let args = ["-S", "-c", CLIENTS, "-j", "2", "-T", SECONDS, "bench"];
+    common::pgbench_blocking(port, user, 60, &args)
 }
 
 fn failed_transactions(out: &str) -> Option<u64> {

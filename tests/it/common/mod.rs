@@ -137,6 +137,37 @@ pub async fn unix_connect(
     try_connect_with(&config).await
 }
 
+/// pgbench against 127.0.0.1:`port` as `user` with `args` (the database name last), under
+/// `timeout` so that a pgbench stuck on a hung pooler fails its test, not the whole run.
+pub fn pgbench_blocking(
+    port: u16,
+    user: &str,
+    limit_s: u32,
+    args: &[&str],
+) -> std::process::Output {
+    std::process::Command::new("timeout")
+        .args(["--kill-after=5", &limit_s.to_string()])
+        .arg(pg().bin.join("pgbench"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", user])
+        .args(args)
+        .output()
+        .expect("running pgbench")
+}
+
+/// [`pgbench_blocking`] off the test's runtime threads, with two minutes to finish.
+pub async fn pgbench(port: u16, user: &str, args: &[&str]) -> std::process::Output {
+    let (user, args): (String, Vec<String>) = (
+        user.to_string(),
+        args.iter().map(|a| a.to_string()).collect(),
+    );
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        pgbench_blocking(port, &user, 120, &args)
+    })
+    .await
+    .expect("pgbench task")
+}
+
 /// Connects to 127.0.0.1:port (pgring or PostgreSQL); panics if refused.
 pub async fn connect(port: u16, db: &str, user: &str, password: &str) -> tokio_postgres::Client {
     try_connect(port, db, user, password)
