@@ -451,6 +451,12 @@ impl Link {
                 None => Reply::Stream,
             };
             if reply != Reply::NeedMore {
+                if t == tag::COPY_IN_RESPONSE {
+                    // The rewriter's queue knows which request started the COPY.
+                    if let Some(other) = rw.as_deref().and_then(Rewriter::behind_copy) {
+                        return Err(Error::ClientProtocol(ProtocolError::DuringCopy(other)));
+                    }
+                }
                 let ignored = self
                     .state
                     .on_server_copy(t)

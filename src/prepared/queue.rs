@@ -148,6 +148,27 @@ impl Entry {
         }
     }
 
+    /// The tag of the client message this stands for.
+    pub fn tag(&self) -> u8 {
+        match self {
+            Entry::Forward(r) | Entry::Renamed(r, _) => match r {
+                Req::Parse => tag::PARSE,
+                Req::Bind => tag::BIND,
+                Req::Describe => tag::DESCRIBE,
+                Req::Close => tag::CLOSE,
+                Req::Execute => tag::EXECUTE,
+                Req::Sync => tag::SYNC,
+                Req::Query => tag::QUERY,
+            },
+            Entry::Parse { .. } | Entry::InjectedParse { .. } | Entry::ParseComplete { .. } => {
+                tag::PARSE
+            }
+            Entry::InjectedClose(_) | Entry::CloseComplete => tag::CLOSE,
+            Entry::Probe { .. } => tag::PARSE,
+            Entry::Deallocated | Entry::ClearAll => tag::QUERY,
+        }
+    }
+
     /// Is this answered by pgring rather than the server?
     pub fn is_local(&self) -> bool {
         self.req().is_none()
@@ -239,6 +260,16 @@ impl Queue {
                     _ => has,
                 }),
         )
+    }
+
+    /// The server asks for COPY data for the oldest request: the first later one that is not
+    /// a Sync (PostgreSQL would take it for a broken COPY and drop it).
+    pub fn behind_copy(&self) -> Option<u8> {
+        self.entries
+            .iter()
+            .skip(1)
+            .map(Entry::tag)
+            .find(|&t| t != tag::SYNC)
     }
 
     /// The requests sent after the oldest one.

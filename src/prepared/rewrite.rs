@@ -353,6 +353,12 @@ impl Rewriter<'_> {
         Ok(Reply::Handled)
     }
 
+    /// The server asks for COPY data: a request the client sent after the one that started the
+    /// COPY (other than Sync), which PostgreSQL would drop, by its tag.
+    pub fn behind_copy(&self) -> Option<u8> {
+        self.queue.behind_copy()
+    }
+
     /// The server ignored `n` of the client's Syncs (sent while it was in COPY FROM STDIN):
     /// their entries, the oldest outstanding Syncs, are dropped.
     pub fn forget_syncs(&mut self, n: u32) {

@@ -484,10 +484,12 @@ impl Sim {
             // CopyFail, or any other message, which PostgreSQL reads and drops with its error.
             _ => {
                 self.copy = None;
+                // Dropped: pgring ends such a client when it sees the CopyInResponse.
                 if t == b'P' {
-                    // Dropped: pgring ends such a client when it sees the CopyInResponse.
                     let name = body.split(|&b| b == 0).next().unwrap_or_default();
                     self.skipped.insert(name.to_vec());
+                } else if t == b'C' && body.first() == Some(&b'S') && body.len() > 2 {
+                    self.skipped.insert(body[1..body.len() - 1].to_vec());
                 }
                 let code = if t == b'f' { "57014" } else { "08P01" };
                 build::error_response(out, build::Severity::Error, code, "sim copy");
