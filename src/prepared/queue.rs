@@ -272,6 +272,14 @@ impl Queue {
             .find(|&t| t != tag::SYNC)
     }
 
+    /// Does an outstanding request prepare statement `id` (a later Parse of it, when an earlier
+    /// one is being undone)?
+    pub fn prepares(&self, id: StatementId) -> bool {
+        self.entries.iter().any(|e| {
+            matches!(e, Entry::Parse { id: p, .. } | Entry::InjectedParse { id: p, .. } if *p == id)
+        })
+    }
+
     /// The requests sent after the oldest one.
     pub fn after_front(&mut self) -> impl Iterator<Item = &mut Entry> {
         self.entries.iter_mut().skip(1)

@@ -474,15 +474,18 @@ impl Rewriter<'_> {
     /// would have done.
     fn undo(&mut self, e: Entry, code: &str) {
         // A Parse refused as a duplicate means the server has it after all.
-        let has_it = code == sqlstate::DUPLICATE_PREPARED_STATEMENT;
+        // A later Parse of it, still outstanding, is what the set's entry stands for now.
+        let keep = |q: &Queue, id, had| {
+            had || code == sqlstate::DUPLICATE_PREPARED_STATEMENT || q.prepares(id)
+        };
         match e {
             Entry::Parse { id, name, had } => {
-                if !has_it && !had {
+                if !keep(self.queue, id, had) {
                     self.lru.remove(id);
                 }
                 self.client.unmap(&name, id);
             }
-            Entry::InjectedParse { id, had } if !has_it && !had => self.lru.remove(id),
+            Entry::InjectedParse { id, had } if !keep(self.queue, id, had) => self.lru.remove(id),
             Entry::InjectedClose(id) => self.lru.insert_oldest(id),
             Entry::ParseComplete { id, name } => self.client.unmap(&name, id),
             _ => {}

@@ -927,3 +927,34 @@ fn a_statement_evicted_behind_a_deallocate_all_is_prepared_again_before_use() {
         ])
     );
 }
+
+#[test]
+fn undoing_a_skipped_parse_keeps_a_later_parse_of_the_same_statement() {
+    // Found by the relay fuzz target (one statement per server): a Parse skipped after an
+    // error was undone after the next pipelined batch had prepared the same statement again,
+    // so the set forgot a statement the server had.
+    let mut p = Pair::new(1);
+    p.client_sends(&cat(&[
+        &bind(b"nope"),
+        &parse("s1", "SELECT 1"),
+        SYNC,
+        &parse("s2", "SELECT 2"),
+        &bind(b"s1"),
+        SYNC,
+    ]));
+    p.server_sends(&cat(&[
+        &error("26000", "prepared statement \"nope\" does not exist"),
+        READY_IDLE,
+        CLOSE_COMPLETE,
+        PARSE_COMPLETE,
+        CLOSE_COMPLETE,
+        PARSE_COMPLETE,
+        BIND_COMPLETE,
+        READY_IDLE,
+    ]));
+    // The server has "SELECT 1" (prepared for the second batch's Bind): preparing it under a
+    // new name is answered locally. (s1 itself was never prepared: its Parse was skipped.)
+    let (to_server, to_client) = p.client_sends(&cat(&[&parse("s3", "SELECT 1"), SYNC]));
+    assert_eq!(to_server, SYNC);
+    assert_eq!(to_client, PARSE_COMPLETE);
+}

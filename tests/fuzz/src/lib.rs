@@ -471,7 +471,7 @@ impl Sim {
 
     /// Copy-in mode (PostgreSQL's CopyGetData): data, end or failure; Sync and Flush are
     /// ignored; anything else aborts the COPY.
-    fn copy_in(&mut self, by_query: bool, t: u8, body: &[u8], out: &mut Vec<u8>) {
+    fn copy_in(&mut self, by_query: bool, t: u8, out: &mut Vec<u8>) {
         match t {
             b'd' | b'S' | b'H' => {}
             b'c' => {
@@ -484,12 +484,11 @@ impl Sim {
             // CopyFail, or any other message, which PostgreSQL reads and drops with its error.
             _ => {
                 self.copy = None;
-                // Dropped: pgring ends such a client when it sees the CopyInResponse.
-                if t == b'P' {
-                    let name = body.split(|&b| b == 0).next().unwrap_or_default();
-                    self.skipped.insert(name.to_vec());
-                } else if t == b'C' && body.first() == Some(&b'S') && body.len() > 2 {
-                    self.skipped.insert(body[1..body.len() - 1].to_vec());
+                // Dropped: pgring ends such a client (08P01) when it sees the CopyInResponse,
+                // which this toy answered before pgring read on; what it answers after that
+                // is not checked.
+                if t != b'f' {
+                    self.tainted = true;
                 }
                 let code = if t == b'f' { "57014" } else { "08P01" };
                 build::error_response(out, build::Severity::Error, code, "sim copy");
@@ -505,7 +504,7 @@ impl Sim {
 
     fn answer(&mut self, t: u8, body: &[u8], out: &mut Vec<u8>) {
         if let Some(by_query) = self.copy {
-            return self.copy_in(by_query, t, body, out);
+            return self.copy_in(by_query, t, out);
         }
         let first = body.split(|&b| b == 0).next().unwrap_or_default().to_vec();
         if self.skipping && t != b'S' {
@@ -529,6 +528,9 @@ impl Sim {
                 build::error_response(out, build::Severity::Error, "25P02", "sim");
                 build::ready_for_query(out, self.status);
             } else {
+                if t == b'P' {
+                    self.skipped.insert(first); // failed: later uses fail without pgring too
+                }
                 self.error("25P02", out);
             }
             return;
