@@ -95,18 +95,10 @@ pub enum Entry {
         id: StatementId,
         /// The client's name for it.
         name: Box<[u8]>,
-        /// The server's set held `id` when this was sent (it went only because a DEALLOCATE
-        /// ALL was on its way): if that failed, so does this Parse, and the server keeps `id`.
-        had: bool,
     },
     /// pgring's Parse of `id` before a Bind/Describe: ParseComplete is
-    /// swallowed, an error is the client's to see. `had` as for `Parse`.
-    InjectedParse {
-        /// The statement.
-        id: StatementId,
-        /// The server's set held it when this was sent.
-        had: bool,
-    },
+    /// swallowed, an error is the client's to see.
+    InjectedParse(StatementId),
     /// pgring's Close of evicted `id`: the reply is swallowed.
     InjectedClose(StatementId),
     /// A Describe of a name no server has, sent so the server fails (and
@@ -130,8 +122,9 @@ pub enum Entry {
     CloseComplete,
     /// Answered locally: CommandComplete `DEALLOCATE` and ReadyForQuery.
     Deallocated,
-    /// A Query `DEALLOCATE ALL` or `DISCARD ALL` sent as it was: until its reply, the server's
-    /// set is about to empty, so nothing after it is answered from that set.
+    /// A Query `DEALLOCATE ALL` or `DISCARD ALL` sent as it was: until its reply nobody knows
+    /// whether the server's set is about to empty (it fails in an aborted transaction, DISCARD
+    /// ALL in any transaction block), so nothing that depends on the set goes out meanwhile.
     ClearAll,
 }
 
@@ -141,7 +134,7 @@ impl Entry {
         match self {
             Entry::Forward(r) | Entry::Renamed(r, _) => Some(*r),
             Entry::ClearAll => Some(Req::Query),
-            Entry::Parse { .. } | Entry::InjectedParse { .. } => Some(Req::Parse),
+            Entry::Parse { .. } | Entry::InjectedParse(_) => Some(Req::Parse),
             Entry::InjectedClose(_) => Some(Req::Close),
             Entry::Probe { .. } => Some(Req::Describe),
             Entry::ParseComplete { .. } | Entry::CloseComplete | Entry::Deallocated => None,
@@ -160,7 +153,7 @@ impl Entry {
                 Req::Sync => tag::SYNC,
                 Req::Query => tag::QUERY,
             },
-            Entry::Parse { .. } | Entry::InjectedParse { .. } | Entry::ParseComplete { .. } => {
+            Entry::Parse { .. } | Entry::InjectedParse(_) | Entry::ParseComplete { .. } => {
                 tag::PARSE
             }
             Entry::InjectedClose(_) | Entry::CloseComplete => tag::CLOSE,
@@ -243,23 +236,9 @@ impl Queue {
         });
     }
 
-    /// With a `DEALLOCATE ALL` / `DISCARD ALL` outstanding, whether statement `id` is prepared
-    /// again after the last one (`None`: no such query outstanding, ask the server's set).
-    pub fn prepared_since_clear(&self, id: StatementId) -> Option<bool> {
-        let last = self.entries.iter().rposition(|e| *e == Entry::ClearAll)?;
-        // The last Parse or Close of it since (an eviction may close it again).
-        Some(
-            self.entries
-                .iter()
-                .skip(last + 1)
-                .fold(false, |has, e| match e {
-                    Entry::Parse { id: p, .. } | Entry::InjectedParse { id: p, .. } if *p == id => {
-                        true
-                    }
-                    Entry::InjectedClose(p) if *p == id => false,
-                    _ => has,
-                }),
-        )
+    /// Is a `DEALLOCATE ALL` / `DISCARD ALL` outstanding?
+    pub fn clearing(&self) -> bool {
+        self.entries.iter().any(|e| *e == Entry::ClearAll)
     }
 
     /// The server asks for COPY data for the oldest request: the first later one that is not
@@ -275,9 +254,9 @@ impl Queue {
     /// Does an outstanding request prepare statement `id` (a later Parse of it, when an earlier
     /// one is being undone)?
     pub fn prepares(&self, id: StatementId) -> bool {
-        self.entries.iter().any(|e| {
-            matches!(e, Entry::Parse { id: p, .. } | Entry::InjectedParse { id: p, .. } if *p == id)
-        })
+        self.entries
+            .iter()
+            .any(|e| matches!(e, Entry::Parse { id: p, .. } | Entry::InjectedParse(p) if *p == id))
     }
 
     /// The requests sent after the oldest one.

@@ -94,6 +94,11 @@ impl Rewriter<'_> {
             // it goes as it is, with nothing mapped, prepared, evicted or answered for it.
             return Ok(Action::Pass);
         }
+        if matches!(msg[0], tag::PARSE | tag::BIND | tag::DESCRIBE) && self.queue.clearing() {
+            // Whether the server still has its statements is known at the DEALLOCATE ALL's
+            // reply: this waits for it (the relay reads the server, then scans again).
+            return Ok(Action::NeedMore);
+        }
         let whole = msg.len() == total;
         let body = msg.get(HEADER_LEN..).unwrap_or_default();
         let action = match msg[0] {
@@ -153,23 +158,17 @@ impl Rewriter<'_> {
         let st = intern(p.rest);
         self.client.insert(p.name, st.clone());
         let (id, name) = (st.id, p.name.into());
-        if self.server_has(id) {
+        if self.lru.touch(id) {
             self.queue.push(Entry::ParseComplete { id, name });
         } else {
-            let had = self.send_parse(out, &st);
-            self.queue.push(Entry::Parse { id, name, had });
+            self.send_parse(out, &st);
+            self.queue.push(Entry::Parse { id, name });
         }
         Ok(Action::Took(total))
     }
 
-    /// Makes room, then prepares `st` on the server; returns whether the set held it already.
-    fn send_parse(&mut self, out: &mut Vec<u8>, st: &Statement) -> bool {
-        if self.lru.contains(st.id) {
-            // Only with a DEALLOCATE ALL / DISCARD ALL on its way: no room to make.
-            build::parse_raw(out, &st.name, &st.rest);
-            self.stats.record_server_parse();
-            return true;
-        }
+    /// Makes room, then prepares `st` on the server.
+    fn send_parse(&mut self, out: &mut Vec<u8>, st: &Statement) {
         while self.lru.len() >= self.client.max().max(1) {
             let Some(old) = self.lru.pop_oldest() else {
                 break;
@@ -180,21 +179,13 @@ impl Rewriter<'_> {
         build::parse_raw(out, &st.name, &st.rest);
         self.lru.insert(st.id);
         self.stats.record_server_parse();
-        false
-    }
-
-    /// Will the server have statement `id` when it reads the next message? Marks it used.
-    fn server_has(&mut self, id: super::StatementId) -> bool {
-        let has = self.lru.touch(id);
-        // A DEALLOCATE ALL / DISCARD ALL on its way empties the set first.
-        self.queue.prepared_since_clear(id).unwrap_or(has)
     }
 
     /// Makes sure the server has `st` before a message that uses it.
     fn ensure(&mut self, out: &mut Vec<u8>, st: &Statement) {
-        if !self.server_has(st.id) {
-            let had = self.send_parse(out, st);
-            self.queue.push(Entry::InjectedParse { id: st.id, had });
+        if !self.lru.touch(st.id) {
+            self.send_parse(out, st);
+            self.queue.push(Entry::InjectedParse(st.id));
         }
     }
 
@@ -373,17 +364,13 @@ impl Rewriter<'_> {
         let mut names = Vec::new();
         for e in self.queue.after_front() {
             match e {
-                Entry::Parse { id, name, had } => {
+                Entry::Parse { id, name } => {
                     ids.push(*id);
-                    *had = false; // the set is empty now
                     if let Some(st) = self.client.get(name) {
                         names.push((name.clone(), st.clone()));
                     }
                 }
-                Entry::InjectedParse { id, had } => {
-                    ids.push(*id);
-                    *had = false;
-                }
+                Entry::InjectedParse(id) => ids.push(*id),
                 _ => {}
             }
         }
@@ -428,10 +415,10 @@ impl Rewriter<'_> {
             Entry::Renamed(_, id) if code == sqlstate::INVALID_SQL_STATEMENT_NAME => {
                 self.lru.remove(id); // lost behind our back: prepare again next time
             }
-            e @ (Entry::Parse { .. } | Entry::InjectedParse { .. }) if failed => {
+            e @ (Entry::Parse { .. } | Entry::InjectedParse(_)) if failed => {
                 self.undo(e, &code);
             }
-            Entry::InjectedParse { .. } | Entry::InjectedClose(_) if !failed => {
+            Entry::InjectedParse(_) | Entry::InjectedClose(_) if !failed => {
                 splice.replace(at, end);
             }
             Entry::Probe { name, why } => {
@@ -475,17 +462,15 @@ impl Rewriter<'_> {
     fn undo(&mut self, e: Entry, code: &str) {
         // A Parse refused as a duplicate means the server has it after all.
         // A later Parse of it, still outstanding, is what the set's entry stands for now.
-        let keep = |q: &Queue, id, had| {
-            had || code == sqlstate::DUPLICATE_PREPARED_STATEMENT || q.prepares(id)
-        };
+        let keep = |q: &Queue, id| code == sqlstate::DUPLICATE_PREPARED_STATEMENT || q.prepares(id);
         match e {
-            Entry::Parse { id, name, had } => {
-                if !keep(self.queue, id, had) {
+            Entry::Parse { id, name } => {
+                if !keep(self.queue, id) {
                     self.lru.remove(id);
                 }
                 self.client.unmap(&name, id);
             }
-            Entry::InjectedParse { id, had } if !keep(self.queue, id, had) => self.lru.remove(id),
+            Entry::InjectedParse(id) if !keep(self.queue, id) => self.lru.remove(id),
             Entry::InjectedClose(id) => self.lru.insert_oldest(id),
             Entry::ParseComplete { id, name } => self.client.unmap(&name, id),
             _ => {}

@@ -810,80 +810,6 @@ fn a_full_server_set_is_left_alone_while_the_server_skips_to_sync() {
 }
 
 #[test]
-fn a_statement_prepared_behind_a_pipelined_deallocate_all_survives_it() {
-    // Found by the relay fuzz target: the CommandComplete of DEALLOCATE ALL used to forget the
-    // Parse sent after it too, so the client's next Parse of the name reached the server again
-    // (42P05 for pgring's own name).
-    let mut p = Pair::new(200);
-    let (to_server, _) =
-        p.client_sends(&cat(&[&query("DEALLOCATE ALL"), &parse("s1", "SELECT 1")]));
-    assert_eq!(
-        to_server,
-        cat(&[&query("DEALLOCATE ALL"), &parse_srv("SELECT 1")])
-    );
-    p.server_sends(&cat(&[
-        &command_complete("DEALLOCATE ALL"),
-        READY_IDLE,
-        PARSE_COMPLETE,
-    ]));
-    // s1 is prepared: binding it needs no Parse.
-    let (to_server, _) = p.client_sends(&cat(&[&bind(b"s1"), &execute(), SYNC]));
-    assert_eq!(
-        to_server,
-        cat(&[&bind(&name_of("SELECT 1")), &execute(), SYNC])
-    );
-}
-
-#[test]
-fn nothing_is_answered_from_the_server_set_while_a_deallocate_all_is_outstanding() {
-    let mut p = prepared("one", "SELECT 1");
-    let (to_server, to_client) = p.client_sends(&cat(&[
-        &query("DISCARD ALL"),
-        &parse("two", "SELECT 1"),
-        &bind(b"two"),
-        &execute(),
-        SYNC,
-    ]));
-    // The server has "SELECT 1" now, but not once it has run the DISCARD ALL.
-    assert_eq!(
-        to_server,
-        cat(&[
-            &query("DISCARD ALL"),
-            &parse_srv("SELECT 1"),
-            &bind(&name_of("SELECT 1")),
-            &execute(),
-            SYNC
-        ])
-    );
-    assert!(to_client.is_empty());
-    let got = p.server_sends(&cat(&[
-        &command_complete("DISCARD ALL"),
-        READY_IDLE,
-        PARSE_COMPLETE,
-        BIND_COMPLETE,
-        &command_complete("SELECT 1"),
-        READY_IDLE,
-    ]));
-    assert_eq!(
-        got,
-        cat(&[
-            &command_complete("DISCARD ALL"),
-            READY_IDLE,
-            PARSE_COMPLETE,
-            BIND_COMPLETE,
-            &command_complete("SELECT 1"),
-            READY_IDLE,
-        ])
-    );
-    // "one" went with the DISCARD ALL; "two" stays.
-    let (to_server, _) = p.client_sends(&cat(&[&bind(b"one"), &bind(b"two"), SYNC]));
-    assert_eq!(
-        to_server,
-        cat(&[&bind(b"one"), &bind(&name_of("SELECT 1")), SYNC])
-    );
-}
-
-#[test]
 fn a_request_where_the_server_wants_copy_data_ends_the_client() {
     // PostgreSQL would drop it with an error pgring cannot match to a request; pgring closes
     // the client (08P01) and, the link being busy, the server with it.
@@ -902,30 +828,6 @@ fn a_request_where_the_server_wants_copy_data_ends_the_client() {
         .try_server_sends(COPY_IN_RESPONSE)
         .expect_err("Parse pipelined behind COPY");
     assert!(e.to_string().contains("during COPY"), "{e}");
-}
-
-#[test]
-fn a_statement_evicted_behind_a_deallocate_all_is_prepared_again_before_use() {
-    // Found by the relay fuzz target (one statement per server).
-    let mut p = Pair::new(1);
-    let (to_server, _) = p.client_sends(&cat(&[
-        &query("DEALLOCATE ALL"),
-        &parse("s1", "SELECT 1"),
-        &parse("x", "SELECT 2"),
-        &describe_s(b"s1"),
-    ]));
-    assert_eq!(
-        to_server,
-        cat(&[
-            &query("DEALLOCATE ALL"),
-            &parse_srv("SELECT 1"),
-            &close_s(&name_of("SELECT 1")),
-            &parse_srv("SELECT 2"),
-            &close_s(&name_of("SELECT 2")),
-            &parse_srv("SELECT 1"),
-            &describe_s(&name_of("SELECT 1")),
-        ])
-    );
 }
 
 #[test]
@@ -955,6 +857,65 @@ fn undoing_a_skipped_parse_keeps_a_later_parse_of_the_same_statement() {
     // The server has "SELECT 1" (prepared for the second batch's Bind): preparing it under a
     // new name is answered locally. (s1 itself was never prepared: its Parse was skipped.)
     let (to_server, to_client) = p.client_sends(&cat(&[&parse("s3", "SELECT 1"), SYNC]));
+    assert_eq!(to_server, SYNC);
+    assert_eq!(to_client, PARSE_COMPLETE);
+}
+
+#[test]
+fn what_depends_on_the_server_set_waits_for_a_pipelined_deallocate_all() {
+    // Found by the relay fuzz target. Whether DEALLOCATE ALL / DISCARD ALL empties the
+    // server's set is known only at its reply (it fails in an aborted transaction, DISCARD ALL
+    // in any transaction block), so a Parse, Bind or Describe behind it waits for that reply.
+    let mut p = prepared("one", "SELECT 1");
+    let batch = cat(&[
+        &query("DISCARD ALL"),
+        &parse("two", "SELECT 1"),
+        &bind(b"two"),
+        &execute(),
+        SYNC,
+    ]);
+    let (to_server, to_client) = p.client_sends(&batch);
+    assert_eq!(to_server, query("DISCARD ALL"));
+    assert!(to_client.is_empty());
+    let done = cat(&[&command_complete("DISCARD ALL"), READY_IDLE]);
+    assert_eq!(p.server_sends(&done), done);
+    // The set is empty now: the rest goes out, preparing "SELECT 1" again.
+    let (to_server, _) = p.client_sends(&[]);
+    assert_eq!(
+        to_server,
+        cat(&[
+            &parse_srv("SELECT 1"),
+            &bind(&name_of("SELECT 1")),
+            &execute(),
+            SYNC
+        ])
+    );
+    // "one" went with the DISCARD ALL.
+    p.server_sends(&cat(&[
+        PARSE_COMPLETE,
+        BIND_COMPLETE,
+        &command_complete("SELECT 1"),
+        READY_IDLE,
+    ]));
+    let (to_server, _) = p.client_sends(&cat(&[&bind(b"one"), SYNC]));
+    assert_eq!(to_server, cat(&[&bind(b"one"), SYNC]));
+}
+
+#[test]
+fn a_deallocate_all_that_fails_leaves_the_server_set_as_it_was() {
+    let mut p = prepared("one", "SELECT 1");
+    let (to_server, _) = p.client_sends(&cat(&[
+        &query("DEALLOCATE ALL"),
+        &parse("two", "SELECT 1"),
+        SYNC,
+    ]));
+    assert_eq!(to_server, query("DEALLOCATE ALL"));
+    p.server_sends(&cat(&[
+        &error("25P02", "current transaction is aborted"),
+        b"Z\0\0\0\x05E",
+    ]));
+    // The server still has "SELECT 1": the Parse is answered locally.
+    let (to_server, to_client) = p.client_sends(&[]);
     assert_eq!(to_server, SYNC);
     assert_eq!(to_client, PARSE_COMPLETE);
 }

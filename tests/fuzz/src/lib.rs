@@ -362,7 +362,9 @@ impl Session {
             eprintln!("server sends {:?}\n  client gets {:?}", String::from_utf8_lossy(&chunk), String::from_utf8_lossy(&out));
         }
         self.client_gets(&out);
-        Ok(())
+        // As the relay does after reading the server: client bytes that waited for a reply
+        // (behind a DEALLOCATE ALL) are scanned again.
+        self.deliver_client(0)
     }
 
     /// What the client receives must split into whole messages: pgring's
