@@ -444,9 +444,6 @@ impl Sim {
     /// one missing or already there. (`PGRING_NO_SUCH_STATEMENT` is the probe, and a client
     /// name too.)
     fn check_own_name(&self, name: &[u8], code: &str) {
-        // Known gap: a Close pgring injected to make room, skipped after an error earlier in
-        // its batch, leaves the server the statement; if the client's next batch, pipelined
-        // before the error came back, prepares it again, the server refuses it (42P05).
         let excused = self.skipped.contains(name);
         assert!(
             self.tainted
@@ -512,8 +509,11 @@ impl Sim {
         if self.skipping && t != b'S' {
             if t == b'P' {
                 self.skipped.insert(first);
-            } else if t == b'C' && body.first() == Some(&b'S') && body.len() > 2 {
-                self.skipped.insert(body[1..body.len() - 1].to_vec());
+            } else if t == b'C' && body.first() == Some(&b'S') && body.starts_with(b"SPGRING_") {
+                // Known gap (README, Status): an eviction's Close skipped after an error in
+                // its batch leaves the server a statement pgring believes gone; what follows
+                // is not checked.
+                self.tainted = true;
             } else if t == b'Q' {
                 // Known gap (prepared/queue.rs): a simple Query inside an unsynced extended
                 // batch that failed is skipped by PostgreSQL, and pgring cannot tell; no driver
