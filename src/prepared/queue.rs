@@ -260,8 +260,8 @@ impl Queue {
     }
 
     /// The requests sent after the oldest one.
-    pub fn after_front(&mut self) -> impl Iterator<Item = &mut Entry> {
-        self.entries.iter_mut().skip(1)
+    pub fn after_front(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.iter().skip(1)
     }
 
     /// Nothing outstanding.
