@@ -1,0 +1,195 @@
+//! Pipelines: requests behind a failed request (PostgreSQL skips them to the next Sync),
+//! evictions and undos in flight, a DEALLOCATE ALL / DISCARD ALL with statements behind it.
+
+use super::*;
+
+#[test]
+fn requests_that_arrive_after_the_server_failed_their_exchange_are_skipped_like_postgres() {
+    // A pipelining driver (psycopg's pipeline mode) sends an exchange in several writes: the
+    // server's error for the first part can arrive before the rest is read. PostgreSQL skips
+    // the rest up to the Sync, so the Parse in it never prepares anything on the server.
+    let mut p = Pair::new(200);
+    let (to_server, _) =
+        p.client_sends(&cat(&[&parse("a", "SELECT 1/0"), &bind(b"a"), &execute()]));
+    assert_eq!(
+        to_server,
+        cat(&[
+            &parse_srv("SELECT 1/0"),
+            &bind(&name_of("SELECT 1/0")),
+            &execute()
+        ])
+    );
+    let e = error("22012", "division by zero");
+    let got = p.server_sends(&cat(&[PARSE_COMPLETE, BIND_COMPLETE, &e]));
+    assert_eq!(got, cat(&[PARSE_COMPLETE, BIND_COMPLETE, &e]));
+    let (to_server, to_client) = p.client_sends(&cat(&[
+        &parse("c", "SELECT 3"),
+        &bind(b"c"),
+        &execute(),
+        SYNC,
+    ]));
+    // Passed through untouched, for the server to skip.
+    assert_eq!(
+        to_server,
+        cat(&[&parse("c", "SELECT 3"), &bind(b"c"), &execute(), SYNC])
+    );
+    assert!(
+        to_client.is_empty(),
+        "PostgreSQL sends nothing for skipped messages"
+    );
+    assert_eq!(p.server_sends(READY_IDLE), READY_IDLE);
+    assert!(p.may_release());
+    // The server never prepared "SELECT 3": the client's next Parse of it must reach it.
+    let (to_server, to_client) = p.client_sends(&cat(&[
+        &parse("c", "SELECT 3"),
+        &bind(b"c"),
+        &execute(),
+        SYNC,
+    ]));
+    assert_eq!(
+        to_server,
+        cat(&[
+            &parse_srv("SELECT 3"),
+            &bind(&name_of("SELECT 3")),
+            &execute(),
+            SYNC
+        ])
+    );
+    assert!(to_client.is_empty());
+    let got = p.server_sends(&cat(&[
+        PARSE_COMPLETE,
+        BIND_COMPLETE,
+        &command_complete("SELECT 1"),
+        READY_IDLE,
+    ]));
+    assert_eq!(
+        got,
+        cat(&[
+            PARSE_COMPLETE,
+            BIND_COMPLETE,
+            &command_complete("SELECT 1"),
+            READY_IDLE
+        ])
+    );
+}
+
+#[test]
+fn a_full_server_set_is_left_alone_while_the_server_skips_to_sync() {
+    // One statement per server: the failed exchange evicted "SELECT 1" to make room; what
+    // follows before the Sync evicts and injects nothing (the server would ignore it).
+    let mut p = Pair::new(1);
+    p.client_sends(&cat(&[&parse("one", "SELECT 1"), SYNC]));
+    p.server_sends(&cat(&[PARSE_COMPLETE, READY_IDLE]));
+    p.client_sends(&cat(&[&parse("a", "SELECT 1/0"), &bind(b"a"), &execute()]));
+    let e = error("22012", "division by zero");
+    let got = p.server_sends(&cat(&[CLOSE_COMPLETE, PARSE_COMPLETE, BIND_COMPLETE, &e]));
+    assert_eq!(got, cat(&[PARSE_COMPLETE, BIND_COMPLETE, &e]));
+    let batch = cat(&[&parse("c", "SELECT 3"), &bind(b"one"), &execute(), SYNC]);
+    let (to_server, to_client) = p.client_sends(&batch);
+    assert_eq!(to_server, batch);
+    assert!(to_client.is_empty());
+    assert_eq!(p.server_sends(READY_IDLE), READY_IDLE);
+    assert!(p.may_release());
+    // In step: "one" was evicted, so binding it prepares it again (evicting "SELECT 1/0").
+    let (to_server, _) = p.client_sends(&cat(&[&bind(b"one"), &execute(), SYNC]));
+    assert_eq!(
+        to_server,
+        cat(&[
+            &close_s(&name_of("SELECT 1/0")),
+            &parse_srv("SELECT 1"),
+            &bind(&name_of("SELECT 1")),
+            &execute(),
+            SYNC
+        ])
+    );
+}
+
+#[test]
+fn undoing_a_skipped_parse_keeps_a_later_parse_of_the_same_statement() {
+    // Found by the relay fuzz target (one statement per server): a Parse skipped after an
+    // error was undone after the next pipelined batch had prepared the same statement again,
+    // so the set forgot a statement the server had.
+    let mut p = Pair::new(1);
+    p.client_sends(&cat(&[
+        &bind(b"nope"),
+        &parse("s1", "SELECT 1"),
+        SYNC,
+        &parse("s2", "SELECT 2"),
+        &bind(b"s1"),
+        SYNC,
+    ]));
+    p.server_sends(&cat(&[
+        &error("26000", "prepared statement \"nope\" does not exist"),
+        READY_IDLE,
+        CLOSE_COMPLETE,
+        PARSE_COMPLETE,
+        CLOSE_COMPLETE,
+        PARSE_COMPLETE,
+        BIND_COMPLETE,
+        READY_IDLE,
+    ]));
+    // The server has "SELECT 1" (prepared for the second batch's Bind): preparing it under a
+    // new name is answered locally. (s1 itself was never prepared: its Parse was skipped.)
+    let (to_server, to_client) = p.client_sends(&cat(&[&parse("s3", "SELECT 1"), SYNC]));
+    assert_eq!(to_server, SYNC);
+    assert_eq!(to_client, PARSE_COMPLETE);
+}
+
+#[test]
+fn what_depends_on_the_server_set_waits_for_a_pipelined_deallocate_all() {
+    // Found by the relay fuzz target. Whether DEALLOCATE ALL / DISCARD ALL empties the
+    // server's set is known only at its reply (it fails in an aborted transaction, DISCARD ALL
+    // in any transaction block), so a Parse, Bind or Describe behind it waits for that reply.
+    let mut p = prepared("one", "SELECT 1");
+    let batch = cat(&[
+        &query("DISCARD ALL"),
+        &parse("two", "SELECT 1"),
+        &bind(b"two"),
+        &execute(),
+        SYNC,
+    ]);
+    let (to_server, to_client) = p.client_sends(&batch);
+    assert_eq!(to_server, query("DISCARD ALL"));
+    assert!(to_client.is_empty());
+    let done = cat(&[&command_complete("DISCARD ALL"), READY_IDLE]);
+    assert_eq!(p.server_sends(&done), done);
+    // The set is empty now: the rest goes out, preparing "SELECT 1" again.
+    let (to_server, _) = p.client_sends(&[]);
+    assert_eq!(
+        to_server,
+        cat(&[
+            &parse_srv("SELECT 1"),
+            &bind(&name_of("SELECT 1")),
+            &execute(),
+            SYNC
+        ])
+    );
+    // "one" went with the DISCARD ALL.
+    p.server_sends(&cat(&[
+        PARSE_COMPLETE,
+        BIND_COMPLETE,
+        &command_complete("SELECT 1"),
+        READY_IDLE,
+    ]));
+    let (to_server, _) = p.client_sends(&cat(&[&bind(b"one"), SYNC]));
+    assert_eq!(to_server, cat(&[&bind(b"one"), SYNC]));
+}
+
+#[test]
+fn a_deallocate_all_that_fails_leaves_the_server_set_as_it_was() {
+    let mut p = prepared("one", "SELECT 1");
+    let (to_server, _) = p.client_sends(&cat(&[
+        &query("DEALLOCATE ALL"),
+        &parse("two", "SELECT 1"),
+        SYNC,
+    ]));
+    assert_eq!(to_server, query("DEALLOCATE ALL"));
+    p.server_sends(&cat(&[
+        &error("25P02", "current transaction is aborted"),
+        b"Z\0\0\0\x05E",
+    ]));
+    // The server still has "SELECT 1": the Parse is answered locally.
+    let (to_server, to_client) = p.client_sends(&[]);
+    assert_eq!(to_server, SYNC);
+    assert_eq!(to_client, PARSE_COMPLETE);
+}
