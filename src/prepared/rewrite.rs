@@ -272,7 +272,7 @@ impl Rewriter<'_> {
         whole: bool,
         status: u8,
     ) -> Action {
-        match sql::maybe_deallocate(body) {
+        match sql::maybe_deallocate_or_discard(body) {
             Some(false) => return self.forward(Req::Query),
             None | Some(true) if !whole => return Action::NeedMore,
             _ => {}

@@ -15,7 +15,7 @@ pub enum Deallocate {
 
 /// Could a Query starting with `prefix` be a DEALLOCATE or a DISCARD? `None` while too few
 /// bytes are buffered to tell.
-pub fn maybe_deallocate(prefix: &[u8]) -> Option<bool> {
+pub fn maybe_deallocate_or_discard(prefix: &[u8]) -> Option<bool> {
     let text = trim_start(prefix);
     let mut undecided = false;
     for word in [&b"deallocate"[..], b"discard"] {
@@ -168,11 +168,11 @@ mod tests {
 
     #[test]
     fn prefix_check() {
-        assert_eq!(maybe_deallocate(b"SELECT"), Some(false));
-        assert_eq!(maybe_deallocate(b" deAll"), None);
-        assert_eq!(maybe_deallocate(b"DISC"), None);
-        assert_eq!(maybe_deallocate(b"DISCARD "), Some(true));
-        assert_eq!(maybe_deallocate(b"\nDEALLOCATE x"), Some(true));
-        assert_eq!(maybe_deallocate(b"DEALLOCATE"), Some(true));
+        assert_eq!(maybe_deallocate_or_discard(b"SELECT"), Some(false));
+        assert_eq!(maybe_deallocate_or_discard(b" deAll"), None);
+        assert_eq!(maybe_deallocate_or_discard(b"DISC"), None);
+        assert_eq!(maybe_deallocate_or_discard(b"DISCARD "), Some(true));
+        assert_eq!(maybe_deallocate_or_discard(b"\nDEALLOCATE x"), Some(true));
+        assert_eq!(maybe_deallocate_or_discard(b"DEALLOCATE"), Some(true));
     }
 }

@@ -179,6 +179,12 @@ type Step = Result<(), pgring::error::Error>;
 const NAMES: [&[u8]; 4] = [b"s1", b"s2", b"PGRING_NO_SUCH_STATEMENT", b"x\"y"];
 const SQLS: [&str; 4] = ["SELECT 1", "SELECT $1", "deallocate", "COPY t FROM STDIN"];
 
+/// `FUZZ_TRACE=1` prints every delivery (to read a minimised crash); read once.
+fn tracing() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("FUZZ_TRACE").is_some())
+}
+
 fn msg(t: u8, body: &[u8]) -> Vec<u8> {
     let mut m = vec![t];
     m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
@@ -346,8 +352,13 @@ impl Session {
         let n = n.min(self.cpend.len());
         let chunk: Vec<u8> = self.cpend.drain(..n).collect();
         let (to_server, to_client) = self.pair.try_client_sends(&chunk)?;
-        if std::env::var_os("FUZZ_TRACE").is_some() {
-            eprintln!("client sends {:?}\n  server gets {:?}\n  client gets {:?}", String::from_utf8_lossy(&chunk), String::from_utf8_lossy(&to_server), String::from_utf8_lossy(&to_client));
+        if tracing() {
+            eprintln!(
+                "client sends {:?}\n  server gets {:?}\n  client gets {:?}",
+                String::from_utf8_lossy(&chunk),
+                String::from_utf8_lossy(&to_server),
+                String::from_utf8_lossy(&to_client)
+            );
         }
         self.sim.receive(&to_server);
         self.client_gets(&to_client);
@@ -358,8 +369,12 @@ impl Session {
         let n = n.min(self.spend.len());
         let chunk: Vec<u8> = self.spend.drain(..n).collect();
         let out = self.pair.try_server_sends(&chunk)?;
-        if std::env::var_os("FUZZ_TRACE").is_some() {
-            eprintln!("server sends {:?}\n  client gets {:?}", String::from_utf8_lossy(&chunk), String::from_utf8_lossy(&out));
+        if tracing() {
+            eprintln!(
+                "server sends {:?}\n  client gets {:?}",
+                String::from_utf8_lossy(&chunk),
+                String::from_utf8_lossy(&out)
+            );
         }
         self.client_gets(&out);
         // As the relay does after reading the server: client bytes that waited for a reply
@@ -557,10 +572,7 @@ impl Sim {
                     self.check_own_name(stmt, "26000");
                     self.error("26000", out);
                 } else {
-                    self.portal_copy = self
-                        .texts
-                        .get(stmt)
-                        .is_some_and(|t| t.starts_with(b"COPY"));
+                    self.portal_copy = self.texts.get(stmt).is_some_and(|t| t.starts_with(b"COPY"));
                     build::empty_message(out, b'2');
                 }
             }
