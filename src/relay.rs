@@ -187,13 +187,16 @@ impl Link {
             let took = match action {
                 Action::NeedMore => break,
                 Action::Answered => {
+                    self.state.on_answered(t);
                     pos += total;
                     continue;
                 }
-                Action::Pass => 0,
+                Action::Pass | Action::Skipped => 0,
                 Action::Took(n) => n,
             };
-            if self.state.on_request(t)? {
+            // A skipped message goes on (maybe in pieces), but PostgreSQL reads past it: it
+            // owes nothing for it.
+            if action != Action::Skipped && self.state.on_request(t)? {
                 self.query_start.get_or_insert_with(rio::now);
             }
             pos += took;
@@ -257,6 +260,9 @@ impl Link {
                 None => Reply::Stream,
             };
             if reply != Reply::NeedMore {
+                if let (Some(rw), tag::ERROR_RESPONSE) = (rw.as_deref_mut(), t) {
+                    self.state.on_skipped(rw.take_unanswered(), rw.skipping());
+                }
                 if t == tag::COPY_IN_RESPONSE {
                     // The rewriter's queue knows which request started the COPY.
                     if let Some(other) = rw.as_deref().and_then(Rewriter::behind_copy) {
@@ -447,7 +453,7 @@ async fn forward_client(
     if written.is_err() {
         return Ok(Some(End::ClientGone(link.state)));
     }
-    // Answered without the server (a local DEALLOCATE): maybe the end.
+    // Answered without the server (a local DEALLOCATE, ParseComplete...): maybe the end.
     Ok(link.may_release().then_some(End::Released))
 }
 

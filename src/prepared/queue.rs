@@ -15,10 +15,19 @@
 //! [`skipping`](Queue::skipping): the rewriter passes what arrives before the
 //! Sync through untouched, for the server to ignore.
 //!
-//! Known gap: a simple Query pipelined behind a failed extended message
-//! before its Sync is skipped by the server, and the relay's count of owed
-//! ReadyForQuery messages does not learn that (libpq and the drivers never
-//! send a Query inside an unsynced extended batch).
+//! A simple Query (or FunctionCall) skipped that way gets no ReadyForQuery:
+//! the queue counts those ([`Queue::take_unanswered`]) for the relay to take
+//! back from the ones it waits for.
+//!
+//! What the rewriter decides for a message depends on the server's set as it
+//! will be once everything before it has run. Within one exchange that holds
+//! whatever happens: an error skips the rest of the exchange, and undoing the
+//! skipped requests newest first puts the set back. Across exchanges it does
+//! not: a Close or Parse of an earlier exchange that the server then skips
+//! would leave a later exchange rewritten for a set the server does not have
+//! (a Parse injected for a statement it still has: 42P05). So a message about
+//! a statement that an earlier, unanswered exchange changes waits for that
+//! change's reply ([`Queue::unsettled`]).
 
 use std::collections::VecDeque;
 
@@ -175,6 +184,9 @@ pub struct Queue {
     entries: VecDeque<Entry>,
     /// The server is ignoring messages until the client's next Sync.
     skipping: bool,
+    /// Queries and FunctionCalls dropped by [`skip_to_sync`](Self::skip_to_sync): the server
+    /// skipped them, so their ReadyForQuery never comes.
+    unanswered: u32,
 }
 
 impl Queue {
@@ -205,18 +217,53 @@ impl Queue {
         }
     }
 
-    /// Drops every entry before the next Sync, calling `undo` on each. With no Sync queued,
-    /// the server goes on skipping what the client sends until its Sync.
-    pub fn skip_to_sync(&mut self, mut undo: impl FnMut(Entry)) {
-        while let Some(e) = self.entries.front() {
-            if *e == Entry::Forward(Req::Sync) {
-                return;
-            }
-            if let Some(e) = self.entries.pop_front() {
-                undo(e);
+    /// Drops every entry before the next Sync and returns them, oldest first. With no Sync
+    /// queued, the server goes on skipping what the client sends until its Sync.
+    pub fn skip_to_sync(&mut self) -> Vec<Entry> {
+        let end = self
+            .entries
+            .iter()
+            .position(|e| *e == Entry::Forward(Req::Sync));
+        self.skipping = end.is_none();
+        let skipped: Vec<Entry> = self
+            .entries
+            .drain(..end.unwrap_or(self.entries.len()))
+            .collect();
+        self.unanswered += skipped
+            .iter()
+            .filter(|e| e.req() == Some(Req::Query))
+            .count() as u32;
+        skipped
+    }
+
+    /// Takes the count of skipped Queries and FunctionCalls (their ReadyForQuery never comes).
+    pub fn take_unanswered(&mut self) -> u32 {
+        std::mem::take(&mut self.unanswered)
+    }
+
+    /// Does an exchange before the client's current one still have a request outstanding that
+    /// the server may yet skip, and whose undoing would change what a message about the
+    /// client's statement `name` (statement `id`, if mapped) is rewritten to: a change to
+    /// whether the server has `id` (a Parse, pgring's Parse or Close), or to what `name` maps
+    /// to (the client's Parse of it, answered by the server or locally)?
+    pub fn unsettled(&self, id: Option<StatementId>, name: &[u8]) -> bool {
+        let mut earlier = false;
+        for e in self.entries.iter().rev() {
+            let hit = match e {
+                Entry::Forward(Req::Sync) => {
+                    earlier = true;
+                    false
+                }
+                Entry::Parse { id: s, name: n } => Some(*s) == id || **n == *name,
+                Entry::InjectedParse(s) | Entry::InjectedClose(s) => Some(*s) == id,
+                Entry::ParseComplete { name: n, .. } => **n == *name,
+                _ => false,
+            };
+            if hit && earlier {
+                return true;
             }
         }
-        self.skipping = true;
+        false
     }
 
     /// Is the server ignoring what the client sends until its next Sync (which nothing queued
@@ -278,5 +325,6 @@ impl Queue {
     pub fn clear(&mut self) {
         self.entries.clear();
         self.skipping = false;
+        self.unanswered = 0;
     }
 }

@@ -43,8 +43,12 @@ pub enum Action {
     /// The first `n` bytes were replaced (or dropped) in the output; the
     /// rest of the message, if any, is sent on as it is.
     Took(usize),
-    /// A Query answered by pgring: the server owes no ReadyForQuery for it.
+    /// Answered by pgring (a Parse the server already has, a Close, a `DEALLOCATE name`):
+    /// nothing of it goes to the server, which owes nothing for it.
     Answered,
+    /// Send it on as it is, but the server skips it (an earlier request of the exchange
+    /// failed): a Query or FunctionCall that gets no ReadyForQuery.
+    Skipped,
 }
 
 /// What the relay does with a server message.
@@ -92,7 +96,10 @@ impl Rewriter<'_> {
             // An earlier request of this exchange failed before the client sent this one (a
             // pipelining driver's batch arrives in several reads): PostgreSQL ignores it, so
             // it goes as it is, with nothing mapped, prepared, evicted or answered for it.
-            return Ok(Action::Pass);
+            return Ok(match msg[0] {
+                tag::QUERY | tag::FUNCTION_CALL => Action::Skipped,
+                _ => Action::Pass,
+            });
         }
         if matches!(msg[0], tag::PARSE | tag::BIND | tag::DESCRIBE) && self.queue.clearing() {
             // Whether the server still has its statements is known at the DEALLOCATE ALL's
@@ -138,6 +145,10 @@ impl Rewriter<'_> {
             _ => return Ok(Action::NeedMore),
         }
         let p = frontend::parse(body)?;
+        let st = intern(p.rest);
+        if self.queue.unsettled(Some(st.id), p.name) {
+            return Ok(Action::NeedMore);
+        }
         self.stats.record_client_parse();
         let out = splice.replace(at, at + total);
         let refused = if self.client.contains(p.name) {
@@ -155,15 +166,14 @@ impl Rewriter<'_> {
             });
             return Ok(Action::Took(total));
         }
-        let st = intern(p.rest);
         self.client.insert(p.name, st.clone());
         let (id, name) = (st.id, p.name.into());
         if self.lru.touch(id) {
             self.queue.push(Entry::ParseComplete { id, name });
-        } else {
-            self.send_parse(out, &st);
-            self.queue.push(Entry::Parse { id, name });
+            return Ok(Action::Answered);
         }
+        self.send_parse(out, &st);
+        self.queue.push(Entry::Parse { id, name });
         Ok(Action::Took(total))
     }
 
@@ -206,8 +216,12 @@ impl Rewriter<'_> {
         if stmt.is_empty() {
             return Ok(self.forward(Req::Bind));
         }
+        let st = self.client.get(stmt).cloned();
+        if self.queue.unsettled(st.as_ref().map(|s| s.id), stmt) {
+            return Ok(Action::NeedMore);
+        }
         self.stats.record_bind();
-        let Some(st) = self.client.get(stmt).cloned() else {
+        let Some(st) = st else {
             return Ok(self.forward(Req::Bind)); // the server says 26000
         };
         let took = HEADER_LEN + names_len;
@@ -230,9 +244,15 @@ impl Rewriter<'_> {
             return Ok(Action::NeedMore);
         }
         let (kind, name) = frontend::target(body, "Describe")?;
-        let st = match (kind, self.client.get(name)) {
-            (b'S', Some(st)) if !name.is_empty() => st.clone(),
-            _ => return Ok(self.forward(Req::Describe)),
+        if kind != b'S' || name.is_empty() {
+            return Ok(self.forward(Req::Describe));
+        }
+        let st = self.client.get(name).cloned();
+        if self.queue.unsettled(st.as_ref().map(|s| s.id), name) {
+            return Ok(Action::NeedMore);
+        }
+        let Some(st) = st else {
+            return Ok(self.forward(Req::Describe));
         };
         let out = splice.replace(at, at + total);
         self.ensure(out, &st);
@@ -260,7 +280,7 @@ impl Rewriter<'_> {
         self.client.remove(name);
         splice.replace(at, at + total);
         self.queue.push(Entry::CloseComplete);
-        Ok(Action::Took(total))
+        Ok(Action::Answered)
     }
 
     fn query(
@@ -289,7 +309,12 @@ impl Rewriter<'_> {
         if !local {
             return self.forward(Req::Query);
         }
-        splice.replace(at, at + total);
+        let out = splice.replace(at, at + total);
+        if !self.queue.is_empty() {
+            // Its reply waits for the replies to what the client sent before it, which
+            // PostgreSQL would have flushed at this Query: a Flush does that.
+            build::empty_message(out, tag::FLUSH);
+        }
         self.queue.push(Entry::Deallocated);
         Action::Answered
     }
@@ -348,6 +373,17 @@ impl Rewriter<'_> {
     /// COPY (other than Sync), which PostgreSQL would drop, by its tag.
     pub fn behind_copy(&self) -> Option<u8> {
         self.queue.behind_copy()
+    }
+
+    /// Queries and FunctionCalls the server skipped after an error earlier in their
+    /// exchange, since the last call: no ReadyForQuery comes for them.
+    pub fn take_unanswered(&mut self) -> u32 {
+        self.queue.take_unanswered()
+    }
+
+    /// Is the server skipping what the client sends until its next Sync?
+    pub fn skipping(&self) -> bool {
+        self.queue.skipping()
     }
 
     /// The server ignored `n` of the client's Syncs (sent while it was in COPY FROM STDIN):
@@ -410,7 +446,14 @@ impl Rewriter<'_> {
         } else {
             String::new()
         };
-        let skips = failed && e.req().is_some_and(Req::skips_on_error);
+        if failed && e.req().is_some_and(Req::skips_on_error) {
+            // The server skips the rest of the exchange: undone newest first, so the set ends
+            // as it was before them (a statement evicted, then prepared again, then skipped,
+            // is still there).
+            for skipped in self.queue.skip_to_sync().into_iter().rev() {
+                self.undo(skipped, "");
+            }
+        }
         match e {
             Entry::Renamed(_, id) if code == sqlstate::INVALID_SQL_STATEMENT_NAME => {
                 self.lru.remove(id); // lost behind our back: prepare again next time
@@ -425,13 +468,6 @@ impl Rewriter<'_> {
                 self.refusal(&name, why).encode(splice.replace(at, end));
             }
             _ => {}
-        }
-        if skips {
-            let mut skipped = Vec::new();
-            self.queue.skip_to_sync(|e| skipped.push(e));
-            for e in skipped {
-                self.undo(e, "");
-            }
         }
         Ok(())
     }

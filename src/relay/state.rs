@@ -10,8 +10,13 @@ use crate::protocol::{tag, ProtocolError};
 pub struct LinkState {
     /// ReadyForQuery messages still owed to the client.
     pub pending: u32,
-    /// Extended-protocol messages sent since the last Sync.
+    /// The client's extended-protocol exchange is open: it sent extended messages since its
+    /// last Sync or Query, whether they reached the server or pgring answered them.
     pub unsynced: bool,
+    /// The server's is: extended messages reached it since the last Sync or Query it read
+    /// (a Parse starts an implicit transaction that only a Sync or Query ends). Implies
+    /// `unsynced`.
+    server_unsynced: bool,
     /// Status byte of the last ReadyForQuery.
     pub status: u8,
     /// Bytes of the current client message not yet seen.
@@ -57,6 +62,7 @@ impl Default for LinkState {
         LinkState {
             pending: 0,
             unsynced: false,
+            server_unsynced: false,
             status: b'I',
             cskip: 0,
             sskip: 0,
@@ -115,6 +121,7 @@ impl LinkState {
             tag::QUERY | tag::SYNC | tag::FUNCTION_CALL => {
                 self.pending += 1;
                 self.unsynced = false;
+                self.server_unsynced = false;
                 match t {
                     tag::SYNC => self.sync_sent(),
                     tag::QUERY => self.after_exec = AfterExec::default(),
@@ -140,9 +147,29 @@ impl LinkState {
                     };
                 }
                 self.unsynced = true;
+                self.server_unsynced = true;
                 false
             }
         })
+    }
+
+    /// Books a client message pgring answered itself (nothing of it reached the server): a
+    /// Parse or Close leaves the client's exchange open, a Query ends it (the server's stays
+    /// as it was).
+    pub(super) fn on_answered(&mut self, t: u8) {
+        self.unsynced = match t {
+            tag::QUERY => self.server_unsynced,
+            _ => true,
+        };
+    }
+
+    /// An error made the server skip to the next Sync: `unanswered` Queries and FunctionCalls
+    /// among what it skips will get no ReadyForQuery; if the client has not sent that Sync
+    /// yet (`skipping`), the server waits for it, as after any unsynced extended message.
+    pub(super) fn on_skipped(&mut self, unanswered: u32, skipping: bool) {
+        self.pending = self.pending.saturating_sub(unanswered);
+        self.unsynced |= skipping;
+        self.server_unsynced |= skipping;
     }
 
     /// A Sync went to the server (and was counted as owing a ReadyForQuery).

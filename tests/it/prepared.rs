@@ -382,6 +382,64 @@ async fn flush_inside_an_extended_exchange_keeps_the_server() {
     assert_eq!(b_rows.len(), 1);
 }
 
+/// Three exchanges in one write, the first and last failing at their first message. After
+/// an error PostgreSQL skips the rest of the exchange: the first one's eviction (one statement
+/// per server) never runs, so the second finds "one" still there, and the third one's simple
+/// Query gets no ReadyForQuery, so the server comes to rest at its Sync and goes to the next
+/// client (a pool of one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_exchanges_after_an_error_stay_in_step_with_postgres() {
+    let pgring = Pgring::start(&config_for(
+        "transaction",
+        1,
+        1,
+        "max_prepared_statements = 1",
+    ));
+    let (mut a, _) = Wire::login(pgring.port, &LOGIN).await;
+    let (mut b, _) = Wire::login(pgring.port, &LOGIN).await;
+    prepare_ok(&mut a, "one", "SELECT $1::int8 + 1").await;
+    a.send(
+        &[
+            bind("nope", &[]),
+            parse("two", "SELECT $1::int8 + 2"),
+            sync(),
+            bind("one", &["41"]),
+            execute(),
+            sync(),
+            bind("nope", &[]),
+            wire::query("SELECT 1"),
+            sync(),
+        ]
+        .concat(),
+    )
+    .await;
+    let first = until_ready(&mut a).await;
+    assert_eq!(
+        error_of(&first).map(|e| e.code().to_string()).as_deref(),
+        Some("26000")
+    );
+    let second = until_ready(&mut a).await;
+    assert_eq!(tags(&second), "2DCZ", "{:?}", error_of(&second));
+    assert_eq!(first_value(&second).as_deref(), Some("42"));
+    let third = until_ready(&mut a).await;
+    assert_eq!(
+        tags(&third),
+        "EZ",
+        "the Query was skipped, as PostgreSQL does"
+    );
+    // The server is back in the pool: the other client gets it.
+    let rows = tokio::time::timeout(Duration::from_secs(5), b.simple_query("SELECT 7"))
+        .await
+        .expect("the server was released after the third exchange")
+        .expect("b's query");
+    assert_eq!(rows, vec![vec![Some("7".to_string())]]);
+    assert_eq!(run_named(&mut a, "one", "1").await, Ok(Some("2".into())));
+    assert!(
+        run_named(&mut a, "two", "1").await.is_err(),
+        "two was never prepared: its Parse was skipped"
+    );
+}
+
 /// Prepares and runs one named statement through a fresh pgring in `mode`; the names
 /// PostgreSQL then lists in pg_prepared_statements for that server session.
 async fn server_statement_names(mode: &str, pool: u32, workers: u32) -> Option<String> {

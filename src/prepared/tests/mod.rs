@@ -95,7 +95,12 @@ fn query(sql: &str) -> Vec<u8> {
 
 /// A pair where the client has prepared `sql` as `name` on the server.
 fn prepared(name: &str, sql: &str) -> Pair {
-    let mut p = Pair::new(200);
+    prepared_with_max(200, name, sql)
+}
+
+/// The same, with servers holding at most `max` statements.
+fn prepared_with_max(max: usize, name: &str, sql: &str) -> Pair {
+    let mut p = Pair::new(max);
     let (to_server, _) = p.client_sends(&cat(&[&parse(name, sql), SYNC]));
     assert_eq!(to_server, cat(&[&parse_srv(sql), SYNC]));
     assert_eq!(
@@ -410,6 +415,35 @@ fn sql_deallocate_of_a_mapped_name_is_answered_locally() {
     // Unknown now: PostgreSQL answers (26000).
     let q = query("DEALLOCATE pdo_stmt_00000001");
     assert_eq!(p.client_sends(&q), (q.clone(), vec![]));
+}
+
+#[test]
+fn a_local_deallocate_behind_an_unsynced_parse_flushes_the_server() {
+    // PostgreSQL flushes its replies at a Query; a Query pgring answers must not leave the
+    // ParseComplete before it (and so its own reply) waiting for a Sync that may never come.
+    let mut p = prepared("a", "SELECT 1");
+    let (to_server, to_client) =
+        p.client_sends(&cat(&[&parse("b", "SELECT 2"), &query("DEALLOCATE a")]));
+    assert_eq!(to_server, cat(&[&parse_srv("SELECT 2"), FLUSH]));
+    assert!(to_client.is_empty());
+    assert_eq!(
+        p.server_sends(PARSE_COMPLETE),
+        cat(&[PARSE_COMPLETE, &command_complete("DEALLOCATE"), READY_IDLE])
+    );
+    assert!(
+        !p.may_release(),
+        "the Parse's implicit transaction is open until a Sync or Query reaches the server"
+    );
+    // A Parse and a DEALLOCATE both answered locally leave the server as it was.
+    let mut p = prepared("a", "SELECT 1");
+    let (to_server, to_client) =
+        p.client_sends(&cat(&[&parse("c", "SELECT 1"), &query("DEALLOCATE c")]));
+    assert!(to_server.is_empty());
+    assert_eq!(
+        to_client,
+        cat(&[PARSE_COMPLETE, &command_complete("DEALLOCATE"), READY_IDLE])
+    );
+    assert!(p.may_release(), "{:?}", p.state());
 }
 
 #[test]

@@ -105,12 +105,13 @@ fn a_full_server_set_is_left_alone_while_the_server_skips_to_sync() {
 }
 
 #[test]
-fn undoing_a_skipped_parse_keeps_a_later_parse_of_the_same_statement() {
-    // Found by the relay fuzz target (one statement per server): a Parse skipped after an
-    // error was undone after the next pipelined batch had prepared the same statement again,
-    // so the set forgot a statement the server had.
+fn a_later_exchange_waits_for_an_earlier_ones_parse_of_its_statement() {
+    // Found by the relay fuzz target (one statement per server): the second exchange's Bind of
+    // s1 was renamed for a set in which the first exchange's Parse of s1 had run. That Parse
+    // was skipped after an error, so the Bind must fail as it would without pgring (s1 was
+    // never prepared), not find a statement pgring believed there.
     let mut p = Pair::new(1);
-    p.client_sends(&cat(&[
+    let (to_server, _) = p.client_sends(&cat(&[
         &bind(b"nope"),
         &parse("s1", "SELECT 1"),
         SYNC,
@@ -118,19 +119,31 @@ fn undoing_a_skipped_parse_keeps_a_later_parse_of_the_same_statement() {
         &bind(b"s1"),
         SYNC,
     ]));
-    p.server_sends(&cat(&[
-        &error("26000", "prepared statement \"nope\" does not exist"),
-        READY_IDLE,
-        CLOSE_COMPLETE,
-        PARSE_COMPLETE,
-        CLOSE_COMPLETE,
-        PARSE_COMPLETE,
-        BIND_COMPLETE,
-        READY_IDLE,
-    ]));
-    // The server has "SELECT 1" (prepared for the second batch's Bind): preparing it under a
-    // new name is answered locally. (s1 itself was never prepared: its Parse was skipped.)
-    let (to_server, to_client) = p.client_sends(&cat(&[&parse("s3", "SELECT 1"), SYNC]));
+    assert_eq!(
+        to_server,
+        cat(&[
+            &bind(b"nope"),
+            &parse_srv("SELECT 1"),
+            SYNC,
+            &close_s(&name_of("SELECT 1")),
+            &parse_srv("SELECT 2"),
+        ]),
+        "the Bind of s1 waits for the first exchange's replies"
+    );
+    let e = error("26000", "prepared statement \"nope\" does not exist");
+    let got = p.server_sends(&cat(&[&e, READY_IDLE, CLOSE_COMPLETE, PARSE_COMPLETE]));
+    assert_eq!(got, cat(&[&e, READY_IDLE, PARSE_COMPLETE]));
+    // s1's Parse was skipped: the Bind goes as the client sent it, for PostgreSQL to refuse.
+    let (to_server, _) = p.client_sends(&[]);
+    assert_eq!(to_server, cat(&[&bind(b"s1"), SYNC]));
+    let e = error("26000", "prepared statement \"s1\" does not exist");
+    assert_eq!(
+        p.server_sends(&cat(&[&e, READY_IDLE])),
+        cat(&[&e, READY_IDLE])
+    );
+    assert!(p.may_release());
+    // The server has "SELECT 2" only: preparing it under a new name is answered locally.
+    let (to_server, to_client) = p.client_sends(&cat(&[&parse("s3", "SELECT 2"), SYNC]));
     assert_eq!(to_server, SYNC);
     assert_eq!(to_client, PARSE_COMPLETE);
 }
@@ -192,4 +205,100 @@ fn a_deallocate_all_that_fails_leaves_the_server_set_as_it_was() {
     let (to_server, to_client) = p.client_sends(&[]);
     assert_eq!(to_server, SYNC);
     assert_eq!(to_client, PARSE_COMPLETE);
+}
+
+#[test]
+fn an_eviction_the_server_skipped_is_seen_by_the_next_pipelined_exchange() {
+    // One statement per server, "one" prepared. The first exchange fails before its eviction
+    // of "SELECT 1" runs, so the server keeps it; the second exchange, already sent, binds
+    // "one". It waits for the first exchange's replies and then finds "SELECT 1" there (it
+    // used to prepare it again: 42P05 from PostgreSQL).
+    let mut p = prepared_with_max(1, "one", "SELECT 1");
+    let (to_server, _) = p.client_sends(&cat(&[
+        &bind(b"nope"),
+        &parse("a", "SELECT 2"),
+        SYNC,
+        &bind(b"one"),
+        &execute(),
+        SYNC,
+    ]));
+    assert_eq!(
+        to_server,
+        cat(&[
+            &bind(b"nope"),
+            &close_s(&name_of("SELECT 1")),
+            &parse_srv("SELECT 2"),
+            SYNC,
+        ])
+    );
+    let e = error("26000", "prepared statement \"nope\" does not exist");
+    assert_eq!(
+        p.server_sends(&cat(&[&e, READY_IDLE])),
+        cat(&[&e, READY_IDLE])
+    );
+    let (to_server, _) = p.client_sends(&[]);
+    assert_eq!(
+        to_server,
+        cat(&[&bind(&name_of("SELECT 1")), &execute(), SYNC])
+    );
+}
+
+#[test]
+fn a_skipped_exchange_is_undone_newest_first() {
+    // One statement per server, "one" prepared. In one exchange, after a failing Bind: a
+    // Parse evicts "SELECT 1" for "SELECT 2", then a Bind of "one" evicts "SELECT 2" for
+    // "SELECT 1" again. The server skips all of it and still has "SELECT 1" only; undone
+    // oldest first, pgring believed it had "SELECT 2" only.
+    let mut p = prepared_with_max(1, "one", "SELECT 1");
+    let (to_server, _) = p.client_sends(&cat(&[
+        &bind(b"nope"),
+        &parse("a", "SELECT 2"),
+        &bind(b"one"),
+        SYNC,
+    ]));
+    assert_eq!(
+        to_server,
+        cat(&[
+            &bind(b"nope"),
+            &close_s(&name_of("SELECT 1")),
+            &parse_srv("SELECT 2"),
+            &close_s(&name_of("SELECT 2")),
+            &parse_srv("SELECT 1"),
+            &bind(&name_of("SELECT 1")),
+            SYNC,
+        ])
+    );
+    let e = error("26000", "prepared statement \"nope\" does not exist");
+    p.server_sends(&cat(&[&e, READY_IDLE]));
+    assert!(p.may_release());
+    let (to_server, _) = p.client_sends(&cat(&[&bind(b"one"), &execute(), SYNC]));
+    assert_eq!(
+        to_server,
+        cat(&[&bind(&name_of("SELECT 1")), &execute(), SYNC])
+    );
+}
+
+#[test]
+fn a_query_the_server_skips_after_an_error_owes_no_ready_for_query() {
+    // PostgreSQL skips a simple Query sent inside an extended exchange that has failed, up
+    // to the Sync: one ReadyForQuery comes, not two. Both when the Query was sent before the
+    // error arrived and after it.
+    let mut p = Pair::new(200);
+    let batch = cat(&[&bind(b"nope"), &query("SELECT 1"), SYNC]);
+    assert_eq!(p.client_sends(&batch).0, batch);
+    let e = error("26000", "prepared statement \"nope\" does not exist");
+    assert_eq!(
+        p.server_sends(&cat(&[&e, READY_IDLE])),
+        cat(&[&e, READY_IDLE])
+    );
+    assert!(p.may_release(), "{:?}", p.state());
+
+    let mut p = Pair::new(200);
+    p.client_sends(&cat(&[&bind(b"nope"), &query("DEALLOCATE ALL")]));
+    p.server_sends(&e);
+    assert!(!p.may_release(), "the server waits for a Sync");
+    let rest = cat(&[&query("SELECT 1"), SYNC]);
+    assert_eq!(p.client_sends(&rest).0, rest);
+    p.server_sends(READY_IDLE);
+    assert!(p.may_release(), "{:?}", p.state());
 }

@@ -130,15 +130,22 @@ pub fn relay(data: &[u8]) {
         raw: false,
         to_client: Vec::new(),
         other: None,
+        unsynced: false,
     };
     while ops.pos < ops.data.len() {
         if s.op(&mut ops).is_err() {
             return; // the relay closes that connection: fine
         }
     }
-    let _ = s
-        .deliver_client(usize::MAX)
-        .and_then(|_| s.deliver_server(usize::MAX));
+    if s.settle().is_ok() && !s.raw && !s.unsynced && s.sim.at_rest() {
+        // Every request answered and the server idle outside any transaction: the link must
+        // be free to release, or a client that sent something unusual keeps a server for good.
+        assert!(
+            s.pair.may_release(),
+            "the server is at rest but the link still waits: {:?}",
+            s.pair.state()
+        );
+    }
 }
 
 struct Ops<'a> {
@@ -172,6 +179,9 @@ struct Session {
     to_client: Vec<u8>,
     /// The pool's other server, with its simulator.
     other: Option<(ServerStatements, Sim)>,
+    /// The client sent extended-protocol messages since its last Sync (or Query): its
+    /// exchange is open.
+    unsynced: bool,
 }
 
 type Step = Result<(), pgring::error::Error>;
@@ -207,6 +217,13 @@ impl Session {
         let arg = ops.byte();
         let name = NAMES[usize::from(arg % 4)];
         let name = if arg & 0x80 != 0 { &b""[..] } else { name };
+        self.unsynced = match op % 20 {
+            0..=4 => true,
+            5 | 7 | 16 => false,
+            17 if arg & 0xc0 == 0x40 => false,
+            19 if arg & 0x80 != 0 => false,
+            _ => self.unsynced,
+        };
         match op % 20 {
             0 => {
                 let sql = SQLS[usize::from((arg >> 2) % 4)];
@@ -348,6 +365,18 @@ impl Session {
         self.spend.clear();
     }
 
+    /// Delivers and answers until nothing moves (a client message may wait for a reply).
+    fn settle(&mut self) -> Step {
+        loop {
+            self.deliver_client(usize::MAX)?;
+            self.sim.answer_all(&mut self.spend);
+            if self.spend.is_empty() {
+                return Ok(());
+            }
+            self.deliver_server(usize::MAX)?;
+        }
+    }
+
     fn deliver_client(&mut self, n: usize) -> Step {
         let n = n.min(self.cpend.len());
         let chunk: Vec<u8> = self.cpend.drain(..n).collect();
@@ -422,6 +451,15 @@ struct Sim {
     /// Statements whose Parse was skipped after an error (and not prepared since): a Bind of
     /// one fails as it would without pgring, whatever its name.
     skipped: std::collections::HashSet<Vec<u8>>,
+    /// Extended-protocol messages were read since the last Sync (or Query): a ParseComplete
+    /// may still sit in PostgreSQL's output buffer.
+    unsynced: bool,
+    /// A COPY failed after the client sent a Sync among its data: whether PostgreSQL read
+    /// that Sync before or after its error, pgring cannot know, so it keeps the server
+    /// (README: closed when its client leaves). The rest check is off.
+    copy_sync_unknown: bool,
+    /// A Sync arrived during the current COPY's data.
+    copy_synced: bool,
 }
 
 impl Default for Sim {
@@ -436,11 +474,26 @@ impl Default for Sim {
             texts: Default::default(),
             portal_copy: false,
             skipped: Default::default(),
+            unsynced: false,
+            copy_sync_unknown: false,
+            copy_synced: false,
         }
     }
 }
 
 impl Sim {
+    /// Idle outside a transaction, with every request answered and nothing to skip: a pooler
+    /// may hand this server to another client.
+    fn at_rest(&self) -> bool {
+        self.input.is_empty()
+            && !self.tainted
+            && !self.skipping
+            && !self.unsynced
+            && self.copy.is_none()
+            && !self.copy_sync_unknown
+            && self.status == b'I'
+    }
+
     fn receive(&mut self, bytes: &[u8]) {
         self.input.extend_from_slice(bytes);
     }
@@ -487,9 +540,11 @@ impl Sim {
     /// ignored; anything else aborts the COPY.
     fn copy_in(&mut self, by_query: bool, t: u8, out: &mut Vec<u8>) {
         match t {
-            b'd' | b'S' | b'H' => {}
+            b'S' => self.copy_synced = true,
+            b'd' | b'H' => {}
             b'c' => {
                 self.copy = None;
+                self.copy_synced = false;
                 build::command_complete(out, "COPY 1");
                 if by_query {
                     build::ready_for_query(out, self.status);
@@ -498,6 +553,7 @@ impl Sim {
             // CopyFail, or any other message, which PostgreSQL reads and drops with its error.
             _ => {
                 self.copy = None;
+                self.copy_sync_unknown |= std::mem::take(&mut self.copy_synced);
                 // Dropped: pgring ends such a client (08P01) when it sees the CopyInResponse,
                 // which this toy answered before pgring read on; what it answers after that
                 // is not checked.
@@ -524,19 +580,14 @@ impl Sim {
         if self.skipping && t != b'S' {
             if t == b'P' {
                 self.skipped.insert(first);
-            } else if t == b'C' && body.first() == Some(&b'S') && body.starts_with(b"SPGRING_") {
-                // Known gap (README, Status): an eviction's Close skipped after an error in
-                // its batch leaves the server a statement pgring believes gone; what follows
-                // is not checked.
-                self.tainted = true;
-            } else if t == b'Q' {
-                // Known gap (prepared/queue.rs): a simple Query inside an unsynced extended
-                // batch that failed is skipped by PostgreSQL, and pgring cannot tell; no driver
-                // sends one. What follows is not checked.
-                self.tainted = true;
             }
             return;
         }
+        self.unsynced = match t {
+            b'P' | b'B' | b'D' | b'C' | b'E' => true,
+            b'S' | b'Q' | b'F' => false,
+            _ => self.unsynced,
+        };
         // In a failed transaction block everything but its end fails (and a Query still gets
         // its ReadyForQuery).
         let ends_block = body.starts_with(b"COMMIT") || body.starts_with(b"ROLLBACK");
