@@ -245,7 +245,8 @@ impl Queue {
     /// the server may yet skip, and whose undoing would change what a message about the
     /// client's statement `name` (statement `id`, if mapped) is rewritten to: a change to
     /// whether the server has `id` (a Parse, pgring's Parse or Close), or to what `name` maps
-    /// to (the client's Parse of it, answered by the server or locally)?
+    /// to (the client's Parse of it, answered by the server or locally)? (Client names in
+    /// the queue are never empty: `&[]` asks about `id` alone.)
     pub fn unsettled(&self, id: Option<StatementId>, name: &[u8]) -> bool {
         let mut earlier = false;
         for e in self.entries.iter().rev() {

@@ -27,7 +27,7 @@ use crate::stats::PoolStats;
 use super::queue::{Entry, Queue, Refused, Req};
 use super::server::Lru;
 use super::sql::{self, Deallocate};
-use super::{intern, server_name, ClientStatements, Splice, Statement};
+use super::{intern, server_name, ClientStatements, Splice, Statement, StatementId};
 
 /// A statement name no server has: the Describe that makes the server fail
 /// where a client's Parse reused a live name.
@@ -146,7 +146,7 @@ impl Rewriter<'_> {
         }
         let p = frontend::parse(body)?;
         let st = intern(p.rest);
-        if self.queue.unsettled(Some(st.id), p.name) {
+        if self.must_wait(Some(st.id), p.name) {
             return Ok(Action::NeedMore);
         }
         self.stats.record_client_parse();
@@ -175,6 +175,22 @@ impl Rewriter<'_> {
         self.send_parse(out, &st);
         self.queue.push(Entry::Parse { id, name });
         Ok(Action::Took(total))
+    }
+
+    /// Must a message about the client's statement `name` (statement `id`, if mapped) wait
+    /// for replies to an earlier exchange? It must if what it is rewritten to depends on a
+    /// request of that exchange the server may yet skip ([`Queue::unsettled`]): about `id`
+    /// or `name` themselves, or about the statement that preparing `id` would evict (undoing
+    /// a skipped eviction puts the victim back, which is only right if the server had it).
+    fn must_wait(&self, id: Option<StatementId>, name: &[u8]) -> bool {
+        if self.queue.unsettled(id, name) {
+            return true;
+        }
+        let evicts = |id| !self.lru.contains(id) && self.lru.len() >= self.client.max().max(1);
+        match id.filter(|&id| evicts(id)).and_then(|_| self.lru.oldest()) {
+            Some(victim) => self.queue.unsettled(Some(victim), &[]),
+            None => false,
+        }
     }
 
     /// Makes room, then prepares `st` on the server.
@@ -217,7 +233,7 @@ impl Rewriter<'_> {
             return Ok(self.forward(Req::Bind));
         }
         let st = self.client.get(stmt).cloned();
-        if self.queue.unsettled(st.as_ref().map(|s| s.id), stmt) {
+        if self.must_wait(st.as_ref().map(|s| s.id), stmt) {
             return Ok(Action::NeedMore);
         }
         self.stats.record_bind();
@@ -248,7 +264,7 @@ impl Rewriter<'_> {
             return Ok(self.forward(Req::Describe));
         }
         let st = self.client.get(name).cloned();
-        if self.queue.unsettled(st.as_ref().map(|s| s.id), name) {
+        if self.must_wait(st.as_ref().map(|s| s.id), name) {
             return Ok(Action::NeedMore);
         }
         let Some(st) = st else {

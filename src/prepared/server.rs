@@ -141,9 +141,14 @@ impl Lru {
         self.map.remove(&id);
     }
 
+    /// The least recently used statement (the next to evict).
+    pub fn oldest(&self) -> Option<StatementId> {
+        self.map.iter().min_by_key(|(_, &t)| t).map(|(&id, _)| id)
+    }
+
     /// Removes and returns the least recently used statement.
     pub fn pop_oldest(&mut self) -> Option<StatementId> {
-        let (&id, _) = self.map.iter().min_by_key(|(_, &t)| t)?;
+        let id = self.oldest()?;
         self.map.remove(&id);
         Some(id)
     }

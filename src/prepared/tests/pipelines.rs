@@ -109,7 +109,8 @@ fn a_later_exchange_waits_for_an_earlier_ones_parse_of_its_statement() {
     // Found by the relay fuzz target (one statement per server): the second exchange's Bind of
     // s1 was renamed for a set in which the first exchange's Parse of s1 had run. That Parse
     // was skipped after an error, so the Bind must fail as it would without pgring (s1 was
-    // never prepared), not find a statement pgring believed there.
+    // never prepared), not find a statement pgring believed there. (The second exchange's
+    // Parse waits too: it would evict "SELECT 1".)
     let mut p = Pair::new(1);
     let (to_server, _) = p.client_sends(&cat(&[
         &bind(b"nope"),
@@ -121,25 +122,25 @@ fn a_later_exchange_waits_for_an_earlier_ones_parse_of_its_statement() {
     ]));
     assert_eq!(
         to_server,
-        cat(&[
-            &bind(b"nope"),
-            &parse_srv("SELECT 1"),
-            SYNC,
-            &close_s(&name_of("SELECT 1")),
-            &parse_srv("SELECT 2"),
-        ]),
-        "the Bind of s1 waits for the first exchange's replies"
+        cat(&[&bind(b"nope"), &parse_srv("SELECT 1"), SYNC]),
+        "the second exchange waits for the first one's replies"
     );
     let e = error("26000", "prepared statement \"nope\" does not exist");
-    let got = p.server_sends(&cat(&[&e, READY_IDLE, CLOSE_COMPLETE, PARSE_COMPLETE]));
-    assert_eq!(got, cat(&[&e, READY_IDLE, PARSE_COMPLETE]));
-    // s1's Parse was skipped: the Bind goes as the client sent it, for PostgreSQL to refuse.
-    let (to_server, _) = p.client_sends(&[]);
-    assert_eq!(to_server, cat(&[&bind(b"s1"), SYNC]));
-    let e = error("26000", "prepared statement \"s1\" does not exist");
     assert_eq!(
         p.server_sends(&cat(&[&e, READY_IDLE])),
         cat(&[&e, READY_IDLE])
+    );
+    // s1's Parse was skipped: the Bind goes as the client sent it, for PostgreSQL to refuse,
+    // and the set being empty, "SELECT 2" evicts nothing.
+    let (to_server, _) = p.client_sends(&[]);
+    assert_eq!(
+        to_server,
+        cat(&[&parse_srv("SELECT 2"), &bind(b"s1"), SYNC])
+    );
+    let e = error("26000", "prepared statement \"s1\" does not exist");
+    assert_eq!(
+        p.server_sends(&cat(&[PARSE_COMPLETE, &e, READY_IDLE])),
+        cat(&[PARSE_COMPLETE, &e, READY_IDLE])
     );
     assert!(p.may_release());
     // The server has "SELECT 2" only: preparing it under a new name is answered locally.
@@ -301,4 +302,34 @@ fn a_query_the_server_skips_after_an_error_owes_no_ready_for_query() {
     assert_eq!(p.client_sends(&rest).0, rest);
     p.server_sends(READY_IDLE);
     assert!(p.may_release(), "{:?}", p.state());
+}
+
+#[test]
+fn an_eviction_waits_for_an_earlier_exchanges_change_of_its_victim() {
+    // One statement per server. The first exchange's Parse of "SELECT 1" and the second's
+    // eviction of it for "SELECT 2" are both skipped after errors. Undone, the eviction would
+    // bring back a statement the server never had (then a Bind of it: 26000). The second
+    // exchange's Parse waits for the first one's replies instead, and then needs no eviction.
+    let mut p = Pair::new(1);
+    let (to_server, _) = p.client_sends(&cat(&[
+        &bind(b"nope"),
+        &parse("a", "SELECT 1"),
+        SYNC,
+        &bind(b"nope"),
+        &parse("b", "SELECT 2"),
+        SYNC,
+    ]));
+    assert_eq!(
+        to_server,
+        cat(&[&bind(b"nope"), &parse_srv("SELECT 1"), SYNC, &bind(b"nope")])
+    );
+    let e = error("26000", "prepared statement \"nope\" does not exist");
+    p.server_sends(&cat(&[&e, READY_IDLE]));
+    let (to_server, _) = p.client_sends(&[]);
+    assert_eq!(to_server, cat(&[&parse_srv("SELECT 2"), SYNC]));
+    p.server_sends(&cat(&[&e, READY_IDLE]));
+    assert!(p.may_release());
+    // The server has nothing: "SELECT 1" must be prepared for c.
+    let (to_server, _) = p.client_sends(&cat(&[&parse("c", "SELECT 1"), SYNC]));
+    assert_eq!(to_server, cat(&[&parse_srv("SELECT 1"), SYNC]));
 }

@@ -448,9 +448,6 @@ struct Sim {
     texts: std::collections::HashMap<Vec<u8>, Vec<u8>>,
     /// The unnamed portal runs a COPY.
     portal_copy: bool,
-    /// Statements whose Parse was skipped after an error (and not prepared since): a Bind of
-    /// one fails as it would without pgring, whatever its name.
-    skipped: std::collections::HashSet<Vec<u8>>,
     /// Extended-protocol messages were read since the last Sync (or Query): a ParseComplete
     /// may still sit in PostgreSQL's output buffer.
     unsynced: bool,
@@ -473,7 +470,6 @@ impl Default for Sim {
             copy: None,
             texts: Default::default(),
             portal_copy: false,
-            skipped: Default::default(),
             unsynced: false,
             copy_sync_unknown: false,
             copy_synced: false,
@@ -512,12 +508,8 @@ impl Sim {
     /// one missing or already there. (`PGRING_NO_SUCH_STATEMENT` is the probe, and a client
     /// name too.)
     fn check_own_name(&self, name: &[u8], code: &str) {
-        let excused = self.skipped.contains(name);
         assert!(
-            self.tainted
-                || excused
-                || !name.starts_with(b"PGRING_")
-                || name == b"PGRING_NO_SUCH_STATEMENT",
+            self.tainted || !name.starts_with(b"PGRING_") || name == b"PGRING_NO_SUCH_STATEMENT",
             "the server answered {code} for pgring's own statement {:?}",
             String::from_utf8_lossy(name)
         );
@@ -578,9 +570,6 @@ impl Sim {
         }
         let first = body.split(|&b| b == 0).next().unwrap_or_default().to_vec();
         if self.skipping && t != b'S' {
-            if t == b'P' {
-                self.skipped.insert(first);
-            }
             return;
         }
         self.unsynced = match t {
@@ -596,9 +585,6 @@ impl Sim {
                 build::error_response(out, build::Severity::Error, "25P02", "sim");
                 build::ready_for_query(out, self.status);
             } else {
-                if t == b'P' {
-                    self.skipped.insert(first); // failed: later uses fail without pgring too
-                }
                 self.error("25P02", out);
             }
             return;
@@ -611,7 +597,6 @@ impl Sim {
             b'P' => {
                 let text = body.split(|&b| b == 0).nth(1).unwrap_or_default().to_vec();
                 self.texts.insert(first.clone(), text);
-                self.skipped.remove(&first);
                 if !first.is_empty() {
                     self.names.insert(first);
                 }
