@@ -187,7 +187,7 @@ impl Link {
             let took = match action {
                 Action::NeedMore => break,
                 Action::Answered => {
-                    self.state.on_answered(t);
+                    self.state.on_answered();
                     pos += total;
                     continue;
                 }
@@ -235,7 +235,7 @@ impl Link {
                     break;
                 }
                 if let Some(rw) = rw.as_deref_mut() {
-                    rw.release_held(&mut splice, pos, self.state.status);
+                    rw.release_held(&mut splice, pos);
                 }
             }
             let Some(total) =
@@ -255,7 +255,7 @@ impl Link {
             };
             let reply = match rw.as_deref_mut() {
                 Some(rw) => rw
-                    .server_message(&mut splice, pos, total, status)
+                    .server_message(&mut splice, pos, total)
                     .map_err(Error::ServerProtocol)?,
                 None => Reply::Stream,
             };
@@ -453,7 +453,7 @@ async fn forward_client(
     if written.is_err() {
         return Ok(Some(End::ClientGone(link.state)));
     }
-    // Answered without the server (a local DEALLOCATE, ParseComplete...): maybe the end.
+    // Answered without the server (a Parse or Close): maybe the end.
     Ok(link.may_release().then_some(End::Released))
 }
 

@@ -133,16 +133,15 @@ impl ClientStatements {
 
     /// Forgets a name; true if it was mapped.
     pub fn remove(&mut self, name: &[u8]) -> bool {
-        let Some(m) = self.map.as_mut() else {
-            return false;
-        };
-        match m.names.remove(name) {
-            Some(old) => {
-                m.bytes -= cost(name, old.rest.len());
-                true
-            }
-            None => false,
-        }
+        self.take(name).is_some()
+    }
+
+    /// Forgets a name; the statement it meant.
+    pub fn take(&mut self, name: &[u8]) -> Option<Rc<Statement>> {
+        let m = self.map.as_mut()?;
+        let old = m.names.remove(name)?;
+        m.bytes -= cost(name, old.rest.len());
+        Some(old)
     }
 
     /// Forgets a name only if it still means statement `id` (undoing a

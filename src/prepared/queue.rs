@@ -89,6 +89,26 @@ pub enum Refused {
     Full,
 }
 
+/// A client name a local Close or `DEALLOCATE` unmapped, with its statement's Parse body (to
+/// map it again if PostgreSQL would have skipped that request).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forgotten {
+    /// The client's name.
+    pub name: Box<[u8]>,
+    /// The statement's Parse body.
+    pub rest: Box<[u8]>,
+}
+
+impl Forgotten {
+    /// `name`, which meant `st`.
+    pub fn new(name: &[u8], st: &super::Statement) -> Self {
+        Forgotten {
+            name: name.into(),
+            rest: st.rest.clone(),
+        }
+    }
+}
+
 /// What pgring does with one request's reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Entry {
@@ -127,10 +147,13 @@ pub enum Entry {
         /// The client's name for it (unmapped if the Parse is skipped).
         name: Box<[u8]>,
     },
-    /// Answered locally: CloseComplete.
-    CloseComplete,
-    /// Answered locally: CommandComplete `DEALLOCATE` and ReadyForQuery.
-    Deallocated,
+    /// Answered locally: CloseComplete; the name it unmapped, if any (put back if the
+    /// server skips past this point).
+    CloseComplete(Option<Forgotten>),
+    /// A Query `DEALLOCATE name` of a mapped name, answered for the client (its name forgotten)
+    /// and sent as an empty Query, whose EmptyQueryResponse becomes CommandComplete
+    /// `DEALLOCATE`.
+    Deallocated(Forgotten),
     /// A Query `DEALLOCATE ALL` or `DISCARD ALL` sent as it was: until its reply nobody knows
     /// whether the server's set is about to empty (it fails in an aborted transaction, DISCARD
     /// ALL in any transaction block), so nothing that depends on the set goes out meanwhile.
@@ -142,11 +165,11 @@ impl Entry {
     pub fn req(&self) -> Option<Req> {
         match self {
             Entry::Forward(r) | Entry::Renamed(r, _) => Some(*r),
-            Entry::ClearAll => Some(Req::Query),
+            Entry::ClearAll | Entry::Deallocated(_) => Some(Req::Query),
             Entry::Parse { .. } | Entry::InjectedParse(_) => Some(Req::Parse),
             Entry::InjectedClose(_) => Some(Req::Close),
             Entry::Probe { .. } => Some(Req::Describe),
-            Entry::ParseComplete { .. } | Entry::CloseComplete | Entry::Deallocated => None,
+            Entry::ParseComplete { .. } | Entry::CloseComplete(_) => None,
         }
     }
 
@@ -165,9 +188,9 @@ impl Entry {
             Entry::Parse { .. } | Entry::InjectedParse(_) | Entry::ParseComplete { .. } => {
                 tag::PARSE
             }
-            Entry::InjectedClose(_) | Entry::CloseComplete => tag::CLOSE,
+            Entry::InjectedClose(_) | Entry::CloseComplete(_) => tag::CLOSE,
             Entry::Probe { .. } => tag::PARSE,
-            Entry::Deallocated | Entry::ClearAll => tag::QUERY,
+            Entry::Deallocated(_) | Entry::ClearAll => tag::QUERY,
         }
     }
 
@@ -245,12 +268,17 @@ impl Queue {
     /// the server may yet skip, and whose undoing would change what a message about the
     /// client's statement `name` (statement `id`, if mapped) is rewritten to: a change to
     /// whether the server has `id` (a Parse, pgring's Parse or Close), or to what `name` maps
-    /// to (the client's Parse of it, answered by the server or locally)? (Client names in
+    /// to (the client's Parse of it, answered by the server or locally, or a Close or
+    /// `DEALLOCATE` of it answered locally)? Or is a `DEALLOCATE ALL` / `DISCARD ALL`
+    /// outstanding, in any exchange? (Client names in
     /// the queue are never empty: `&[]` asks about `id` alone.)
     pub fn unsettled(&self, id: Option<StatementId>, name: &[u8]) -> bool {
         let mut earlier = false;
         for e in self.entries.iter().rev() {
             let hit = match e {
+                // Whether the server still has any statement (and the client any name) is
+                // known at its reply.
+                Entry::ClearAll => return true,
                 Entry::Forward(Req::Sync) => {
                     earlier = true;
                     false
@@ -258,6 +286,7 @@ impl Queue {
                 Entry::Parse { id: s, name: n } => Some(*s) == id || **n == *name,
                 Entry::InjectedParse(s) | Entry::InjectedClose(s) => Some(*s) == id,
                 Entry::ParseComplete { name: n, .. } => **n == *name,
+                Entry::CloseComplete(Some(f)) | Entry::Deallocated(f) => *f.name == *name,
                 _ => false,
             };
             if hit && earlier {
@@ -282,11 +311,6 @@ impl Queue {
             left -= u32::from(drop);
             !drop
         });
-    }
-
-    /// Is a `DEALLOCATE ALL` / `DISCARD ALL` outstanding?
-    pub fn clearing(&self) -> bool {
-        self.entries.iter().any(|e| *e == Entry::ClearAll)
     }
 
     /// The server asks for COPY data for the oldest request: the first later one that is not

@@ -24,7 +24,7 @@ use crate::protocol::backend::ErrorFields;
 use crate::protocol::{build, frontend, tag, ProtocolError, HEADER_LEN};
 use crate::stats::PoolStats;
 
-use super::queue::{Entry, Queue, Refused, Req};
+use super::queue::{Entry, Forgotten, Queue, Refused, Req};
 use super::server::Lru;
 use super::sql::{self, Deallocate};
 use super::{intern, server_name, ClientStatements, Splice, Statement, StatementId};
@@ -43,8 +43,8 @@ pub enum Action {
     /// The first `n` bytes were replaced (or dropped) in the output; the
     /// rest of the message, if any, is sent on as it is.
     Took(usize),
-    /// Answered by pgring (a Parse the server already has, a Close, a `DEALLOCATE name`):
-    /// nothing of it goes to the server, which owes nothing for it.
+    /// Answered by pgring (a Parse the server already has, a Close): nothing of it goes to
+    /// the server, which owes nothing for it.
     Answered,
     /// Send it on as it is, but the server skips it (an earlier request of the exchange
     /// failed): a Query or FunctionCall that gets no ReadyForQuery.
@@ -101,11 +101,6 @@ impl Rewriter<'_> {
                 _ => Action::Pass,
             });
         }
-        if matches!(msg[0], tag::PARSE | tag::BIND | tag::DESCRIBE) && self.queue.clearing() {
-            // Whether the server still has its statements is known at the DEALLOCATE ALL's
-            // reply: this waits for it (the relay reads the server, then scans again).
-            return Ok(Action::NeedMore);
-        }
         let whole = msg.len() == total;
         let body = msg.get(HEADER_LEN..).unwrap_or_default();
         let action = match msg[0] {
@@ -120,7 +115,7 @@ impl Rewriter<'_> {
             _ => Action::Pass, // Flush, Copy*: no reply of their own
         };
         if let Some(out) = to_client {
-            self.drain_locals(out, status);
+            self.drain_locals(out);
         }
         Ok(action)
     }
@@ -292,10 +287,13 @@ impl Rewriter<'_> {
         if kind != b'S' || name.is_empty() {
             return Ok(self.forward(Req::Close));
         }
+        if self.queue.unsettled(None, name) {
+            return Ok(Action::NeedMore);
+        }
         // Like PostgreSQL, closing an unknown name is no error.
-        self.client.remove(name);
+        let forgot = self.client.take(name).map(|st| Forgotten::new(name, &st));
         splice.replace(at, at + total);
-        self.queue.push(Entry::CloseComplete);
+        self.queue.push(Entry::CloseComplete(forgot));
         Ok(Action::Answered)
     }
 
@@ -318,48 +316,44 @@ impl Rewriter<'_> {
             return Action::Pass;
         }
         // In a failed transaction PostgreSQL refuses it: let it.
-        let local = match sql::deallocate(body) {
-            Some(Deallocate::Name(n)) => status != b'E' && self.client.remove(&n),
-            _ => false,
+        let name = match sql::deallocate(body) {
+            Some(Deallocate::Name(n)) if status != b'E' => n,
+            _ => return self.forward(Req::Query),
         };
-        if !local {
+        if self.queue.unsettled(None, &name) {
+            return Action::NeedMore;
+        }
+        let Some(st) = self.client.take(&name) else {
             return self.forward(Req::Query);
-        }
-        let out = splice.replace(at, at + total);
-        if !self.queue.is_empty() {
-            // Its reply waits for the replies to what the client sent before it, which
-            // PostgreSQL would have flushed at this Query: a Flush does that.
-            build::empty_message(out, tag::FLUSH);
-        }
-        self.queue.push(Entry::Deallocated);
-        Action::Answered
+        };
+        // An empty Query goes in its place: PostgreSQL does there what it does at any Query (ends
+        // the implicit transaction, drops the unnamed statement, flushes the replies before
+        // it) and answers EmptyQueryResponse, which becomes the DEALLOCATE's CommandComplete.
+        build::query(splice.replace(at, at + total), "");
+        self.queue
+            .push(Entry::Deallocated(Forgotten::new(&name, &st)));
+        Action::Took(total)
     }
 
     /// Emits the replies pgring owes for locally answered requests at the
     /// front of the queue.
-    fn drain_locals(&mut self, out: &mut Vec<u8>, status: u8) {
+    fn drain_locals(&mut self, out: &mut Vec<u8>) {
         while let Some(e) = self.queue.pop_local() {
             match e {
                 Entry::ParseComplete { .. } => build::empty_message(out, tag::PARSE_COMPLETE),
-                Entry::CloseComplete => build::empty_message(out, tag::CLOSE_COMPLETE),
-                Entry::Deallocated => {
-                    build::command_complete(out, "DEALLOCATE");
-                    build::ready_for_query(out, status);
-                }
+                Entry::CloseComplete(_) => build::empty_message(out, tag::CLOSE_COMPLETE),
                 _ => {}
             }
         }
     }
 
     /// Handles the server message at `at` (`total` bytes, maybe not all
-    /// buffered yet). `status` is the transaction status after it (the
-    /// message's own if it is a ReadyForQuery).
+    /// buffered yet).
     pub fn server_message(
         &mut self,
         splice: &mut Splice<'_>,
         at: usize,
         total: usize,
-        status: u8,
     ) -> Result<Reply, ProtocolError> {
         let src = splice.src();
         let t = src[at];
@@ -369,19 +363,27 @@ impl Rewriter<'_> {
             .front()
             .and_then(Entry::req)
             .is_some_and(|r| r.ends(t));
-        if !ends && t != tag::COMMAND_COMPLETE {
+        let stand_in = t == tag::EMPTY_QUERY_RESPONSE
+            && matches!(self.queue.front(), Some(Entry::Deallocated(_)));
+        if !ends && t != tag::COMMAND_COMPLETE && !stand_in {
             return Ok(Reply::Stream);
         }
         let Some(body) = src.get(at + HEADER_LEN..end) else {
             return Ok(Reply::NeedMore);
         };
+        if stand_in {
+            // The empty Query sent for a DEALLOCATE pgring answered: answered as PostgreSQL
+            // answers a DEALLOCATE.
+            build::command_complete(splice.replace(at, end), "DEALLOCATE");
+            return Ok(Reply::Handled);
+        }
         if t == tag::COMMAND_COMPLETE && matches!(body, b"DEALLOCATE ALL\0" | b"DISCARD ALL\0") {
             self.cleared();
         }
         if let Some(e) = ends.then(|| self.queue.pop()).flatten() {
             self.reply_end(e, t, body, splice, at, end)?;
         }
-        self.release_held(splice, end, status);
+        self.release_held(splice, end);
         Ok(Reply::Handled)
     }
 
@@ -439,10 +441,10 @@ impl Rewriter<'_> {
     /// Emits, at `at` in the server's output, the local replies now at the
     /// front of the queue: after the reply they waited for, or after the
     /// server message that was streaming when they fell due.
-    pub fn release_held(&mut self, splice: &mut Splice<'_>, at: usize, status: u8) {
+    pub fn release_held(&mut self, splice: &mut Splice<'_>, at: usize) {
         if self.queue.front().is_some_and(Entry::is_local) {
             let out = splice.replace(at, at);
-            self.drain_locals(out, status);
+            self.drain_locals(out);
         }
     }
 
@@ -525,6 +527,10 @@ impl Rewriter<'_> {
             Entry::InjectedParse(id) if !keep(self.queue, id) => self.lru.remove(id),
             Entry::InjectedClose(id) => self.lru.insert_oldest(id),
             Entry::ParseComplete { id, name } => self.client.unmap(&name, id),
+            // PostgreSQL never ran the Close or DEALLOCATE: the name still means its statement.
+            Entry::CloseComplete(Some(f)) | Entry::Deallocated(f) => {
+                self.client.insert(&f.name, intern(&f.rest))
+            }
             _ => {}
         }
     }

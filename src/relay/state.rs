@@ -13,10 +13,6 @@ pub struct LinkState {
     /// The client's extended-protocol exchange is open: it sent extended messages since its
     /// last Sync or Query, whether they reached the server or pgring answered them.
     pub unsynced: bool,
-    /// The server's is: extended messages reached it since the last Sync or Query it read
-    /// (a Parse starts an implicit transaction that only a Sync or Query ends). Implies
-    /// `unsynced`.
-    server_unsynced: bool,
     /// Status byte of the last ReadyForQuery.
     pub status: u8,
     /// Bytes of the current client message not yet seen.
@@ -62,7 +58,6 @@ impl Default for LinkState {
         LinkState {
             pending: 0,
             unsynced: false,
-            server_unsynced: false,
             status: b'I',
             cskip: 0,
             sskip: 0,
@@ -121,7 +116,6 @@ impl LinkState {
             tag::QUERY | tag::SYNC | tag::FUNCTION_CALL => {
                 self.pending += 1;
                 self.unsynced = false;
-                self.server_unsynced = false;
                 match t {
                     tag::SYNC => self.sync_sent(),
                     tag::QUERY => self.after_exec = AfterExec::default(),
@@ -147,20 +141,15 @@ impl LinkState {
                     };
                 }
                 self.unsynced = true;
-                self.server_unsynced = true;
                 false
             }
         })
     }
 
-    /// Books a client message pgring answered itself (nothing of it reached the server): a
-    /// Parse or Close leaves the client's exchange open, a Query ends it (the server's stays
-    /// as it was).
-    pub(super) fn on_answered(&mut self, t: u8) {
-        self.unsynced = match t {
-            tag::QUERY => self.server_unsynced,
-            _ => true,
-        };
+    /// Books an extended-protocol message pgring answered itself (a Parse or a Close: nothing
+    /// of it reached the server): the client's exchange is open until its Sync.
+    pub(super) fn on_answered(&mut self) {
+        self.unsynced = true;
     }
 
     /// An error made the server skip to the next Sync: `unanswered` Queries and FunctionCalls
@@ -169,7 +158,6 @@ impl LinkState {
     pub(super) fn on_skipped(&mut self, unanswered: u32, skipping: bool) {
         self.pending = self.pending.saturating_sub(unanswered);
         self.unsynced |= skipping;
-        self.server_unsynced |= skipping;
     }
 
     /// A Sync went to the server (and was counted as owing a ReadyForQuery).

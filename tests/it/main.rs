@@ -17,6 +17,7 @@ mod dropin;
 mod fixture;
 mod hba;
 mod load;
+mod pipelines;
 mod pool;
 mod prepared;
 mod protocol;

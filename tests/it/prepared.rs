@@ -4,55 +4,10 @@
 
 use std::time::Duration;
 
-use crate::common::wire::{self, Msg, Wire};
+use crate::common::wire::{self, bind, describe_statement, execute, flush, parse, sync, Msg, Wire};
 use crate::common::{self, config_for, describe, pg, value, BackendWatch, Pgring};
 
 const LOGIN: [(&str, &str); 2] = [("user", "trust_user"), ("database", "app")];
-
-// ---- raw extended-protocol messages -------------------------------------------------------------
-
-fn parse(name: &str, sql: &str) -> Vec<u8> {
-    let mut body = Vec::new();
-    for s in [name, sql] {
-        body.extend_from_slice(s.as_bytes());
-        body.push(0);
-    }
-    body.extend_from_slice(&[0, 0]);
-    wire::message(b'P', &body)
-}
-
-/// Bind of `stmt` to the unnamed portal with text parameters.
-fn bind(stmt: &str, params: &[&str]) -> Vec<u8> {
-    let mut body = vec![0];
-    body.extend_from_slice(stmt.as_bytes());
-    body.extend_from_slice(&[0, 0, 0]);
-    body.extend_from_slice(&(params.len() as i16).to_be_bytes());
-    for p in params {
-        body.extend_from_slice(&(p.len() as i32).to_be_bytes());
-        body.extend_from_slice(p.as_bytes());
-    }
-    body.extend_from_slice(&[0, 0]);
-    wire::message(b'B', &body)
-}
-
-fn describe_statement(name: &str) -> Vec<u8> {
-    let mut body = vec![b'S'];
-    body.extend_from_slice(name.as_bytes());
-    body.push(0);
-    wire::message(b'D', &body)
-}
-
-fn execute() -> Vec<u8> {
-    wire::message(b'E', &[0, 0, 0, 0, 0])
-}
-
-fn sync() -> Vec<u8> {
-    wire::message(b'S', &[])
-}
-
-fn flush() -> Vec<u8> {
-    wire::message(b'H', &[])
-}
 
 /// Messages up to and including ReadyForQuery.
 async fn until_ready(w: &mut Wire) -> Vec<Msg> {

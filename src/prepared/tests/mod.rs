@@ -74,6 +74,7 @@ const BIND_COMPLETE: &[u8] = b"2\0\0\0\x04";
 const CLOSE_COMPLETE: &[u8] = b"3\0\0\0\x04";
 const NO_DATA: &[u8] = b"n\0\0\0\x04";
 const READY_IDLE: &[u8] = b"Z\0\0\0\x05I";
+const EMPTY_QUERY: &[u8] = b"I\0\0\0\x04";
 
 fn command_complete(t: &str) -> Vec<u8> {
     let mut b = Vec::new();
@@ -402,48 +403,47 @@ fn failed_injected_parse_surfaces_the_error() {
 }
 
 #[test]
-fn sql_deallocate_of_a_mapped_name_is_answered_locally() {
+fn sql_deallocate_of_a_mapped_name_is_answered_for_the_client() {
+    // The server gets an empty Query in its place (what PostgreSQL does at any Query happens:
+    // the implicit transaction ends, the unnamed statement goes, replies before it are
+    // flushed); its EmptyQueryResponse becomes the DEALLOCATE's CommandComplete. The server
+    // keeps the statement (other clients' names may mean it).
     let mut p = prepared("pdo_stmt_00000001", "SELECT 1");
     let (to_server, to_client) = p.client_sends(&query("DEALLOCATE pdo_stmt_00000001"));
-    assert!(to_server.is_empty());
+    assert_eq!(to_server, query(""));
+    assert!(to_client.is_empty());
+    assert!(p.client.is_empty());
     assert_eq!(
-        to_client,
+        p.server_sends(&cat(&[EMPTY_QUERY, READY_IDLE])),
         cat(&[&command_complete("DEALLOCATE"), READY_IDLE])
     );
     assert!(p.may_release());
-    assert!(p.client.is_empty());
     // Unknown now: PostgreSQL answers (26000).
     let q = query("DEALLOCATE pdo_stmt_00000001");
     assert_eq!(p.client_sends(&q), (q.clone(), vec![]));
 }
 
 #[test]
-fn a_local_deallocate_behind_an_unsynced_parse_flushes_the_server() {
-    // PostgreSQL flushes its replies at a Query; a Query pgring answers must not leave the
-    // ParseComplete before it (and so its own reply) waiting for a Sync that may never come.
+fn a_deallocate_postgres_would_skip_leaves_the_name() {
+    // After an error PostgreSQL skips a Query up to the Sync: the name still means its
+    // statement, and a later exchange that uses it waits to know.
     let mut p = prepared("a", "SELECT 1");
-    let (to_server, to_client) =
-        p.client_sends(&cat(&[&parse("b", "SELECT 2"), &query("DEALLOCATE a")]));
-    assert_eq!(to_server, cat(&[&parse_srv("SELECT 2"), FLUSH]));
-    assert!(to_client.is_empty());
+    let (to_server, _) = p.client_sends(&cat(&[
+        &bind(b"nope"),
+        &query("DEALLOCATE a"),
+        SYNC,
+        &bind(b"a"),
+        SYNC,
+    ]));
+    assert_eq!(to_server, cat(&[&bind(b"nope"), &query(""), SYNC]));
+    let e = error("26000", "prepared statement \"nope\" does not exist");
     assert_eq!(
-        p.server_sends(PARSE_COMPLETE),
-        cat(&[PARSE_COMPLETE, &command_complete("DEALLOCATE"), READY_IDLE])
+        p.server_sends(&cat(&[&e, READY_IDLE])),
+        cat(&[&e, READY_IDLE])
     );
-    assert!(
-        !p.may_release(),
-        "the Parse's implicit transaction is open until a Sync or Query reaches the server"
-    );
-    // A Parse and a DEALLOCATE both answered locally leave the server as it was.
-    let mut p = prepared("a", "SELECT 1");
-    let (to_server, to_client) =
-        p.client_sends(&cat(&[&parse("c", "SELECT 1"), &query("DEALLOCATE c")]));
-    assert!(to_server.is_empty());
-    assert_eq!(
-        to_client,
-        cat(&[PARSE_COMPLETE, &command_complete("DEALLOCATE"), READY_IDLE])
-    );
-    assert!(p.may_release(), "{:?}", p.state());
+    assert!(p.may_release());
+    let (to_server, _) = p.client_sends(&[]);
+    assert_eq!(to_server, cat(&[&bind(&name_of("SELECT 1")), SYNC]));
 }
 
 #[test]

@@ -113,6 +113,59 @@ pub fn query(sql: &str) -> Vec<u8> {
     message(b'Q', &body)
 }
 
+/// Parse of `sql` as statement `name` ("" = unnamed), no parameter types given.
+pub fn parse(name: &str, sql: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    for s in [name, sql] {
+        body.extend_from_slice(s.as_bytes());
+        body.push(0);
+    }
+    body.extend_from_slice(&[0, 0]);
+    message(b'P', &body)
+}
+
+/// Bind of `stmt` to the unnamed portal with text parameters.
+pub fn bind(stmt: &str, params: &[&str]) -> Vec<u8> {
+    let mut body = vec![0];
+    body.extend_from_slice(stmt.as_bytes());
+    body.extend_from_slice(&[0, 0, 0]);
+    body.extend_from_slice(&(params.len() as i16).to_be_bytes());
+    for p in params {
+        body.extend_from_slice(&(p.len() as i32).to_be_bytes());
+        body.extend_from_slice(p.as_bytes());
+    }
+    body.extend_from_slice(&[0, 0]);
+    message(b'B', &body)
+}
+
+/// Describe or Close (`tag`) of statement (`kind` b'S') or portal (b'P') `name`.
+pub fn target(tag: u8, kind: u8, name: &str) -> Vec<u8> {
+    let mut body = vec![kind];
+    body.extend_from_slice(name.as_bytes());
+    body.push(0);
+    message(tag, &body)
+}
+
+/// Describe of statement `name`.
+pub fn describe_statement(name: &str) -> Vec<u8> {
+    target(b'D', b'S', name)
+}
+
+/// Execute of the unnamed portal, all rows.
+pub fn execute() -> Vec<u8> {
+    message(b'E', &[0, 0, 0, 0, 0])
+}
+
+/// Sync.
+pub fn sync() -> Vec<u8> {
+    message(b'S', &[])
+}
+
+/// Flush.
+pub fn flush() -> Vec<u8> {
+    message(b'H', &[])
+}
+
 /// A CancelRequest for the backend key (process id, secret) that a login handed out.
 pub fn cancel_request(pid: u32, secret: u32) -> Vec<u8> {
     let mut packet = 16u32.to_be_bytes().to_vec();
