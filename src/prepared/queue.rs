@@ -130,6 +130,10 @@ pub enum Entry {
     InjectedParse(StatementId),
     /// pgring's Close of evicted `id`: the reply is swallowed.
     InjectedClose(StatementId),
+    /// pgring's request that changes nothing it keeps track of (the Parse and Close of a
+    /// refused Parse's text, under a throwaway name): its reply is swallowed, an error is the
+    /// client's to see.
+    Swallowed(Req),
     /// A Describe of a name no server has, sent so the server fails (and
     /// skips to Sync, aborting the transaction) exactly where PostgreSQL
     /// would have failed the client's Parse; its error is replaced by
@@ -164,7 +168,7 @@ impl Entry {
     /// The reply shape, for requests that went to the server.
     pub fn req(&self) -> Option<Req> {
         match self {
-            Entry::Forward(r) | Entry::Renamed(r, _) => Some(*r),
+            Entry::Forward(r) | Entry::Renamed(r, _) | Entry::Swallowed(r) => Some(*r),
             Entry::ClearAll | Entry::Deallocated(_) => Some(Req::Query),
             Entry::Parse { .. } | Entry::InjectedParse(_) => Some(Req::Parse),
             Entry::InjectedClose(_) => Some(Req::Close),
@@ -176,7 +180,7 @@ impl Entry {
     /// The tag of the client message this stands for.
     pub fn tag(&self) -> u8 {
         match self {
-            Entry::Forward(r) | Entry::Renamed(r, _) => match r {
+            Entry::Forward(r) | Entry::Renamed(r, _) | Entry::Swallowed(r) => match r {
                 Req::Parse => tag::PARSE,
                 Req::Bind => tag::BIND,
                 Req::Describe => tag::DESCRIBE,

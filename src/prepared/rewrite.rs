@@ -33,6 +33,10 @@ use super::{intern, server_name, ClientStatements, Splice, Statement, StatementI
 /// where a client's Parse reused a live name.
 pub const PROBE_NAME: &[u8] = b"PGRING_NO_SUCH_STATEMENT";
 
+/// The throwaway name a refused Parse's text is prepared under first (and closed at once), so
+/// that PostgreSQL's own error for that text comes first, as it would.
+pub const PARSE_PROBE_NAME: &[u8] = b"PGRING_PARSE_PROBE";
+
 /// What the relay does with a client message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -154,6 +158,13 @@ impl Rewriter<'_> {
             None
         };
         if let Some(why) = refused {
+            // PostgreSQL parses and analyses the statement before it looks at the name: a
+            // syntax error, an unknown table or an aborted transaction win over 42P05. So the
+            // text is parsed under a throwaway name and dropped, then the Describe fails.
+            build::parse_raw(out, PARSE_PROBE_NAME, p.rest);
+            self.queue.push(Entry::Swallowed(Req::Parse));
+            build::close(out, b'S', PARSE_PROBE_NAME);
+            self.queue.push(Entry::Swallowed(Req::Close));
             build::describe(out, b'S', PROBE_NAME);
             self.queue.push(Entry::Probe {
                 name: p.name.into(),
@@ -479,7 +490,7 @@ impl Rewriter<'_> {
             e @ (Entry::Parse { .. } | Entry::InjectedParse(_)) if failed => {
                 self.undo(e, &code);
             }
-            Entry::InjectedParse(_) | Entry::InjectedClose(_) if !failed => {
+            Entry::InjectedParse(_) | Entry::InjectedClose(_) | Entry::Swallowed(_) if !failed => {
                 splice.replace(at, end);
             }
             Entry::Probe { name, why } => {

@@ -58,7 +58,7 @@ fn script(rng: &mut StdRng) -> Vec<Vec<u8>> {
         let msg = match rng.gen_range(0..100) {
             0..=21 => {
                 let sql = STATEMENTS[rng.gen_range(0..STATEMENTS.len())];
-                if rng.gen_ratio(1, 4) || sql == "SELEC 1" {
+                if rng.gen_ratio(1, 4) {
                     unnamed = true;
                     parse("", sql)
                 } else {

@@ -266,7 +266,11 @@ fn probe_instead_of_parse(p: &mut Pair, name: &str, sql: &str, bound: &[u8]) {
     let batch = cat(&[&parse(name, sql), &bind(name.as_bytes()), &execute(), SYNC]);
     let (to_server, to_client) = p.client_sends(&batch);
     assert!(to_client.is_empty());
-    let probe = describe_s(b"PGRING_NO_SUCH_STATEMENT");
+    let probe = cat(&[
+        &parse("PGRING_PARSE_PROBE", sql),
+        &close_s(b"PGRING_PARSE_PROBE"),
+        &describe_s(b"PGRING_NO_SUCH_STATEMENT"),
+    ]);
     assert_eq!(to_server, cat(&[&probe, &bind(bound), &execute(), SYNC]));
 }
 
@@ -275,6 +279,8 @@ fn reused_live_name_is_42p05_where_postgres_would_fail_it() {
     let mut p = prepared("s1", "SELECT 1");
     probe_instead_of_parse(&mut p, "s1", "SELECT 9", &name_of("SELECT 1"));
     let server_said = cat(&[
+        PARSE_COMPLETE,
+        CLOSE_COMPLETE,
         &error(
             "26000",
             "prepared statement \"PGRING_NO_SUCH_STATEMENT\" does not exist",
@@ -293,6 +299,19 @@ fn reused_live_name_is_42p05_where_postgres_would_fail_it() {
         to_server,
         cat(&[&bind(&name_of("SELECT 1")), &execute(), SYNC])
     );
+    p.server_sends(&cat(&[
+        BIND_COMPLETE,
+        &command_complete("SELECT 1"),
+        READY_IDLE,
+    ]));
+    // PostgreSQL parses the text before it looks at the name: its error for the text wins.
+    probe_instead_of_parse(&mut p, "s1", "SELEC 9", &name_of("SELECT 1"));
+    let syntax = cat(&[
+        &error("42601", "syntax error at or near \"SELEC\""),
+        READY_IDLE,
+    ]);
+    assert_eq!(p.server_sends(&syntax), syntax);
+    assert!(p.may_release());
 }
 
 #[test]
@@ -305,7 +324,12 @@ fn a_parse_past_the_clients_memory_cap_is_53400_and_closing_makes_room() {
     }
     assert_eq!(p.client.len(), 2);
     probe_instead_of_parse(&mut p, "c", "SELECT 'c'", b"c");
-    let server_said = cat(&[&error("26000", "does not exist"), READY_IDLE]);
+    let server_said = cat(&[
+        PARSE_COMPLETE,
+        CLOSE_COMPLETE,
+        &error("26000", "does not exist"),
+        READY_IDLE,
+    ]);
     let got = p.server_sends(&server_said);
     let text = String::from_utf8_lossy(&got);
     assert!(text.contains("C53400"), "{text}");
