@@ -10,7 +10,8 @@
 //!   first when the server lacks the statement (and Closes of evicted ones);
 //!   a Bind's parameter values are never copied, only its head is rewritten;
 //! - Close('S') of a name: forgotten and answered locally;
-//! - Query `DEALLOCATE name` of a mapped name: answered locally;
+//! - Query `DEALLOCATE name` of a mapped name: forgotten, and an empty Query
+//!   sent in its place whose EmptyQueryResponse becomes its CommandComplete;
 //! - everything else is sent as is and only queued for its reply.
 //!
 //! Server → client ([`Rewriter::server_message`]): each reply is matched to
