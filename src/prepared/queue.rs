@@ -19,15 +19,18 @@
 //! the queue counts those ([`Queue::take_unanswered`]) for the relay to take
 //! back from the ones it waits for.
 //!
-//! What the rewriter decides for a message depends on the server's set as it
-//! will be once everything before it has run. Within one exchange that holds
-//! whatever happens: an error skips the rest of the exchange, and undoing the
-//! skipped requests newest first puts the set back. Across exchanges it does
-//! not: a Close or Parse of an earlier exchange that the server then skips
-//! would leave a later exchange rewritten for a set the server does not have
-//! (a Parse injected for a statement it still has: 42P05). So a message about
-//! a statement that an earlier, unanswered exchange changes waits for that
-//! change's reply ([`Queue::unsettled`]).
+//! What the rewriter decides for a message depends on the server's set and
+//! the client's names as they will be once everything before it has run.
+//! Within one exchange that holds whatever happens: an error skips the rest
+//! of the exchange, and undoing the skipped requests newest first puts both
+//! back. Across exchanges it does not: a Close or Parse of an earlier exchange
+//! that the server then skips would leave a later exchange rewritten for a set
+//! the server does not have (a Parse injected for a statement it still has:
+//! 42P05). So a message about a statement or name that an earlier, unanswered
+//! exchange changes waits for that change's reply, and every such message
+//! waits for an outstanding `DEALLOCATE ALL` / `DISCARD ALL`
+//! ([`Queue::unsettled`]). Only pipelining clients ever wait, and only while
+//! statements come and go.
 
 use std::collections::VecDeque;
 
