@@ -26,12 +26,14 @@
 //! owed: the link then never comes to rest and the server is closed when its
 //! client leaves, never handed on with a ReadyForQuery in flight.
 //!
-//! With prepared statements on (transaction and statement modes,
-//! `max_prepared_statements` > 0), the relay also hands every message header
-//! to the [`prepared`](crate::prepared) rewriter, which may rename, inject,
-//! swallow or answer messages. A batch it does not touch is still written
-//! straight from the read buffer; one it touches is rebuilt into the linked
-//! server's scratch buffer and still goes out in one write.
+//! In transaction and statement modes the relay also hands every message
+//! header to the [`prepared`](crate::prepared) rewriter, whose queue follows
+//! each request's reply (what PostgreSQL skips after an error, which request
+//! started a COPY) and which, with prepared statements on
+//! (`max_prepared_statements` > 0), may rename, inject, swallow or answer
+//! messages. A batch it does not touch is still written straight from the
+//! read buffer; one it touches is rebuilt into the linked server's scratch
+//! buffer and still goes out in one write.
 
 use std::time::{Duration, Instant};
 
@@ -348,7 +350,10 @@ pub async fn run(
     stats: &PoolStats,
     busy: &std::cell::Cell<bool>,
 ) -> Result<End> {
-    let rewrite = link.mode != PoolMode::Session && prepared.max() > 0;
+    // Per-transaction pooling follows every request's reply in the rewriter's queue (with
+    // prepared statements off too: it knows what PostgreSQL skips after an error); session
+    // pooling passes everything through.
+    let rewrite = link.mode != PoolMode::Session;
     server.meta.prepared.begin_lease();
     loop {
         if link.cbuf.filled > 0 {

@@ -59,6 +59,20 @@ pub enum Req {
 }
 
 impl Req {
+    /// The request a frontend message with this tag is, if it gets a reply.
+    pub fn of(t: u8) -> Option<Req> {
+        Some(match t {
+            tag::PARSE => Req::Parse,
+            tag::BIND => Req::Bind,
+            tag::DESCRIBE => Req::Describe,
+            tag::CLOSE => Req::Close,
+            tag::EXECUTE => Req::Execute,
+            tag::SYNC => Req::Sync,
+            tag::QUERY | tag::FUNCTION_CALL => Req::Query,
+            _ => return None,
+        })
+    }
+
     /// Does a backend message with this tag end the reply?
     pub fn ends(self, t: u8) -> bool {
         match self {

@@ -106,6 +106,11 @@ impl Rewriter<'_> {
                 _ => Action::Pass,
             });
         }
+        if self.client.max() == 0 {
+            // Prepared statements off: names go as they are, and the queue only follows the
+            // replies (what an error makes the server skip, which request started a COPY).
+            return Ok(Req::of(msg[0]).map_or(Action::Pass, |r| self.forward(r)));
+        }
         let whole = msg.len() == total;
         let body = msg.get(HEADER_LEN..).unwrap_or_default();
         let action = match msg[0] {

@@ -121,7 +121,8 @@ pub fn files(data: &[u8]) {
 /// server can also answer what reached it, the way PostgreSQL would.
 pub fn relay(data: &[u8]) {
     let mut ops = Ops { data, pos: 0 };
-    let max = usize::from(ops.byte() % 4) + 1;
+    // 0: prepared statements off (names pass through; the queue only follows replies).
+    let max = usize::from(ops.byte() % 5);
     let mut s = Session {
         pair: Pair::new(max),
         cpend: Vec::new(),
