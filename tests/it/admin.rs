@@ -13,7 +13,7 @@ use crate::common::{self, config_for, describe, free_port, sqlstate, Pgring};
 /// Column names and rows (by column name) of one console command.
 pub(crate) struct Table {
     columns: Vec<String>,
-    rows: Vec<HashMap<String, String>>,
+    pub(crate) rows: Vec<HashMap<String, String>>,
 }
 
 impl Table {

@@ -199,23 +199,13 @@ async fn compare(extra_general: &str, named: bool) {
     }
     // Every client is idle and still connected: no server may still be linked to one (a
     // request pgring believes unanswered would keep it there until the client leaves).
-    let (mut console, _) = Wire::login(
-        pgring.port,
-        &[("user", "postgres"), ("database", "pgbouncer")],
-    )
-    .await;
-    let pools = console
-        .simple_query("SHOW POOLS")
-        .await
-        .expect("SHOW POOLS");
-    let app = pools
-        .iter()
-        .find(|r| r[0].as_deref() == Some("app") && r[1].as_deref() == Some("trust_user"))
-        .expect("the app/trust_user pool");
+    let console = crate::admin::console(&pgring, "postgres").await;
+    let pools = crate::admin::show(&console, "SHOW POOLS").await;
     assert_eq!(
-        app[6].as_deref(),
-        Some("0"),
-        "sv_active with every client idle: {app:?}"
+        pools.num("database", "app", "sv_active"),
+        0,
+        "sv_active with every client idle: {:?}",
+        pools.rows
     );
     drop(connections);
 }
