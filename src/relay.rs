@@ -182,7 +182,7 @@ impl Link {
             let action = match rw.as_deref_mut() {
                 Some(rw) => {
                     let out = (!held).then_some(&mut *to_client);
-                    rw.client_message(&mut splice, pos, total, self.state.status, out)?
+                    rw.client_message(&mut splice, pos, total, out)?
                 }
                 None => Action::Pass,
             };

@@ -171,9 +171,9 @@ pub enum Entry {
     /// Answered locally: CloseComplete; the name it unmapped, if any (put back if the
     /// server skips past this point).
     CloseComplete(Option<Forgotten>),
-    /// A Query `DEALLOCATE name` of a mapped name, answered for the client (its name forgotten)
-    /// and sent as an empty Query, whose EmptyQueryResponse becomes CommandComplete
-    /// `DEALLOCATE`.
+    /// A Query `DEALLOCATE name` of a mapped name, answered for the client (its name forgotten,
+    /// and mapped again if PostgreSQL refuses it) and sent as `DEALLOCATE_STAND_IN`, whose
+    /// reply becomes the DEALLOCATE's.
     Deallocated(Forgotten),
     /// A Query `DEALLOCATE ALL` or `DISCARD ALL` sent as it was: until its reply nobody knows
     /// whether the server's set is about to empty (it fails in an aborted transaction, DISCARD

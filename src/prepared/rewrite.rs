@@ -10,8 +10,8 @@
 //!   first when the server lacks the statement (and Closes of evicted ones);
 //!   a Bind's parameter values are never copied, only its head is rewritten;
 //! - Close('S') of a name: forgotten and answered locally;
-//! - Query `DEALLOCATE name` of a mapped name: forgotten, and an empty Query
-//!   sent in its place whose EmptyQueryResponse becomes its CommandComplete;
+//! - Query `DEALLOCATE name` of a mapped name: forgotten, and a statement
+//!   with no effect sent in its place, whose reply becomes the DEALLOCATE's;
 //! - everything else is sent as is and only queued for its reply.
 //!
 //! Server → client ([`Rewriter::server_message`]): each reply is matched to
@@ -33,6 +33,10 @@ use super::{intern, server_name, ClientStatements, Splice, Statement, StatementI
 /// A statement name no server has: the Describe that makes the server fail
 /// where a client's Parse reused a live name.
 pub const PROBE_NAME: &[u8] = b"PGRING_NO_SUCH_STATEMENT";
+
+/// What the server runs for a client's `DEALLOCATE name` (answered for the client): no rows,
+/// no effect, refused in a failed transaction block.
+pub const DEALLOCATE_STAND_IN: &str = "SELECT WHERE false";
 
 /// The throwaway name a refused Parse's text is prepared under first (and closed at once), so
 /// that PostgreSQL's own error for that text comes first, as it would.
@@ -86,13 +90,11 @@ impl Rewriter<'_> {
     /// `to_client`; `None` while the client is in the middle of a server
     /// message (part of an unsolicited NoticeResponse was forwarded), when
     /// they wait for [`release_held`](Self::release_held) at its end.
-    /// `status` is the last ReadyForQuery status.
     pub fn client_message(
         &mut self,
         splice: &mut Splice<'_>,
         at: usize,
         total: usize,
-        status: u8,
         to_client: Option<&mut Vec<u8>>,
     ) -> Result<Action, ProtocolError> {
         let src = splice.src();
@@ -118,7 +120,7 @@ impl Rewriter<'_> {
             tag::BIND => self.bind(splice, at, total, body, whole)?,
             tag::DESCRIBE => self.describe(splice, at, total, body, whole)?,
             tag::CLOSE => self.close(splice, at, total, body, whole)?,
-            tag::QUERY => self.query(splice, at, total, body, whole, status),
+            tag::QUERY => self.query(splice, at, total, body, whole),
             tag::EXECUTE => self.forward(Req::Execute),
             tag::SYNC => self.forward(Req::Sync),
             tag::FUNCTION_CALL => self.forward(Req::Query),
@@ -321,7 +323,6 @@ impl Rewriter<'_> {
         total: usize,
         body: &[u8],
         whole: bool,
-        status: u8,
     ) -> Action {
         match sql::maybe_deallocate_or_discard(body) {
             Some(false) => return self.forward(Req::Query),
@@ -332,9 +333,8 @@ impl Rewriter<'_> {
             self.queue.push(Entry::ClearAll);
             return Action::Pass;
         }
-        // In a failed transaction PostgreSQL refuses it: let it.
         let name = match sql::deallocate(body) {
-            Some(Deallocate::Name(n)) if status != b'E' => n,
+            Some(Deallocate::Name(n)) => n,
             _ => return self.forward(Req::Query),
         };
         if self.queue.unsettled(None, &name) {
@@ -343,10 +343,12 @@ impl Rewriter<'_> {
         let Some(st) = self.client.take(&name) else {
             return self.forward(Req::Query);
         };
-        // An empty Query goes in its place: PostgreSQL does there what it does at any Query (ends
-        // the implicit transaction, drops the unnamed statement, flushes the replies before
-        // it) and answers EmptyQueryResponse, which becomes the DEALLOCATE's CommandComplete.
-        build::query(splice.replace(at, at + total), "");
+        // A statement with no effect goes in its place: PostgreSQL does there what it does at
+        // any Query (ends the implicit transaction, drops the unnamed statement, flushes the
+        // replies before it), and refuses it in a failed transaction block as it would the
+        // DEALLOCATE (whatever status the last ReadyForQuery said: an error pipelined before
+        // it may have failed the block since). Its reply is turned into the DEALLOCATE's.
+        build::query(splice.replace(at, at + total), DEALLOCATE_STAND_IN);
         self.queue
             .push(Entry::Deallocated(Forgotten::new(&name, &st)));
         Action::Took(total)
@@ -380,8 +382,11 @@ impl Rewriter<'_> {
             .front()
             .and_then(Entry::req)
             .is_some_and(|r| r.ends(t));
-        let stand_in = t == tag::EMPTY_QUERY_RESPONSE
-            && matches!(self.queue.front(), Some(Entry::Deallocated(_)));
+        let stand_in = matches!(self.queue.front(), Some(Entry::Deallocated(_)))
+            && matches!(
+                t,
+                tag::ROW_DESCRIPTION | tag::COMMAND_COMPLETE | tag::ERROR_RESPONSE
+            );
         if !ends && t != tag::COMMAND_COMPLETE && !stand_in {
             return Ok(Reply::Stream);
         }
@@ -389,9 +394,7 @@ impl Rewriter<'_> {
             return Ok(Reply::NeedMore);
         };
         if stand_in {
-            // The empty Query sent for a DEALLOCATE pgring answered: answered as PostgreSQL
-            // answers a DEALLOCATE.
-            build::command_complete(splice.replace(at, end), "DEALLOCATE");
+            self.stand_in_reply(t, splice, at, end);
             return Ok(Reply::Handled);
         }
         if t == tag::COMMAND_COMPLETE && matches!(body, b"DEALLOCATE ALL\0" | b"DISCARD ALL\0") {
@@ -402,6 +405,24 @@ impl Rewriter<'_> {
         }
         self.release_held(splice, end);
         Ok(Reply::Handled)
+    }
+
+    /// A message of the reply to [`DEALLOCATE_STAND_IN`], sent for a `DEALLOCATE name`
+    /// (the oldest request): answered as PostgreSQL answers the DEALLOCATE. Its row
+    /// description is dropped, its CommandComplete becomes `DEALLOCATE`; an error (a failed
+    /// transaction block) goes on as it is, and the name means its statement again.
+    fn stand_in_reply(&mut self, t: u8, splice: &mut Splice<'_>, at: usize, end: usize) {
+        match t {
+            tag::ROW_DESCRIPTION => {
+                splice.replace(at, end);
+            }
+            tag::COMMAND_COMPLETE => build::command_complete(splice.replace(at, end), "DEALLOCATE"),
+            _ => {
+                if let Some(Entry::Deallocated(f)) = self.queue.front() {
+                    self.client.insert(&f.name, intern(&f.rest));
+                }
+            }
+        }
     }
 
     /// The server asks for COPY data: a request the client sent after the one that started the

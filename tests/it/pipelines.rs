@@ -11,8 +11,9 @@
 //! and each script is written in pieces, so errors come back before the rest is sent.
 //!
 //! What transaction pooling cannot keep is left out of the scripts: the unnamed statement is
-//! only bound in the exchange that parsed it (the next exchange may run on another server), and
-//! no explicit transaction blocks (covered elsewhere).
+//! only bound in the exchange that parsed it (the next exchange may run on another server).
+//! A third of the scripts open transaction blocks (held on one server across exchanges, failed
+//! by errors, ended by COMMIT or ROLLBACK).
 
 use std::time::Duration;
 
@@ -47,6 +48,10 @@ const QUERIES: [&str; 6] = [
     "DISCARD ALL",
 ];
 
+/// Queries a third of the scripts also send: transaction blocks across exchanges, errors in
+/// them, their end.
+const BLOCKS: [&str; 3] = ["BEGIN", "COMMIT", "ROLLBACK"];
+
 /// The last thing every script sends: its reply ends the comparison.
 const END: &str = "SELECT 'end of script'";
 
@@ -57,12 +62,17 @@ fn script(rng: &mut StdRng, named: bool) -> Vec<Vec<u8>> {
     let mut msgs: Vec<Vec<u8>> = Vec::new();
     // The unnamed statement exists in this exchange (a Sync or Query may end the lease).
     let mut unnamed = false;
+    let blocks = rng.gen_ratio(1, 3);
+    // A BEGIN was sent: from here on a block may be open, and may have failed. In a failed
+    // block pgring answers a Parse of a statement its server has with ParseComplete where
+    // PostgreSQL answers 25P02 (README): no named Parse from here on.
+    let mut in_block = false;
     for _ in 0..rng.gen_range(4..28) {
         let name = NAMES[rng.gen_range(0..NAMES.len())];
         let msg = match rng.gen_range(0..100) {
             0..=21 => {
                 let sql = STATEMENTS[rng.gen_range(0..STATEMENTS.len())];
-                if rng.gen_ratio(1, 4) || !named {
+                if rng.gen_ratio(1, 4) || !named || in_block {
                     unnamed = true;
                     parse("", sql)
                 } else {
@@ -94,12 +104,18 @@ fn script(rng: &mut StdRng, named: bool) -> Vec<Vec<u8>> {
             85..=89 => flush(),
             _ => {
                 unnamed = false;
-                wire::query(QUERIES[rng.gen_range(0..QUERIES.len())])
+                let mut sql = QUERIES[rng.gen_range(0..QUERIES.len())];
+                if blocks && rng.gen_ratio(1, 2) {
+                    sql = BLOCKS[rng.gen_range(0..BLOCKS.len())];
+                }
+                in_block |= sql == "BEGIN";
+                wire::query(sql)
             }
         };
         msgs.push(msg);
     }
     msgs.push(sync());
+    msgs.push(wire::query("ROLLBACK"));
     msgs.push(wire::query(END));
     let mut pieces = vec![Vec::new()];
     for m in msgs {

@@ -74,7 +74,6 @@ const BIND_COMPLETE: &[u8] = b"2\0\0\0\x04";
 const CLOSE_COMPLETE: &[u8] = b"3\0\0\0\x04";
 const NO_DATA: &[u8] = b"n\0\0\0\x04";
 const READY_IDLE: &[u8] = b"Z\0\0\0\x05I";
-const EMPTY_QUERY: &[u8] = b"I\0\0\0\x04";
 
 fn command_complete(t: &str) -> Vec<u8> {
     let mut b = Vec::new();
@@ -428,23 +427,48 @@ fn failed_injected_parse_surfaces_the_error() {
 
 #[test]
 fn sql_deallocate_of_a_mapped_name_is_answered_for_the_client() {
-    // The server gets an empty Query in its place (what PostgreSQL does at any Query happens:
-    // the implicit transaction ends, the unnamed statement goes, replies before it are
-    // flushed); its EmptyQueryResponse becomes the DEALLOCATE's CommandComplete. The server
-    // keeps the statement (other clients' names may mean it).
+    // The server gets a statement with no effect in its place (what PostgreSQL does at any
+    // Query happens: the implicit transaction ends, the unnamed statement goes, replies before
+    // it are flushed); its reply becomes the DEALLOCATE's. The server keeps the statement
+    // (other clients' names may mean it).
     let mut p = prepared("pdo_stmt_00000001", "SELECT 1");
     let (to_server, to_client) = p.client_sends(&query("DEALLOCATE pdo_stmt_00000001"));
-    assert_eq!(to_server, query(""));
+    assert_eq!(to_server, query("SELECT WHERE false"));
     assert!(to_client.is_empty());
     assert!(p.client.is_empty());
+    let no_columns = msg(b'T', &[0, 0]);
     assert_eq!(
-        p.server_sends(&cat(&[EMPTY_QUERY, READY_IDLE])),
+        p.server_sends(&cat(&[
+            &no_columns,
+            &command_complete("SELECT 0"),
+            READY_IDLE
+        ])),
         cat(&[&command_complete("DEALLOCATE"), READY_IDLE])
     );
     assert!(p.may_release());
     // Unknown now: PostgreSQL answers (26000).
     let q = query("DEALLOCATE pdo_stmt_00000001");
     assert_eq!(p.client_sends(&q), (q.clone(), vec![]));
+}
+
+#[test]
+fn a_deallocate_in_a_failed_block_fails_and_leaves_the_name() {
+    // Pipelined behind an error that fails the transaction block (the last ReadyForQuery still
+    // said T): the stand-in fails as the DEALLOCATE would, and the name stays.
+    let mut p = prepared("a", "SELECT 1");
+    p.client_sends(&query("BEGIN"));
+    p.server_sends(&cat(&[&command_complete("BEGIN"), b"Z\0\0\0\x05T"]));
+    let (to_server, _) = p.client_sends(&cat(&[&query("SELECT 1/0"), &query("DEALLOCATE a")]));
+    assert_eq!(
+        to_server,
+        cat(&[&query("SELECT 1/0"), &query("SELECT WHERE false")])
+    );
+    let aborted: &[u8] = b"Z\0\0\0\x05E";
+    let e1 = error("22012", "division by zero");
+    let e2 = error("25P02", "current transaction is aborted");
+    let replies = cat(&[&e1, aborted, &e2, aborted]);
+    assert_eq!(p.server_sends(&replies), replies);
+    assert!(p.client.contains(b"a"), "PostgreSQL refused the DEALLOCATE");
 }
 
 #[test]
@@ -459,7 +483,10 @@ fn a_deallocate_postgres_would_skip_leaves_the_name() {
         &bind(b"a"),
         SYNC,
     ]));
-    assert_eq!(to_server, cat(&[&bind(b"nope"), &query(""), SYNC]));
+    assert_eq!(
+        to_server,
+        cat(&[&bind(b"nope"), &query("SELECT WHERE false"), SYNC])
+    );
     let e = error("26000", "prepared statement \"nope\" does not exist");
     assert_eq!(
         p.server_sends(&cat(&[&e, READY_IDLE])),

@@ -648,8 +648,6 @@ impl Sim {
                     self.copy = Some(true);
                     out.extend(msg(b'G', b"\0\0\0"));
                     return;
-                } else if t == b'Q' && body == b"\0" {
-                    out.extend(msg(b'I', b""));
                 } else if t == b'Q' && body.starts_with(b"SELECT 1/0") {
                     build::error_response(out, build::Severity::Error, "22012", "sim");
                     self.fail();
