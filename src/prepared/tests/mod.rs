@@ -87,6 +87,14 @@ fn error(code: &str, message: &str) -> Vec<u8> {
     b
 }
 
+/// PostgreSQL's ErrorResponse for a Bind of statement `name` it does not have.
+fn no_such(name: &str) -> Vec<u8> {
+    error(
+        "26000",
+        &format!("prepared statement \"{name}\" does not exist"),
+    )
+}
+
 fn query(sql: &str) -> Vec<u8> {
     let mut b = Vec::new();
     build::query(&mut b, sql);
@@ -487,7 +495,7 @@ fn a_deallocate_postgres_would_skip_leaves_the_name() {
         to_server,
         cat(&[&bind(b"nope"), &query("SELECT WHERE false"), SYNC])
     );
-    let e = error("26000", "prepared statement \"nope\" does not exist");
+    let e = no_such("nope");
     assert_eq!(
         p.server_sends(&cat(&[&e, READY_IDLE])),
         cat(&[&e, READY_IDLE])
@@ -559,10 +567,7 @@ fn bind_or_describe_of_an_unknown_name_goes_to_the_server() {
     let mut p = Pair::new(200);
     let batch = cat(&[&describe_s(b"nope"), &bind(b"nope"), SYNC]);
     assert_eq!(p.client_sends(&batch).0, batch);
-    let failed = cat(&[
-        &error("26000", "prepared statement \"nope\" does not exist"),
-        READY_IDLE,
-    ]);
+    let failed = cat(&[&no_such("nope"), READY_IDLE]);
     assert_eq!(p.server_sends(&failed), failed);
     assert!(p.may_release());
 }

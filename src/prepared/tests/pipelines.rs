@@ -125,7 +125,7 @@ fn a_later_exchange_waits_for_an_earlier_ones_parse_of_its_statement() {
         cat(&[&bind(b"nope"), &parse_srv("SELECT 1"), SYNC]),
         "the second exchange waits for the first one's replies"
     );
-    let e = error("26000", "prepared statement \"nope\" does not exist");
+    let e = no_such("nope");
     assert_eq!(
         p.server_sends(&cat(&[&e, READY_IDLE])),
         cat(&[&e, READY_IDLE])
@@ -137,7 +137,7 @@ fn a_later_exchange_waits_for_an_earlier_ones_parse_of_its_statement() {
         to_server,
         cat(&[&parse_srv("SELECT 2"), &bind(b"s1"), SYNC])
     );
-    let e = error("26000", "prepared statement \"s1\" does not exist");
+    let e = no_such("s1");
     assert_eq!(
         p.server_sends(&cat(&[PARSE_COMPLETE, &e, READY_IDLE])),
         cat(&[PARSE_COMPLETE, &e, READY_IDLE])
@@ -232,7 +232,7 @@ fn an_eviction_the_server_skipped_is_seen_by_the_next_pipelined_exchange() {
             SYNC,
         ])
     );
-    let e = error("26000", "prepared statement \"nope\" does not exist");
+    let e = no_such("nope");
     assert_eq!(
         p.server_sends(&cat(&[&e, READY_IDLE])),
         cat(&[&e, READY_IDLE])
@@ -269,7 +269,7 @@ fn a_skipped_exchange_is_undone_newest_first() {
             SYNC,
         ])
     );
-    let e = error("26000", "prepared statement \"nope\" does not exist");
+    let e = no_such("nope");
     p.server_sends(&cat(&[&e, READY_IDLE]));
     assert!(p.may_release());
     let (to_server, _) = p.client_sends(&cat(&[&bind(b"one"), &execute(), SYNC]));
@@ -287,7 +287,7 @@ fn a_query_the_server_skips_after_an_error_owes_no_ready_for_query() {
     let mut p = Pair::new(200);
     let batch = cat(&[&bind(b"nope"), &query("SELECT 1"), SYNC]);
     assert_eq!(p.client_sends(&batch).0, batch);
-    let e = error("26000", "prepared statement \"nope\" does not exist");
+    let e = no_such("nope");
     assert_eq!(
         p.server_sends(&cat(&[&e, READY_IDLE])),
         cat(&[&e, READY_IDLE])
@@ -323,7 +323,7 @@ fn an_eviction_waits_for_an_earlier_exchanges_change_of_its_victim() {
         to_server,
         cat(&[&bind(b"nope"), &parse_srv("SELECT 1"), SYNC, &bind(b"nope")])
     );
-    let e = error("26000", "prepared statement \"nope\" does not exist");
+    let e = no_such("nope");
     p.server_sends(&cat(&[&e, READY_IDLE]));
     let (to_server, _) = p.client_sends(&[]);
     assert_eq!(to_server, cat(&[&parse_srv("SELECT 2"), SYNC]));
