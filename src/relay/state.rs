@@ -39,6 +39,12 @@ struct AfterExec {
     copy_sent: bool,
     /// A CopyDone or CopyFail was sent since.
     copy_ended: bool,
+    /// Syncs sent between COPY messages, before the CopyDone or CopyFail: a server in copy-in
+    /// ignores them too (they join [`CopyIn::mid_syncs`]).
+    mid_syncs: u32,
+    /// A Sync was sent after the CopyDone or CopyFail: it reaches the server after copy-in, and
+    /// is the one an extended-protocol COPY waits for.
+    synced: bool,
     /// Another request (not Sync, Flush or COPY data) was sent since, this one first: if the
     /// server then asks for COPY data, it takes that request for a broken COPY and drops it.
     other: Option<u8>,
@@ -165,8 +171,16 @@ impl LinkState {
         match &mut self.copy_in {
             Some(copy) if !copy.ended => copy.mid_syncs += 1,
             Some(_) => {}
-            None if !self.after_exec.copy_sent => self.after_exec.syncs += 1,
-            None => {}
+            None => {
+                // Before the server asked for the data: where the Sync lands depends on the
+                // COPY messages sent before it.
+                let after = &mut self.after_exec;
+                match (after.copy_sent, after.copy_ended) {
+                    (false, _) => after.syncs += 1,
+                    (true, false) => after.mid_syncs += 1,
+                    (true, true) => after.synced = true,
+                }
+            }
         }
     }
 
@@ -183,10 +197,11 @@ impl LinkState {
                 // The Syncs between the COPY's Execute and its data reach a server in copy-in.
                 let ignored = after.syncs.min(self.pending);
                 self.pending -= ignored;
-                // After the COPY, an extended-protocol server waits for a Sync.
-                self.unsynced |= after.extended;
+                // After the COPY, an extended-protocol server waits for a Sync (unless the
+                // client pipelined one behind its CopyDone).
+                self.unsynced |= after.extended && !after.synced;
                 self.copy_in = Some(CopyIn {
-                    mid_syncs: 0,
+                    mid_syncs: after.mid_syncs,
                     ended: after.copy_ended,
                 });
                 ignored

@@ -174,6 +174,64 @@ async fn extended_copy(name: &str, extra_general: &str) {
     );
 }
 
+/// A client that sends a whole extended-protocol COPY FROM STDIN without waiting for the
+/// server to ask for data (Parse, Bind, Execute, the rows with a Sync amid them, CopyDone,
+/// Sync): PostgreSQL ignores the Sync it reads in copy-in and answers the last one. Through
+/// pgring the replies are the same, and the server goes back to the pool at that
+/// ReadyForQuery (it used to stay with the client, its exchange taken for still open).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_extended_copy_sent_whole_before_copy_in_releases_the_server() {
+    let user = pg().fresh_user("copywhole");
+    let t = table(&user).await;
+    let pgring = pooler_with("");
+    let bystander = common::connect(pgring.port, "app", &user, "").await;
+    let login = [("user", user.as_str()), ("database", "app")];
+    let whole = |from: usize| {
+        [
+            wire::parse("", &format!("COPY {t} FROM STDIN")),
+            wire::bind("", &[]),
+            wire::execute(),
+            wire::message(b'd', rows_text(from, 10).as_bytes()),
+            wire::sync(),
+            wire::message(b'd', rows_text(from + 10, 10).as_bytes()),
+            wire::message(b'c', &[]),
+            wire::sync(),
+        ]
+        .concat()
+    };
+    let mut seen = Vec::new();
+    for (port, from) in [(pg().port, 0), (pgring.port, 100)] {
+        let (mut w, _) = Wire::login(port, &login).await;
+        w.send(&whole(from)).await;
+        let mut tags = String::new();
+        loop {
+            let m = w.recv().await.expect("the connection closed mid-COPY");
+            tags.push(m.tag as char);
+            if m.tag == wire::READY_FOR_QUERY {
+                break;
+            }
+        }
+        seen.push(tags);
+        if port == pgring.port {
+            let got =
+                tokio::time::timeout(Duration::from_secs(10), value(&bystander, "SELECT 'free'"))
+                    .await
+                    .expect("the server was not given back to the pool after the COPY");
+            assert_eq!(got.as_deref(), Some("free"));
+        }
+        w.send(&wire::query("SELECT 1")).await;
+        assert_eq!(replies(&mut w).await.tags, ["SELECT 1"]);
+    }
+    assert_eq!(seen[0], "12GCZ", "directly");
+    assert_eq!(seen[1], seen[0], "through pgring");
+    assert_eq!(
+        value(&bystander, &format!("SELECT count(*) FROM {t}"))
+            .await
+            .as_deref(),
+        Some("40")
+    );
+}
+
 /// What a simple query brought, up to its ReadyForQuery.
 #[derive(Debug)]
 struct Replies {

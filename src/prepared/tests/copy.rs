@@ -100,6 +100,26 @@ fn a_sync_in_the_middle_of_the_data_is_ignored_when_the_copy_ends_well() {
 }
 
 #[test]
+fn a_whole_copy_pipelined_before_the_server_asks_for_data_ends_at_its_last_sync() {
+    // Data, a Sync amid it (ignored in copy-in), CopyDone and the Sync that ends the exchange,
+    // all sent before the CopyInResponse: the server comes to rest at that Sync's reply (it
+    // used to stay linked, the exchange taken for unsynced, the ignored Sync for owed).
+    for data in [
+        cat(&[COPY_DONE, SYNC]),
+        cat(&[&copy_data("1\n"), SYNC, &copy_data("2\n"), COPY_DONE, SYNC]),
+    ] {
+        let mut p = prepared("copy", "COPY t FROM STDIN");
+        p.client_sends(&cat(&[&bind(b"copy"), &execute(), &data]));
+        p.server_sends(&cat(&[BIND_COMPLETE, COPY_IN_RESPONSE]));
+        assert!(!p.may_release());
+        p.server_sends(&command_complete("COPY 2"));
+        assert_eq!(p.state().pending, 1);
+        assert_eq!(p.server_sends(READY_IDLE), READY_IDLE);
+        assert!(p.may_release(), "{:?}", p.state());
+    }
+}
+
+#[test]
 fn after_a_server_error_a_sync_sent_mid_data_stays_owed_and_the_server_is_never_released() {
     // Whether PostgreSQL read this Sync before or after its error cannot be told: if after,
     // it answers it. Counting it keeps a ReadyForQuery from reaching another client.
