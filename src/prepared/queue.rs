@@ -161,6 +161,17 @@ pub enum Entry {
         /// Why its Parse is refused.
         why: Refused,
     },
+    /// A client's named Parse of `id`, which the server already has, sent as the Parse and
+    /// Close of its text under a throwaway name because the transaction block may have failed
+    /// (PostgreSQL then refuses every Parse but a COMMIT's or ROLLBACK's, with 25P02): the
+    /// Parse's reply is forwarded as the client's; the name is unmapped if it fails or is
+    /// skipped.
+    Reparse {
+        /// The statement.
+        id: StatementId,
+        /// The client's name for it.
+        name: Box<[u8]>,
+    },
     /// Answered locally: ParseComplete (the server already had `id`).
     ParseComplete {
         /// The statement.
@@ -187,7 +198,9 @@ impl Entry {
         match self {
             Entry::Forward(r) | Entry::Renamed(r, _) | Entry::Swallowed(r) => Some(*r),
             Entry::ClearAll | Entry::Deallocated(_) => Some(Req::Query),
-            Entry::Parse { .. } | Entry::InjectedParse(_) => Some(Req::Parse),
+            Entry::Parse { .. } | Entry::InjectedParse(_) | Entry::Reparse { .. } => {
+                Some(Req::Parse)
+            }
             Entry::InjectedClose(_) => Some(Req::Close),
             Entry::Probe { .. } => Some(Req::Describe),
             Entry::ParseComplete { .. } | Entry::CloseComplete(_) => None,
@@ -206,9 +219,10 @@ impl Entry {
                 Req::Sync => tag::SYNC,
                 Req::Query => tag::QUERY,
             },
-            Entry::Parse { .. } | Entry::InjectedParse(_) | Entry::ParseComplete { .. } => {
-                tag::PARSE
-            }
+            Entry::Parse { .. }
+            | Entry::InjectedParse(_)
+            | Entry::Reparse { .. }
+            | Entry::ParseComplete { .. } => tag::PARSE,
             Entry::InjectedClose(_) | Entry::CloseComplete(_) => tag::CLOSE,
             Entry::Probe { .. } => tag::PARSE,
             Entry::Deallocated(_) | Entry::ClearAll => tag::QUERY,
@@ -231,6 +245,8 @@ pub struct Queue {
     /// Queries and FunctionCalls dropped by [`skip_to_sync`](Self::skip_to_sync): the server
     /// skipped them, so their ReadyForQuery never comes.
     unanswered: u32,
+    /// The last ReadyForQuery said the transaction block had failed (status `E`).
+    failed_block: bool,
 }
 
 impl Queue {
@@ -280,6 +296,23 @@ impl Queue {
         skipped
     }
 
+    /// The server said ReadyForQuery with transaction `status`.
+    pub fn ready(&mut self, status: u8) {
+        self.failed_block = status == b'E';
+    }
+
+    /// May the transaction block have failed by the time the server reaches the next request?
+    /// Known at rest (the last ReadyForQuery said so); unknown while an earlier exchange is
+    /// still outstanding, as any statement of it may open a block and fail it. (An error in
+    /// the current exchange makes the server skip the request anyway.)
+    pub fn block_may_have_failed(&self) -> bool {
+        self.failed_block
+            || self
+                .entries
+                .iter()
+                .any(|e| matches!(e.req(), Some(Req::Sync | Req::Query)))
+    }
+
     /// Takes the count of skipped Queries and FunctionCalls (their ReadyForQuery never comes).
     pub fn take_unanswered(&mut self) -> u32 {
         std::mem::take(&mut self.unanswered)
@@ -306,7 +339,9 @@ impl Queue {
                 }
                 Entry::Parse { id: s, name: n } => Some(*s) == id || **n == *name,
                 Entry::InjectedParse(s) | Entry::InjectedClose(s) => Some(*s) == id,
-                Entry::ParseComplete { name: n, .. } => **n == *name,
+                Entry::ParseComplete { name: n, .. } | Entry::Reparse { name: n, .. } => {
+                    **n == *name
+                }
                 Entry::CloseComplete(Some(f)) | Entry::Deallocated(f) => *f.name == *name,
                 _ => false,
             };
@@ -372,5 +407,6 @@ impl Queue {
         self.entries.clear();
         self.skipping = false;
         self.unanswered = 0;
+        self.failed_block = false;
     }
 }

@@ -4,8 +4,9 @@
 //! Client → server ([`Rewriter::client_message`]):
 //! - named Parse: a new name is mapped and, if the linked server lacks the
 //!   statement, sent under its server name (else answered locally with
-//!   ParseComplete); a live name is refused with 42P05 at the position
-//!   PostgreSQL would refuse it (see [`Entry::Probe`]);
+//!   ParseComplete, or, where the transaction block may have failed, checked
+//!   by the server: see [`Entry::Reparse`]); a live name is refused with 42P05
+//!   at the position PostgreSQL would refuse it (see [`Entry::Probe`]);
 //! - Bind / Describe('S') of a mapped name: renamed, with a Parse injected
 //!   first when the server lacks the statement (and Closes of evicted ones);
 //!   a Bind's parameter values are never copied, only its head is rewritten;
@@ -183,6 +184,16 @@ impl Rewriter<'_> {
         self.client.insert(p.name, st.clone());
         let (id, name) = (st.id, p.name.into());
         if self.lru.touch(id) {
+            if self.queue.block_may_have_failed() {
+                // In a failed block PostgreSQL refuses the Parse (25P02) unless the text is a
+                // COMMIT or ROLLBACK: the text is parsed under a throwaway name, and that
+                // Parse's reply is the client's.
+                build::parse_raw(out, PARSE_PROBE_NAME, p.rest);
+                self.queue.push(Entry::Reparse { id, name });
+                build::close(out, b'S', PARSE_PROBE_NAME);
+                self.queue.push(Entry::Swallowed(Req::Close));
+                return Ok(Action::Took(total));
+            }
             self.queue.push(Entry::ParseComplete { id, name });
             return Ok(Action::Answered);
         }
@@ -496,6 +507,9 @@ impl Rewriter<'_> {
         at: usize,
         end: usize,
     ) -> Result<(), ProtocolError> {
+        if t == tag::READY_FOR_QUERY {
+            self.queue.ready(body.first().copied().unwrap_or(b'I'));
+        }
         let failed = t == tag::ERROR_RESPONSE;
         let code = if failed {
             ErrorFields::parse(body)?.code
@@ -514,7 +528,9 @@ impl Rewriter<'_> {
             Entry::Renamed(_, id) if code == sqlstate::INVALID_SQL_STATEMENT_NAME => {
                 self.lru.remove(id); // lost behind our back: prepare again next time
             }
-            e @ (Entry::Parse { .. } | Entry::InjectedParse(_)) if failed => {
+            e @ (Entry::Parse { .. } | Entry::InjectedParse(_) | Entry::Reparse { .. })
+                if failed =>
+            {
                 self.undo(e, &code);
             }
             Entry::InjectedParse(_) | Entry::InjectedClose(_) | Entry::Swallowed(_) if !failed => {
@@ -564,7 +580,9 @@ impl Rewriter<'_> {
             }
             Entry::InjectedParse(id) if !keep(self.queue, id) => self.lru.remove(id),
             Entry::InjectedClose(id) => self.lru.insert_oldest(id),
-            Entry::ParseComplete { id, name } => self.client.unmap(&name, id),
+            Entry::ParseComplete { id, name } | Entry::Reparse { id, name } => {
+                self.client.unmap(&name, id)
+            }
             // PostgreSQL never ran the Close or DEALLOCATE: the name still means its statement.
             Entry::CloseComplete(Some(f)) | Entry::Deallocated(f) => {
                 self.client.insert(&f.name, intern(&f.rest))

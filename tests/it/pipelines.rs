@@ -27,6 +27,10 @@ const LOGIN: [(&str, &str); 2] = [("user", "trust_user"), ("database", "app")];
 
 const NAMES: [&str; 3] = ["a", "b", "c"];
 
+/// The one name the statement taking a parameter is prepared under (the unnamed statement may
+/// be it too).
+const PARAM_NAME: &str = "p";
+
 /// Statement texts: three that work (one returning three rows, read in pieces by an Execute
 /// with a row limit), one failing at Execute, one at Parse, one taking a parameter (a Bind with
 /// none fails).
@@ -63,29 +67,41 @@ fn script(rng: &mut StdRng, named: bool) -> Vec<Vec<u8>> {
     // The unnamed statement exists in this exchange (a Sync or Query may end the lease).
     let mut unnamed = false;
     let blocks = rng.gen_ratio(1, 3);
-    // A BEGIN was sent: from here on a block may be open, and may have failed. In a failed
-    // block pgring answers a Parse of a statement its server has with ParseComplete where
-    // PostgreSQL answers 25P02 (README): no named Parse from here on.
-    let mut in_block = false;
     for _ in 0..rng.gen_range(4..28) {
         let name = NAMES[rng.gen_range(0..NAMES.len())];
         let msg = match rng.gen_range(0..100) {
             0..=21 => {
-                let sql = STATEMENTS[rng.gen_range(0..STATEMENTS.len())];
-                if rng.gen_ratio(1, 4) || !named || in_block {
+                let mut sql = STATEMENTS[rng.gen_range(0..STATEMENTS.len())];
+                if blocks && rng.gen_ratio(1, 4) {
+                    // The statements a failed block still lets through Parse.
+                    sql = BLOCKS[rng.gen_range(1..BLOCKS.len())];
+                }
+                if rng.gen_ratio(1, 4) || !named {
                     unnamed = true;
                     parse("", sql)
+                } else if sql.contains("$1") {
+                    parse(PARAM_NAME, sql)
                 } else {
                     parse(name, sql)
                 }
             }
             22..=41 => {
-                let stmt = match rng.gen_range(0..6) {
+                let stmt = match rng.gen_range(0..7) {
                     0 if unnamed => "",
                     1 => "nope",
+                    2 => PARAM_NAME,
                     _ => name,
                 };
-                let params: &[&str] = if rng.gen_bool(0.5) { &[] } else { &["41"] };
+                // In a failed block a Bind of a statement pgring must first prepare on its
+                // server gets 25P02 where PostgreSQL checks the parameter count first (README):
+                // there, named statements get the parameters they take.
+                let right = if stmt == PARAM_NAME { 1 } else { 0 };
+                let count = if blocks && !stmt.is_empty() {
+                    right
+                } else {
+                    rng.gen_range(0..2)
+                };
+                let params: &[&str] = if count == 0 { &[] } else { &["41"] };
                 bind(stmt, params)
             }
             42..=49 => match rng.gen_range(0..10) {
@@ -108,7 +124,6 @@ fn script(rng: &mut StdRng, named: bool) -> Vec<Vec<u8>> {
                 if blocks && rng.gen_ratio(1, 2) {
                     sql = BLOCKS[rng.gen_range(0..BLOCKS.len())];
                 }
-                in_block |= sql == "BEGIN";
                 wire::query(sql)
             }
         };

@@ -395,6 +395,83 @@ async fn pipelined_exchanges_after_an_error_stay_in_step_with_postgres() {
     );
 }
 
+/// In a failed transaction block PostgreSQL refuses every Parse but a COMMIT's or ROLLBACK's
+/// (25P02), a Parse of a statement the server already has included (pgring used to answer
+/// ParseComplete): at rest in the failed block, and pipelined behind the queries that fail
+/// it, the replies through pgring are PostgreSQL's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_failed_block_a_parse_is_refused_as_postgres_refuses_it() {
+    let pgring = Pgring::start(&config_for("transaction", 1, 1, ""));
+    let (mut pooled, _) = Wire::login(pgring.port, &LOGIN).await;
+    let (mut direct, _) = Wire::login(pg().port, &LOGIN).await;
+    // Each exchange's replies: message tags, and the error's SQLSTATE.
+    let mut replies = Vec::new();
+    for w in [&mut direct, &mut pooled] {
+        prepare_ok(w, "one", "SELECT 1").await;
+        prepare_ok(w, "rb", "ROLLBACK").await;
+        let mut got = Vec::new();
+        let exchanges: [(Vec<u8>, usize); 6] = [
+            // Into a failed block.
+            (
+                [wire::query("BEGIN"), wire::query("SELECT 1/0")].concat(),
+                2,
+            ),
+            // The server has "SELECT 1": refused all the same. A ROLLBACK's text is let through.
+            ([parse("two", "SELECT 1"), sync()].concat(), 1),
+            ([parse("back", "ROLLBACK"), sync()].concat(), 1),
+            ([bind("back", &[]), execute(), sync()].concat(), 1),
+            // Pipelined: the block opens and fails before the Parse, out of pgring's sight.
+            (
+                [
+                    wire::query("BEGIN"),
+                    wire::query("SELECT 1/0"),
+                    parse("three", "SELECT 1"),
+                    sync(),
+                    wire::query("ROLLBACK"),
+                ]
+                .concat(),
+                4,
+            ),
+            // "two" and "three" were never prepared, "back" was: it ran the ROLLBACK above.
+            (
+                [
+                    bind("two", &[]),
+                    sync(),
+                    bind("three", &[]),
+                    sync(),
+                    bind("one", &[]),
+                    execute(),
+                    sync(),
+                ]
+                .concat(),
+                3,
+            ),
+        ];
+        for (msgs, readies) in exchanges {
+            w.send(&msgs).await;
+            for _ in 0..readies {
+                let reply = until_ready(w).await;
+                got.push((tags(&reply), error_of(&reply).map(|e| e.code().to_string())));
+            }
+        }
+        replies.push(got);
+    }
+    assert_eq!(
+        replies[0][2].1.as_deref(),
+        Some("25P02"),
+        "{:?}",
+        replies[0]
+    );
+    assert_eq!(replies[0][3].0, "1Z", "{:?}", replies[0]);
+    assert_eq!(
+        replies[0][7].1.as_deref(),
+        Some("25P02"),
+        "{:?}",
+        replies[0]
+    );
+    assert_eq!(replies[1], replies[0], "through pgring, then directly");
+}
+
 /// Prepares and runs one named statement through a fresh pgring in `mode`; the names
 /// PostgreSQL then lists in pg_prepared_statements for that server session.
 async fn server_statement_names(mode: &str, pool: u32, workers: u32) -> Option<String> {

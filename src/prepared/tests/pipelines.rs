@@ -202,8 +202,53 @@ fn a_deallocate_all_that_fails_leaves_the_server_set_as_it_was() {
         &error("25P02", "current transaction is aborted"),
         b"Z\0\0\0\x05E",
     ]));
-    // The server still has "SELECT 1": the Parse is answered locally.
+    // The server still has "SELECT 1", but the block has failed: PostgreSQL refuses the Parse,
+    // so its text goes to the server under the throwaway name, and the refusal is the client's.
     let (to_server, to_client) = p.client_sends(&[]);
+    assert_eq!(
+        to_server,
+        cat(&[
+            &parse("PGRING_PARSE_PROBE", "SELECT 1"),
+            &close_s(b"PGRING_PARSE_PROBE"),
+            SYNC,
+        ])
+    );
+    assert!(to_client.is_empty());
+    let failed = error("25P02", "current transaction is aborted");
+    let to_client = p.server_sends(&cat(&[&failed, b"Z\0\0\0\x05E"]));
+    assert_eq!(to_client, cat(&[&failed, b"Z\0\0\0\x05E"]));
+    // "two" was never prepared; "one" still means its statement, answered locally at rest.
+    let (to_server, _) = p.client_sends(&cat(&[&bind(b"two"), SYNC]));
+    assert_eq!(to_server, cat(&[&bind(b"two"), SYNC]));
+    p.server_sends(&cat(&[&failed, b"Z\0\0\0\x05E"]));
+}
+
+#[test]
+fn in_a_failed_block_a_parse_of_a_statement_the_server_has_goes_to_postgres() {
+    let mut p = prepared("one", "ROLLBACK");
+    p.client_sends(&query("SELECT 1/0"));
+    p.server_sends(&cat(&[
+        &error("22012", "division by zero"),
+        b"Z\0\0\0\x05E",
+    ]));
+    // A ROLLBACK is let through in a failed block: PostgreSQL's ParseComplete is the client's,
+    // the probe's CloseComplete is swallowed.
+    let (to_server, to_client) = p.client_sends(&cat(&[&parse("two", "ROLLBACK"), SYNC]));
+    assert!(to_client.is_empty());
+    assert_eq!(
+        to_server,
+        cat(&[
+            &parse("PGRING_PARSE_PROBE", "ROLLBACK"),
+            &close_s(b"PGRING_PARSE_PROBE"),
+            SYNC,
+        ])
+    );
+    let to_client = p.server_sends(&cat(&[PARSE_COMPLETE, CLOSE_COMPLETE, b"Z\0\0\0\x05E"]));
+    assert_eq!(to_client, cat(&[PARSE_COMPLETE, b"Z\0\0\0\x05E"]));
+    // In an open (not failed) block, and at rest, it is answered locally again.
+    p.client_sends(&query("ROLLBACK"));
+    p.server_sends(&cat(&[&command_complete("ROLLBACK"), READY_IDLE]));
+    let (to_server, to_client) = p.client_sends(&cat(&[&parse("three", "ROLLBACK"), SYNC]));
     assert_eq!(to_server, SYNC);
     assert_eq!(to_client, PARSE_COMPLETE);
 }
