@@ -265,18 +265,21 @@ impl Link {
                 if let (Some(rw), tag::ERROR_RESPONSE) = (rw.as_deref_mut(), t) {
                     self.state.on_skipped(rw.take_unanswered(), rw.skipping());
                 }
-                if t == tag::COPY_IN_RESPONSE {
-                    // The rewriter's queue knows which request started the COPY.
-                    if let Some(other) = rw.as_deref().and_then(Rewriter::behind_copy) {
-                        return Err(Error::ClientProtocol(ProtocolError::DuringCopy(other)));
-                    }
-                }
+                // The rewriter's queue knows which request started the COPY.
+                let queued = (t == tag::COPY_IN_RESPONSE)
+                    .then(|| rw.as_deref().map(Rewriter::copy_in))
+                    .flatten();
                 let ignored = self
                     .state
-                    .on_server_copy(t)
+                    .on_server_copy(t, queued)
                     .map_err(Error::ClientProtocol)?;
                 if let (Some(rw), 1..) = (rw.as_deref_mut(), ignored) {
                     rw.forget_syncs(ignored);
+                    // What the dropped Syncs held back (pgring's own replies, where the
+                    // client's COPY messages went) is due now.
+                    if reply == Reply::Handled {
+                        rw.release_held(&mut splice, pos + total);
+                    }
                 }
             }
             match (reply, body) {

@@ -15,6 +15,13 @@
 //! [`skipping`](Queue::skipping): the rewriter passes what arrives before the
 //! Sync through untouched, for the server to ignore.
 //!
+//! Two kinds of entry are not requests but marks in the client's stream: where a run of COPY
+//! data began ([`Entry::CopyData`]) and where a CopyDone or CopyFail went ([`Entry::CopyEnd`]).
+//! When the server asks for COPY data for the oldest request, they say which of the Syncs
+//! sent behind it the server reads in copy-in (and ignores), and which requests come after the
+//! COPY's end rather than inside it ([`Queue::copy_in`]). They need no reply and are dropped
+//! when they reach the front.
+//!
 //! A simple Query (or FunctionCall) skipped that way gets no ReadyForQuery:
 //! the queue counts those ([`Queue::take_unanswered`]) for the relay to take
 //! back from the ones it waits for.
@@ -190,6 +197,33 @@ pub enum Entry {
     /// whether the server's set is about to empty (it fails in an aborted transaction, DISCARD
     /// ALL in any transaction block), so nothing that depends on the set goes out meanwhile.
     ClearAll,
+    /// Not a request: where the client's first CopyData after other messages went in the
+    /// stream ([`Queue::copy_in`]). Dropped without a reply when it reaches the front.
+    CopyData,
+    /// Not a request: where the client's CopyDone or CopyFail went in the stream. Requests
+    /// after it reach a server that has left copy-in ([`Queue::copy_in`]). Dropped without
+    /// a reply when it reaches the front.
+    CopyEnd,
+}
+
+/// What the client sent around the COPY FROM STDIN the server just asked data for (the oldest
+/// outstanding request), as far as it has: [`Queue::copy_in`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CopyIn {
+    /// It was started by an Execute (after it the server waits for a Sync), not a Query.
+    pub extended: bool,
+    /// Syncs between the request and its data: the server in copy-in ignores them.
+    pub ignored: u32,
+    /// Syncs amid the data: ignored if the COPY ends well; after an error in the data it cannot
+    /// be told whether the server read them before the error or after.
+    pub mid_syncs: u32,
+    /// The client sent the CopyDone or CopyFail.
+    pub ended: bool,
+    /// A Sync followed the CopyDone or CopyFail: the server reads it after copy-in.
+    pub synced: bool,
+    /// The tag of the first request (other than Sync) sent after the request and before the
+    /// COPY's end: PostgreSQL takes it for a broken COPY and drops it.
+    pub behind: Option<u8>,
 }
 
 impl Entry {
@@ -203,7 +237,10 @@ impl Entry {
             }
             Entry::InjectedClose(_) => Some(Req::Close),
             Entry::Probe { .. } => Some(Req::Describe),
-            Entry::ParseComplete { .. } | Entry::CloseComplete(_) => None,
+            Entry::ParseComplete { .. }
+            | Entry::CloseComplete(_)
+            | Entry::CopyData
+            | Entry::CopyEnd => None,
         }
     }
 
@@ -226,6 +263,8 @@ impl Entry {
             Entry::InjectedClose(_) | Entry::CloseComplete(_) => tag::CLOSE,
             Entry::Probe { .. } => tag::PARSE,
             Entry::Deallocated(_) | Entry::ClearAll => tag::QUERY,
+            Entry::CopyData => tag::COPY_DATA,
+            Entry::CopyEnd => tag::COPY_DONE,
         }
     }
 
@@ -369,14 +408,49 @@ impl Queue {
         });
     }
 
-    /// The server asks for COPY data for the oldest request: the first later one that is not
-    /// a Sync (PostgreSQL would take it for a broken COPY and drop it).
-    pub fn behind_copy(&self) -> Option<u8> {
-        self.entries
+    /// Books a COPY message of the client's (CopyData, CopyDone, CopyFail) in stream order.
+    pub fn push_copy(&mut self, t: u8) {
+        let data_last = self
+            .entries
             .iter()
-            .skip(1)
-            .map(Entry::tag)
-            .find(|&t| t != tag::SYNC)
+            .rev()
+            .find(|e| **e != Entry::Forward(Req::Sync))
+            .is_some_and(|e| *e == Entry::CopyData);
+        if t == tag::COPY_DATA {
+            if !data_last {
+                self.entries.push_back(Entry::CopyData);
+            }
+        } else {
+            self.entries.push_back(Entry::CopyEnd);
+        }
+    }
+
+    /// The server asks for COPY data for the oldest request it answers: what the client sent
+    /// after that request, up to the first Sync after the COPY's end.
+    pub fn copy_in(&self) -> CopyIn {
+        let mut later = self.entries.iter().skip_while(|e| e.is_local());
+        let mut copy = CopyIn {
+            extended: later.next() == Some(&Entry::Forward(Req::Execute)),
+            ..CopyIn::default()
+        };
+        let mut data = false;
+        for e in later {
+            match e {
+                Entry::CopyData => data = true,
+                Entry::CopyEnd => copy.ended = true,
+                Entry::Forward(Req::Sync) if copy.ended => {
+                    copy.synced = true;
+                    break;
+                }
+                Entry::Forward(Req::Sync) if data => copy.mid_syncs += 1,
+                Entry::Forward(Req::Sync) => copy.ignored += 1,
+                e if !copy.ended && !e.is_local() => {
+                    copy.behind.get_or_insert(e.tag());
+                }
+                _ => {}
+            }
+        }
+        copy
     }
 
     /// Does an outstanding request prepare statement `id` (a later Parse of it, when an earlier

@@ -26,7 +26,7 @@ use crate::protocol::backend::ErrorFields;
 use crate::protocol::{build, frontend, tag, ProtocolError, HEADER_LEN};
 use crate::stats::PoolStats;
 
-use super::queue::{Entry, Forgotten, Queue, Refused, Req};
+use super::queue::{CopyIn, Entry, Forgotten, Queue, Refused, Req};
 use super::server::Lru;
 use super::sql::{self, Deallocate};
 use super::{intern, server_name, ClientStatements, Splice, Statement, StatementId};
@@ -108,6 +108,13 @@ impl Rewriter<'_> {
                 tag::QUERY | tag::FUNCTION_CALL => Action::Skipped,
                 _ => Action::Pass,
             });
+        }
+        if matches!(msg[0], tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL) {
+            self.queue.push_copy(msg[0]);
+            if let Some(out) = to_client {
+                self.drain_locals(out);
+            }
+            return Ok(Action::Pass);
         }
         if self.client.max() == 0 {
             // Prepared statements off: names go as they are, and the queue only follows the
@@ -436,10 +443,10 @@ impl Rewriter<'_> {
         }
     }
 
-    /// The server asks for COPY data: a request the client sent after the one that started the
-    /// COPY (other than Sync), which PostgreSQL would drop, by its tag.
-    pub fn behind_copy(&self) -> Option<u8> {
-        self.queue.behind_copy()
+    /// The server asks for COPY data: what the client sent around the request that started
+    /// the COPY.
+    pub fn copy_in(&self) -> CopyIn {
+        self.queue.copy_in()
     }
 
     /// Queries and FunctionCalls the server skipped after an error earlier in their

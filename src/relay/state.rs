@@ -3,6 +3,7 @@
 //! Syncs the server ignores). The relay books every message header here; whether a server may
 //! be released, or must be closed, is decided from it.
 
+use crate::prepared::queue::CopyIn as QueuedCopy;
 use crate::protocol::{tag, ProtocolError};
 
 /// Where a linked pair stands in the protocol.
@@ -45,8 +46,9 @@ struct AfterExec {
     /// A Sync was sent after the CopyDone or CopyFail: it reaches the server after copy-in, and
     /// is the one an extended-protocol COPY waits for.
     synced: bool,
-    /// Another request (not Sync, Flush or COPY data) was sent since, this one first: if the
-    /// server then asks for COPY data, it takes that request for a broken COPY and drops it.
+    /// Another request (not Sync, Flush or COPY data) was sent since, before any CopyDone or
+    /// CopyFail, this one first: if the server then asks for COPY data, it takes that request
+    /// for a broken COPY and drops it.
     other: Option<u8>,
 }
 
@@ -115,7 +117,8 @@ impl LinkState {
         if !copy_message && self.copy_in.is_some_and(|c| !c.ended) {
             return Err(ProtocolError::DuringCopy(t));
         }
-        if !copy_message && !matches!(t, tag::EXECUTE | tag::QUERY) {
+        if !copy_message && !self.after_exec.copy_ended && !matches!(t, tag::EXECUTE | tag::QUERY) {
+            // (After the CopyDone or CopyFail, the server has left copy-in when it reads it.)
             self.after_exec.other.get_or_insert(t);
         }
         Ok(match t {
@@ -186,23 +189,40 @@ impl LinkState {
 
     /// Books a server message's tag for COPY FROM STDIN; returns how many Syncs already
     /// counted turned out to be ignored by the server (taken back from `pending`).
-    pub(super) fn on_server_copy(&mut self, t: u8) -> Result<u32, ProtocolError> {
+    ///
+    /// At a CopyInResponse, `queued` is what the rewriter's queue saw around the request that
+    /// started the COPY: exact where the client pipelined past it (another Execute or Query
+    /// behind its CopyDone), which this state's own record of the messages since the last
+    /// Execute or Query (all there is in session mode) is not.
+    pub(super) fn on_server_copy(
+        &mut self,
+        t: u8,
+        queued: Option<QueuedCopy>,
+    ) -> Result<u32, ProtocolError> {
         Ok(match t {
             tag::COPY_IN_RESPONSE => {
                 let after = std::mem::take(&mut self.after_exec);
-                if let Some(other) = after.other {
+                let copy = queued.unwrap_or(QueuedCopy {
+                    extended: after.extended,
+                    ignored: after.syncs,
+                    mid_syncs: after.mid_syncs,
+                    ended: after.copy_ended,
+                    synced: after.synced,
+                    behind: after.other,
+                });
+                if let Some(other) = copy.behind {
                     // Pipelined behind the COPY before its data: the server drops it.
                     return Err(ProtocolError::DuringCopy(other));
                 }
-                // The Syncs between the COPY's Execute and its data reach a server in copy-in.
-                let ignored = after.syncs.min(self.pending);
+                // The Syncs between the COPY's request and its data reach a server in copy-in.
+                let ignored = copy.ignored.min(self.pending);
                 self.pending -= ignored;
                 // After the COPY, an extended-protocol server waits for a Sync (unless the
                 // client pipelined one behind its CopyDone).
-                self.unsynced |= after.extended && !after.synced;
+                self.unsynced |= copy.extended && !copy.synced;
                 self.copy_in = Some(CopyIn {
-                    mid_syncs: after.mid_syncs,
-                    ended: after.copy_ended,
+                    mid_syncs: copy.mid_syncs,
+                    ended: copy.ended,
                 });
                 ignored
             }

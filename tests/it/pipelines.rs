@@ -5,7 +5,9 @@
 //! real one, where the toy could be wrong. Each script mixes named and unnamed statements,
 //! Parse/Bind/Describe/Close/Execute, Sync and Flush at random places, simple Queries inside
 //! exchanges, statements that fail at Parse, at Bind or at Execute (so PostgreSQL skips the
-//! rest of the exchange), `DEALLOCATE name`, `DEALLOCATE ALL` and `DISCARD ALL`. Through pgring
+//! rest of the exchange), `DEALLOCATE name`, `DEALLOCATE ALL` and `DISCARD ALL`, COPY TO
+//! STDOUT and COPY FROM STDIN sent whole (by Query or Execute, Syncs amid the rows, bad rows,
+//! CopyFail) with more requests pipelined behind. Through pgring
 //! three clients run at once over two servers holding at most two statements each, so
 //! statements are evicted, re-prepared and carried to the other server between exchanges,
 //! and each script is written in pieces, so errors come back before the rest is sent.
@@ -34,13 +36,14 @@ const PARAM_NAME: &str = "p";
 /// Statement texts: three that work (one returning three rows, read in pieces by an Execute
 /// with a row limit), one failing at Execute, one at Parse, one taking a parameter (a Bind with
 /// none fails).
-const STATEMENTS: [&str; 6] = [
+const STATEMENTS: [&str; 7] = [
     "SELECT 1",
     "SELECT 'two'",
     "SELECT generate_series(1, 3)",
     "SELECT 1/0",
     "SELEC 1",
     "SELECT $1::int4 + 1",
+    "COPY (SELECT 1) TO STDOUT",
 ];
 
 const QUERIES: [&str; 6] = [
@@ -62,7 +65,7 @@ const END: &str = "SELECT 'end of script'";
 /// One script: the messages, cut into the pieces it is written in. With `named` false every
 /// statement is the unnamed one (the names a, b, c are still bound, described, closed and
 /// deallocated: they never exist).
-fn script(rng: &mut StdRng, named: bool) -> Vec<Vec<u8>> {
+fn script(rng: &mut StdRng, named: bool, table: &str) -> Vec<Vec<u8>> {
     let mut msgs: Vec<Vec<u8>> = Vec::new();
     // The unnamed statement exists in this exchange (a Sync or Query may end the lease).
     let mut unnamed = false;
@@ -118,6 +121,12 @@ fn script(rng: &mut StdRng, named: bool) -> Vec<Vec<u8>> {
                 sync()
             }
             85..=89 => flush(),
+            _ if rng.gen_ratio(1, 3) => {
+                // The unnamed statement (and portal) may be the COPY: not bound again.
+                unnamed = false;
+                msgs.extend(copy_in(rng, table));
+                continue;
+            }
             _ => {
                 unnamed = false;
                 let mut sql = QUERIES[rng.gen_range(0..QUERIES.len())];
@@ -142,6 +151,41 @@ fn script(rng: &mut StdRng, named: bool) -> Vec<Vec<u8>> {
     pieces
 }
 
+/// A COPY FROM STDIN into `table` (an int column), by simple Query or by Parse, Bind and
+/// Execute, sent whole with its rows: the server may ask for them after they arrived, or skip
+/// them all after an earlier error. Some rows are bad (PostgreSQL fails the COPY at them), some
+/// COPYs end with CopyFail, and Syncs and Flushes come amid the rows of the others (ignored in
+/// copy-in). Syncs are left out of a COPY that fails: whether PostgreSQL read one before the
+/// error cannot be told from the replies, and pgring then keeps the server (README).
+fn copy_in(rng: &mut StdRng, table: &str) -> Vec<Vec<u8>> {
+    let sql = format!("COPY {table} FROM STDIN");
+    let mut msgs = if rng.gen_bool(0.5) {
+        vec![wire::query(&sql)]
+    } else {
+        vec![parse("", &sql), bind("", &[]), execute()]
+    };
+    let bad = rng.gen_ratio(1, 4);
+    let fail = rng.gen_ratio(1, 5);
+    let rows = rng.gen_range(0..4);
+    let bad_at = rng.gen_range(0..=rows);
+    for i in 0..=rows {
+        if bad && i == bad_at {
+            msgs.push(wire::message(b'd', b"x\n"));
+        } else if i < rows {
+            msgs.push(wire::message(b'd', format!("{i}\n").as_bytes()));
+        }
+        if !bad && !fail && rng.gen_ratio(1, 5) {
+            msgs.push(if rng.gen_bool(0.5) { sync() } else { flush() });
+        }
+    }
+    msgs.push(if fail {
+        wire::message(b'f', b"given up\0")
+    } else {
+        wire::message(b'c', &[])
+    });
+    msgs
+}
+
 /// Sends a script (its pieces a moment apart) and reads every reply up to the end marker's
 /// ReadyForQuery, as (tag, body) with errors reduced to their SQLSTATE and the messages a
 /// server sends on its own (notices, parameter changes) left out.
@@ -150,12 +194,19 @@ async fn run(w: &mut Wire, pieces: &[Vec<u8>]) -> Vec<(char, String)> {
         if i > 0 {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        w.send(piece).await;
+        w.send_lossy(piece).await;
     }
     let mut out = Vec::new();
     let mut ending = false;
     loop {
-        let Msg { tag, body } = w.recv().await.expect("connection closed mid-script");
+        let Ok(next) = tokio::time::timeout(Duration::from_secs(5), w.recv()).await else {
+            out.push(('!', "no reply within 5 s".to_string()));
+            return out;
+        };
+        let Some(Msg { tag, body }) = next else {
+            out.push(('!', "connection closed".to_string()));
+            return out;
+        };
         let shown = match tag {
             b'N' | b'S' | b'A' => continue,
             wire::ERROR_RESPONSE => wire::ErrorFields::parse(&body).code().to_string(),
@@ -169,9 +220,9 @@ async fn run(w: &mut Wire, pieces: &[Vec<u8>]) -> Vec<(char, String)> {
     }
 }
 
-fn scripts(seed: u64, n: usize, named: bool) -> Vec<Vec<Vec<u8>>> {
+fn scripts(seed: u64, n: usize, named: bool, table: &str) -> Vec<Vec<Vec<u8>>> {
     let mut rng = StdRng::seed_from_u64(seed);
-    (0..n).map(|_| script(&mut rng, named)).collect()
+    (0..n).map(|_| script(&mut rng, named, table)).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -198,11 +249,21 @@ async fn compare(extra_general: &str, named: bool) {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0x7069_7065u64);
+    let table = format!("pipelines_copy_{named}_{}", std::process::id());
+    pg().admin("app")
+        .await
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (v int); \
+             GRANT ALL ON {table} TO trust_user"
+        ))
+        .await
+        .expect("the COPY table");
     let mut tasks = Vec::new();
     for client in 0..CLIENTS {
         let port = pgring.port;
+        let table = table.clone();
         tasks.push(tokio::spawn(async move {
-            let scripts = scripts(seed + client, SCRIPTS, named);
+            let scripts = scripts(seed + client, SCRIPTS, named, &table);
             let (mut direct, _) = Wire::login(pg().port, &LOGIN).await;
             let (mut pooled, _) = Wire::login(port, &LOGIN).await;
             for (i, pieces) in scripts.iter().enumerate() {
@@ -215,6 +276,9 @@ async fn compare(extra_general: &str, named: bool) {
                          {first:?}\n\
                          script: {:?}\ndirect: {want:?}\npgring: {got:?}",
                         String::from_utf8_lossy(&pieces.concat())
+                    ) + &format!(
+                        "\nthe script before: {:?}",
+                        String::from_utf8_lossy(&scripts[i.saturating_sub(1)].concat())
                     ));
                 }
             }

@@ -179,3 +179,58 @@ fn a_request_where_the_server_wants_copy_data_ends_the_client() {
         .expect_err("Parse pipelined behind COPY");
     assert!(e.to_string().contains("during COPY"), "{e}");
 }
+
+#[test]
+fn requests_pipelined_behind_a_copydone_are_not_taken_for_a_broken_copy() {
+    // A COPY by Query, then one by Execute, each sent whole with more requests behind it
+    // before the server asks for its data: those after the CopyDone reach a server that has
+    // left copy-in (they used to end the client with 08P01), and the link comes to rest.
+    for max in [0, 200] {
+        let mut p = Pair::new(max);
+        p.client_sends(&cat(&[
+            &query("COPY t FROM STDIN"),
+            &copy_data("1\n"),
+            SYNC,
+            COPY_DONE,
+            &query("SELECT 1"),
+            &parse("", "COPY t FROM STDIN"),
+            &bind(b""),
+            &execute(),
+            &copy_data("2\n"),
+            COPY_DONE,
+            &execute(),
+            SYNC,
+        ]));
+        for reply in [
+            cat(&[COPY_IN_RESPONSE, &command_complete("COPY 1"), READY_IDLE]),
+            cat(&[&command_complete("SELECT 1"), READY_IDLE]),
+            cat(&[PARSE_COMPLETE, BIND_COMPLETE, COPY_IN_RESPONSE]),
+            command_complete("COPY 1"),
+        ] {
+            let r = p.try_server_sends(&reply);
+            assert!(r.is_ok(), "max {max}: {r:?}");
+        }
+        let e = error("55000", "portal \"\" cannot be run");
+        p.server_sends(&cat(&[&e, READY_IDLE]));
+        assert!(p.may_release(), "max {max}: {:?}", p.state());
+    }
+}
+
+#[test]
+fn a_local_reply_behind_a_sync_amid_copy_data_comes_after_the_copy() {
+    // The Sync amid the data is ignored by the server; the CloseComplete pgring owes for the
+    // Close behind the COPY is due as soon as the COPY ends (it used to wait behind the
+    // dropped Sync, and the next reply went unmatched).
+    let mut p = prepared("copy", "COPY t FROM STDIN");
+    p.client_sends(&cat(&[&bind(b"copy"), &execute(), &copy_data("1\n"), SYNC]));
+    p.server_sends(&cat(&[BIND_COMPLETE, COPY_IN_RESPONSE]));
+    p.client_sends(&cat(&[COPY_DONE, &close_s(b"copy"), &bind(b"nope"), SYNC]));
+    let got = p.server_sends(&command_complete("COPY 1"));
+    assert_eq!(got, cat(&[&command_complete("COPY 1"), CLOSE_COMPLETE]));
+    let e = no_such("nope");
+    assert_eq!(
+        p.server_sends(&cat(&[&e, READY_IDLE])),
+        cat(&[&e, READY_IDLE])
+    );
+    assert!(p.may_release(), "{:?}", p.state());
+}
